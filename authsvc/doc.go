@@ -1,0 +1,2 @@
+// Package authsvc is being built; see the open issue.
+package authsvc

@@ -1,0 +1,7 @@
+module trm-live/bridge
+
+go 1.26.8
+
+require trm-live/contract v0.0.0
+
+replace trm-live/contract => ../contract

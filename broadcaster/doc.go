@@ -1,0 +1,2 @@
+// Package broadcaster is being built; see the open issue.
+package broadcaster

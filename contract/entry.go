@@ -1,0 +1,242 @@
+package contract
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Reason is why a Redis entry was rejected. It travels in the
+// Trm-Reason header of the dead-lettered message and labels metrics, so its
+// values are stable snake_case words.
+type Reason string
+
+// Rejection reasons, one per bad-input class of the design.
+const (
+	ReasonMissingField Reason = "missing_field" // a required field is absent or empty
+	ReasonBadDeviceID  Reason = "bad_device_id" // not 1-64 of [A-Za-z0-9_-]
+	ReasonBadTS        Reason = "bad_ts"        // neither RFC 3339 with offset nor integer Unix ms
+	ReasonFutureTS     Reason = "future_ts"     // more than MaxFutureSkew after the bridge's clock
+	ReasonBadNumber    Reason = "bad_number"    // a numeric field that does not parse, or NaN/Inf
+	ReasonOutOfRange   Reason = "out_of_range"  // a number outside its range
+	ReasonBadAttrs     Reason = "bad_attrs"     // attrs is not a JSON object, or too large
+	ReasonNotAnEntry   Reason = "not_an_entry"  // a field value that is not a string (never from XADD)
+	ReasonUndecodable  Reason = "undecodable"   // a JetStream payload that is not a position (persister)
+)
+
+// Reasons lists every reason an entry can be rejected for, for metrics that
+// want their label values up front.
+var Reasons = []Reason{
+	ReasonMissingField, ReasonBadDeviceID, ReasonBadTS, ReasonFutureTS,
+	ReasonBadNumber, ReasonOutOfRange, ReasonBadAttrs, ReasonNotAnEntry,
+}
+
+// MaxFutureSkew is how far in the future a fix time may be before the entry
+// is rejected (clock skew of trackers and of the ingestion service).
+const MaxFutureSkew = 5 * time.Minute
+
+// Rejection is the error ParseEntry returns for a bad entry.
+type Rejection struct {
+	Reason Reason
+	Field  string // the offending field, when there is one
+	Detail string // a sentence for people
+}
+
+func (r *Rejection) Error() string {
+	if r.Field != "" {
+		return fmt.Sprintf("%s: %s: %s", r.Reason, r.Field, r.Detail)
+	}
+	return fmt.Sprintf("%s: %s", r.Reason, r.Detail)
+}
+
+// ReasonOf returns the rejection reason of err, or "" when err is not a
+// *Rejection.
+func ReasonOf(err error) Reason {
+	var r *Rejection
+	if errors.As(err, &r) {
+		return r.Reason
+	}
+	return ""
+}
+
+func reject(reason Reason, field, format string, args ...any) *Rejection {
+	return &Rejection{Reason: reason, Field: field, Detail: fmt.Sprintf(format, args...)}
+}
+
+// ParseEntry validates the flat string fields of one Redis stream entry and
+// returns the position it describes, without its event id (routing is the
+// bridge's). now is the bridge's clock, for the future-time rule. Unknown
+// fields are ignored, so the ingestion service can add fields before we read
+// them. Values are strings when they come from go-redis; []byte is accepted
+// too.
+func ParseEntry(fields map[string]any, now time.Time) (Position, error) {
+	get := func(name string) (string, bool, *Rejection) {
+		v, ok := fields[name]
+		if !ok {
+			return "", false, nil
+		}
+		switch s := v.(type) {
+		case string:
+			return s, s != "", nil
+		case []byte:
+			return string(s), len(s) > 0, nil
+		default:
+			return "", false, reject(ReasonNotAnEntry, name, "value of type %T is not a string", v)
+		}
+	}
+	required := func(name string) (string, *Rejection) {
+		s, ok, rej := get(name)
+		if rej != nil {
+			return "", rej
+		}
+		if !ok {
+			return "", reject(ReasonMissingField, name, "required field is missing or empty")
+		}
+		return s, nil
+	}
+
+	var p Position
+	dev, rej := required("device_id")
+	if rej != nil {
+		return Position{}, rej
+	}
+	if !ValidDeviceID(dev) {
+		return Position{}, reject(ReasonBadDeviceID, "device_id", "%q is not 1-64 of [A-Za-z0-9_-]", truncate(dev))
+	}
+	p.DeviceID = dev
+
+	tsRaw, rej := required("ts")
+	if rej != nil {
+		return Position{}, rej
+	}
+	ts, rej := parseTS(tsRaw)
+	if rej != nil {
+		return Position{}, rej
+	}
+	if ts.Sub(now) > MaxFutureSkew {
+		return Position{}, reject(ReasonFutureTS, "ts", "%s is %s ahead of the bridge clock (limit %s)",
+			ts.Format(TimeLayout), ts.Sub(now).Round(time.Second), MaxFutureSkew)
+	}
+	p.TS = ts
+
+	for _, f := range []struct {
+		name     string
+		dst      *float64
+		min, max float64
+	}{
+		{"lat", &p.Lat, -90, 90},
+		{"lon", &p.Lon, -180, 180},
+	} {
+		s, rej := required(f.name)
+		if rej != nil {
+			return Position{}, rej
+		}
+		v, rej := parseFloat(f.name, s, f.min, f.max)
+		if rej != nil {
+			return Position{}, rej
+		}
+		*f.dst = v
+	}
+
+	for _, f := range []struct {
+		name     string
+		dst      **float64
+		min, max float64
+	}{
+		{"alt", &p.Alt, -MaxAbsAlt, MaxAbsAlt},
+		{"speed", &p.Speed, 0, MaxSpeed},
+		{"heading", &p.Heading, 0, 360},
+	} {
+		s, ok, rej := get(f.name)
+		if rej != nil {
+			return Position{}, rej
+		}
+		if !ok {
+			continue
+		}
+		v, rej := parseFloat(f.name, s, f.min, f.max)
+		if rej != nil {
+			return Position{}, rej
+		}
+		*f.dst = &v
+	}
+
+	if s, ok, rej := get("sats"); rej != nil {
+		return Position{}, rej
+	} else if ok {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			return Position{}, reject(ReasonBadNumber, "sats", "%q is not an integer", truncate(s))
+		}
+		if n < 0 || n > MaxSats {
+			return Position{}, reject(ReasonOutOfRange, "sats", "%d outside 0..%d", n, MaxSats)
+		}
+		p.Sats = &n
+	}
+
+	if s, ok, rej := get("attrs"); rej != nil {
+		return Position{}, rej
+	} else if ok {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, []byte(s)); err != nil {
+			return Position{}, reject(ReasonBadAttrs, "attrs", "not valid JSON: %v", err)
+		}
+		if buf.Len() == 0 || buf.Bytes()[0] != '{' {
+			return Position{}, reject(ReasonBadAttrs, "attrs", "not a JSON object")
+		}
+		if buf.Len() > MaxAttrsBytes {
+			return Position{}, reject(ReasonBadAttrs, "attrs", "%d bytes, more than %d", buf.Len(), MaxAttrsBytes)
+		}
+		p.Attrs = buf.Bytes()
+	}
+	return p, nil
+}
+
+// parseTS accepts RFC 3339 with an offset (Z or ±hh:mm, any fraction) or
+// integer Unix milliseconds, and truncates to milliseconds, the resolution of
+// the wire and of the Msg-Id.
+func parseTS(s string) (time.Time, *Rejection) {
+	s = strings.TrimSpace(s)
+	if s != "" && (s[0] >= '0' && s[0] <= '9') && !strings.ContainsAny(s, "-:T") {
+		ms, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return time.Time{}, reject(ReasonBadTS, "ts", "%q is not integer Unix milliseconds", truncate(s))
+		}
+		if ms > maxUnixMillis {
+			return time.Time{}, reject(ReasonBadTS, "ts", "%d ms is past year 9999", ms)
+		}
+		return time.UnixMilli(ms).UTC(), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, reject(ReasonBadTS, "ts", "%q is neither RFC 3339 with offset nor Unix milliseconds", truncate(s))
+	}
+	if t.Year() < 1970 {
+		return time.Time{}, reject(ReasonBadTS, "ts", "%q is before 1970", truncate(s))
+	}
+	return t.UTC().Truncate(time.Millisecond), nil
+}
+
+const maxUnixMillis = 253402300799999 // 9999-12-31T23:59:59.999Z
+
+func parseFloat(name, s string, min, max float64) (float64, *Rejection) {
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || !finite(v) {
+		return 0, reject(ReasonBadNumber, name, "%q is not a finite decimal number", truncate(s))
+	}
+	if v < min || v > max {
+		return 0, reject(ReasonOutOfRange, name, "%v outside %v..%v", v, min, max)
+	}
+	return v, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}

@@ -1,0 +1,2 @@
+// Package scripts holds the dev binary, the race simulator and the benchmark runner.
+package scripts
