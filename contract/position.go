@@ -126,7 +126,7 @@ func DecodePosition(data []byte) (Position, error) {
 		return Position{}, fmt.Errorf("%w: ts: %v", ErrInvalidPosition, err)
 	}
 	p := Position{
-		DeviceID: w.DeviceID, EventID: w.EventID, TS: ts.UTC(),
+		DeviceID: w.DeviceID, EventID: w.EventID, TS: ts.UTC().Truncate(time.Millisecond),
 		Lat: *w.Lat, Lon: *w.Lon, Alt: w.Alt, Speed: w.Speed, Heading: w.Heading, Sats: w.Sats,
 	}
 	if len(w.Attrs) > 0 && !bytes.Equal(w.Attrs, []byte("null")) {

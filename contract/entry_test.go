@@ -1,0 +1,178 @@
+package contract
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+var now = time.Date(2026, 5, 3, 10, 0, 0, 0, time.UTC)
+
+func valid() map[string]any {
+	return map[string]any{
+		"device_id": "356938035643809",
+		"ts":        "2026-05-03T10:00:00.000Z",
+		"lat":       "45.07312",
+		"lon":       "7.68612",
+		"alt":       "231.5",
+		"speed":     "88.2",
+		"heading":   "121",
+		"sats":      "11",
+		"attrs":     `{"io239": 1}`,
+	}
+}
+
+func with(kv ...any) map[string]any {
+	m := valid()
+	for i := 0; i < len(kv); i += 2 {
+		k := kv[i].(string)
+		if kv[i+1] == nil {
+			delete(m, k)
+		} else {
+			m[k] = kv[i+1]
+		}
+	}
+	return m
+}
+
+func TestParseEntryValid(t *testing.T) {
+	p, err := ParseEntry(valid(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(p.Encode())
+	want := `{"device_id":"356938035643809","ts":"2026-05-03T10:00:00.000Z","lat":45.07312,"lon":7.68612,"alt":231.5,"speed":88.2,"heading":121,"sats":11,"attrs":{"io239":1}}`
+	if got != want {
+		t.Fatalf("encode:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestParseEntryAccepts(t *testing.T) {
+	cases := []struct {
+		name   string
+		fields map[string]any
+		check  func(t *testing.T, p Position)
+	}{
+		{"required only", map[string]any{"device_id": "d1", "ts": "1777802400000", "lat": "0", "lon": "0"}, func(t *testing.T, p Position) {
+			if p.Alt != nil || p.Speed != nil || p.Heading != nil || p.Sats != nil || p.Attrs != nil {
+				t.Fatalf("optional fields should be absent: %+v", p)
+			}
+			if got := p.TS.Format(TimeLayout); got != "2026-05-03T10:00:00.000Z" {
+				t.Fatalf("ts %s", got)
+			}
+		}},
+		{"rfc3339 with offset", with("ts", "2026-05-03T12:00:00.5+02:00"), func(t *testing.T, p Position) {
+			if got := p.TS.Format(TimeLayout); got != "2026-05-03T10:00:00.500Z" {
+				t.Fatalf("ts %s", got)
+			}
+		}},
+		{"sub-millisecond truncated", with("ts", "2026-05-03T10:00:00.123999Z"), func(t *testing.T, p Position) {
+			if p.TS.Nanosecond() != 123_000_000 {
+				t.Fatalf("ts %v", p.TS)
+			}
+		}},
+		{"bounds inclusive", with("lat", "-90", "lon", "180", "heading", "360", "speed", "0", "sats", "0"), nil},
+		{"future within skew", with("ts", now.Add(MaxFutureSkew).Format(time.RFC3339Nano)), nil},
+		{"empty optional is absent", with("alt", "", "attrs", ""), func(t *testing.T, p Position) {
+			if p.Alt != nil || p.Attrs != nil {
+				t.Fatalf("empty optional should be absent")
+			}
+		}},
+		{"bytes values", map[string]any{"device_id": []byte("d-1_X"), "ts": []byte("1777802400000"), "lat": []byte("1.5"), "lon": []byte("-2")}, nil},
+		{"unknown field ignored", with("extra", "x"), nil},
+		{"64-char device id", with("device_id", strings.Repeat("a", 64)), nil},
+		{"attrs compacted", with("attrs", "{ \"a\" : [1, 2] }"), func(t *testing.T, p Position) {
+			if string(p.Attrs) != `{"a":[1,2]}` {
+				t.Fatalf("attrs %s", p.Attrs)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := ParseEntry(c.fields, now)
+			if err != nil {
+				t.Fatalf("rejected: %v", err)
+			}
+			if err := p.Validate(); err != nil {
+				t.Fatalf("parsed position does not validate: %v", err)
+			}
+			if c.check != nil {
+				c.check(t, p)
+			}
+		})
+	}
+}
+
+func TestParseEntryRejects(t *testing.T) {
+	cases := []struct {
+		name   string
+		fields map[string]any
+		reason Reason
+		field  string
+	}{
+		{"missing device_id", with("device_id", nil), ReasonMissingField, "device_id"},
+		{"empty device_id", with("device_id", ""), ReasonMissingField, "device_id"},
+		{"missing ts", with("ts", nil), ReasonMissingField, "ts"},
+		{"missing lat", with("lat", nil), ReasonMissingField, "lat"},
+		{"missing lon", with("lon", nil), ReasonMissingField, "lon"},
+		{"device_id with dot", with("device_id", "a.b"), ReasonBadDeviceID, "device_id"},
+		{"device_id with wildcard", with("device_id", "*"), ReasonBadDeviceID, "device_id"},
+		{"device_id with space", with("device_id", "a b"), ReasonBadDeviceID, "device_id"},
+		{"device_id too long", with("device_id", strings.Repeat("a", 65)), ReasonBadDeviceID, "device_id"},
+		{"device_id unicode", with("device_id", "é"), ReasonBadDeviceID, "device_id"},
+		{"ts garbage", with("ts", "yesterday"), ReasonBadTS, "ts"},
+		{"ts without offset", with("ts", "2026-05-03T10:00:00"), ReasonBadTS, "ts"},
+		{"ts float ms", with("ts", "1777802400000.5"), ReasonBadTS, "ts"},
+		{"ts negative", with("ts", "-5"), ReasonBadTS, "ts"},
+		{"ts ms overflow", with("ts", "99999999999999999999"), ReasonBadTS, "ts"},
+		{"ts before 1970", with("ts", "1969-12-31T23:59:59Z"), ReasonBadTS, "ts"},
+		{"ts in the future", with("ts", now.Add(MaxFutureSkew+time.Second).Format(time.RFC3339)), ReasonFutureTS, "ts"},
+		{"lat not a number", with("lat", "north"), ReasonBadNumber, "lat"},
+		{"lat NaN", with("lat", "NaN"), ReasonBadNumber, "lat"},
+		{"lon Inf", with("lon", "+Inf"), ReasonBadNumber, "lon"},
+		{"lat out of range", with("lat", "90.0001"), ReasonOutOfRange, "lat"},
+		{"lon out of range", with("lon", "-180.5"), ReasonOutOfRange, "lon"},
+		{"speed negative", with("speed", "-1"), ReasonOutOfRange, "speed"},
+		{"speed absurd", with("speed", "5000"), ReasonOutOfRange, "speed"},
+		{"heading over 360", with("heading", "361"), ReasonOutOfRange, "heading"},
+		{"heading negative", with("heading", "-0.1"), ReasonOutOfRange, "heading"},
+		{"alt not a number", with("alt", "high"), ReasonBadNumber, "alt"},
+		{"alt absurd", with("alt", "1e9"), ReasonOutOfRange, "alt"},
+		{"sats float", with("sats", "7.5"), ReasonBadNumber, "sats"},
+		{"sats negative", with("sats", "-1"), ReasonOutOfRange, "sats"},
+		{"sats huge", with("sats", "1000"), ReasonOutOfRange, "sats"},
+		{"attrs not json", with("attrs", "{io239:1}"), ReasonBadAttrs, "attrs"},
+		{"attrs array", with("attrs", "[1,2]"), ReasonBadAttrs, "attrs"},
+		{"attrs string", with("attrs", `"x"`), ReasonBadAttrs, "attrs"},
+		{"attrs too large", with("attrs", `{"k":"`+strings.Repeat("x", MaxAttrsBytes)+`"}`), ReasonBadAttrs, "attrs"},
+		{"non-string value", with("lat", 45.0), ReasonNotAnEntry, "lat"},
+	}
+	seen := map[Reason]bool{}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseEntry(c.fields, now)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			rej, ok := err.(*Rejection)
+			if !ok {
+				t.Fatalf("error %T is not a *Rejection: %v", err, err)
+			}
+			if rej.Reason != c.reason || rej.Field != c.field {
+				t.Fatalf("got %s/%s (%v), want %s/%s", rej.Reason, rej.Field, err, c.reason, c.field)
+			}
+			if ReasonOf(err) != c.reason {
+				t.Fatalf("ReasonOf = %q", ReasonOf(err))
+			}
+			if rej.Detail == "" {
+				t.Fatal("no detail for people")
+			}
+		})
+		seen[c.reason] = true
+	}
+	for _, r := range Reasons {
+		if !seen[r] {
+			t.Errorf("reason %s has no test case", r)
+		}
+	}
+}

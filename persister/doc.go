@@ -1,2 +1,0 @@
-// Package persister is being built; see the open issue.
-package persister
