@@ -1,6 +1,17 @@
 // Package auth is the wire contract of the authsvc NATS micro service: its
 // subjects, request and response types, error codes, and the Client the
 // broadcaster uses. Nothing here logs or returns a credential.
+//
+// Wire format (compact JSON, golden files in testdata/):
+//
+//	authsvc.session  request  {"cookie":"<session cookie value>"} or {"bearer":"<token>"}
+//	                 reply    {"user_id":"<uuid>","role":"<uuid>","admin":false}
+//	authsvc.event    request  {"user_id":"<uuid>","admin":false,"event_id":"<uuid>"}
+//	                 reply    {"decision":"allowed"|"forbidden"|"not_found"}
+//
+// A failure is a micro error reply: headers Nats-Service-Error-Code (one of
+// the Code constants) and Nats-Service-Error (a description that never holds
+// the credential), with an empty body.
 package auth
 
 import (
@@ -25,6 +36,10 @@ const (
 	// EventSubject authorizes a user for an event.
 	EventSubject = "authsvc.event"
 )
+
+// DefaultCookieName is the name of Directus's session cookie
+// (SESSION_COOKIE_NAME) unless configured otherwise.
+const DefaultCookieName = "directus_session_token"
 
 // MaxRequestBytes bounds a request payload; larger ones get CodeBadRequest.
 const MaxRequestBytes = 8 << 10

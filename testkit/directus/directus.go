@@ -1,0 +1,668 @@
+// Package directus is an in-process stand-in for the parts of Directus 11.x
+// and 12.x that trm-live talks to, for tests only (it lives in testkit, which
+// only _test.go files import).
+//
+// It reproduces what shared/DIRECTUS.md recorded from a real Directus 11.17.4
+// and 12.4.0, status code by status code and body by body:
+//
+//   - POST /auth/login {"email","password","mode":"session"}: 200
+//     {"data":{"expires":86400000}} and
+//     Set-Cookie: directus_session_token=<HS256 JWT>; Max-Age=86400; Path=/;
+//     Expires=…; HttpOnly; SameSite=Lax. Wrong credentials: 401
+//     INVALID_CREDENTIALS. Mode "json" (the default) answers
+//     {"data":{"access_token","expires":900000,"refresh_token"}}.
+//   - POST /auth/logout {"mode":"session"} with the cookie: 204, the session
+//     is revoked and the cookie cleared.
+//   - GET /users/me: 200 {"data":{…}} with the fields asked for (unknown ones
+//     dropped silently; only {"id"} for a user without read permission on
+//     directus_users); no credential, a bogus (non-JWT) value, a revoked
+//     session: 401 INVALID_CREDENTIALS; a wrong signature: 403 INVALID_TOKEN;
+//     an expired JWT: 401 TOKEN_EXPIRED. A rejected cookie also gets the
+//     clearing Set-Cookie. Token sources in Directus's priority order: the
+//     access_token query parameter, Authorization: Bearer, then the cookie.
+//   - GET /policies/me/globals: {"data":{"app_access","admin_access","enforce_tfa"}}.
+//   - GET /server/ping: "pong".
+//
+// Tests steer it: SetLatency (slowness), SetStatus (every route answers, say,
+// 503), Stop and Start (connection refused, then back on the same port), and
+// read what reached it: Calls and Requests record every request with its
+// exact Cookie and Authorization headers, so a test can assert that only the
+// session cookie arrived.
+//
+// Users live in memory. Their ids are plain UUIDs (NewID) that tests also
+// insert into directus_users and organization_users (InsertUsers).
+package directus
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// CookieName is Directus's default session cookie name.
+const CookieName = "directus_session_token"
+
+// Session cookie lifetime (SESSION_COOKIE_TTL=1d) and access token lifetime
+// (ACCESS_TOKEN_TTL=15m), Directus's defaults.
+const (
+	SessionTTL     = 24 * time.Hour
+	AccessTokenTTL = 15 * time.Minute
+)
+
+// User is a Directus user known to the stand-in.
+type User struct {
+	// ID is the user's uuid; AddUser fills it in when empty.
+	ID       string
+	Email    string
+	Password string
+	// Role is the role uuid; "" means no role (null in Directus).
+	Role string
+	// Admin and AppAccess are what the user's policies grant, as
+	// /policies/me/globals reports them.
+	Admin     bool
+	AppAccess bool
+	// NoReadSelf models a user whose policies give no read permission on
+	// directus_users: /users/me then returns only {"id"}, whatever the fields.
+	NoReadSelf bool
+	// StaticToken, when set, is accepted as a bearer token (Directus's
+	// per-user static token).
+	StaticToken string
+	// Suspended users (status "suspended") cannot log in, and their sessions
+	// are refused.
+	Suspended bool
+}
+
+// Request is one request the stand-in received.
+type Request struct {
+	Method string
+	Path   string
+	Query  string
+	// Cookie and Authorization are the raw header values, joined with "; "
+	// when the header was sent more than once.
+	Cookie        string
+	Authorization string
+	Header        http.Header
+}
+
+// Server is the stand-in. Its methods are safe for concurrent use.
+type Server struct {
+	// URL is http://127.0.0.1:<port>, kept across Stop and Start.
+	URL string
+	// Secret signs the JWTs (Directus's SECRET).
+	Secret []byte
+
+	tb   testing.TB
+	addr string
+
+	mu       sync.Mutex
+	srv      *http.Server
+	users    map[string]*User  // by id
+	sessions map[string]string // session id -> user id
+	refresh  map[string]string // refresh token -> session id
+	latency  time.Duration
+	status   int
+	requests []Request
+}
+
+// Start starts a stand-in on a random loopback port; it is stopped at cleanup.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret)
+	s := &Server{
+		Secret:   secret,
+		tb:       tb,
+		addr:     "127.0.0.1:0",
+		users:    map[string]*User{},
+		sessions: map[string]string{},
+		refresh:  map[string]string{},
+	}
+	s.Start()
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Start (re)starts the HTTP listener on the same port. No-op when running.
+func (s *Server) Start() {
+	s.tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil {
+		return
+	}
+	var ln net.Listener
+	var err error
+	// The port may linger briefly after Stop; retry for a while.
+	for i := 0; i < 100; i++ {
+		if ln, err = net.Listen("tcp", s.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		s.tb.Fatalf("directus stand-in: listen %s: %v", s.addr, err)
+	}
+	s.addr = ln.Addr().String()
+	s.URL = "http://" + s.addr
+	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 5 * time.Second}
+	go func(srv *http.Server) { _ = srv.Serve(ln) }(s.srv)
+}
+
+// Stop closes the listener and every open connection: clients then get
+// "connection refused" until Start. Safe to call twice.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	srv := s.srv
+	s.srv = nil
+	s.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	}
+}
+
+// SetLatency delays every answer by d (0: answer at once). A delayed
+// request whose client gives up is dropped.
+func (s *Server) SetLatency(d time.Duration) {
+	s.mu.Lock()
+	s.latency = d
+	s.mu.Unlock()
+}
+
+// SetStatus makes every route answer this status with a Directus-shaped
+// error body (e.g. 503, 500, 429); 0 restores normal behaviour.
+func (s *Server) SetStatus(code int) {
+	s.mu.Lock()
+	s.status = code
+	s.mu.Unlock()
+}
+
+// NewID returns a random (version 4) UUID in canonical lowercase form.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// AddUser stores u (filling in ID, Email and Password when empty) and
+// returns the stored copy.
+func (s *Server) AddUser(u User) User {
+	if u.ID == "" {
+		u.ID = NewID()
+	}
+	if u.Email == "" {
+		u.Email = u.ID + "@example.com"
+	}
+	if u.Password == "" {
+		u.Password = "password-" + u.ID
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := u
+	s.users[u.ID] = &c
+	return u
+}
+
+// UpdateUser replaces the stored user with the same ID (e.g. to grant or
+// revoke admin, or suspend).
+func (s *Server) UpdateUser(u User) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.users[u.ID]; !ok {
+		s.tb.Errorf("directus stand-in: UpdateUser: no user %s", u.ID)
+		return
+	}
+	c := u
+	s.users[u.ID] = &c
+}
+
+// Login logs u in with POST /auth/login {"mode":"session"} over HTTP, as a
+// browser does, and returns the session cookie value.
+func (s *Server) Login(tb testing.TB, u User) string {
+	tb.Helper()
+	body, _ := json.Marshal(map[string]string{"email": u.Email, "password": u.Password, "mode": "session"})
+	resp, err := http.Post(s.URL+"/auth/login", "application/json", bytes.NewReader(body))
+	if err != nil {
+		tb.Fatalf("directus stand-in: login: %v", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("directus stand-in: login %s: status %d", u.Email, resp.StatusCode)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Name == CookieName && c.Value != "" {
+			return c.Value
+		}
+	}
+	tb.Fatal("directus stand-in: login: no session cookie")
+	return ""
+}
+
+// Logout revokes the session of cookie with POST /auth/logout
+// {"mode":"session"} over HTTP.
+func (s *Server) Logout(tb testing.TB, cookie string) {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodPost, s.URL+"/auth/logout", strings.NewReader(`{"mode":"session"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.AddCookie(&http.Cookie{Name: CookieName, Value: cookie})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("directus stand-in: logout: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		tb.Fatalf("directus stand-in: logout: status %d", resp.StatusCode)
+	}
+}
+
+// ExpiredToken returns a correctly signed session JWT for u whose exp has
+// passed (Directus answers 401 TOKEN_EXPIRED). The session itself exists.
+func (s *Server) ExpiredToken(u User) string {
+	sid := s.newSession(u.ID)
+	now := time.Now()
+	return s.sign(u, sid, now.Add(-2*time.Hour), now.Add(-time.Hour))
+}
+
+// ForgedToken returns token with the last character of its signature
+// changed (Directus answers 403 INVALID_TOKEN).
+func ForgedToken(token string) string {
+	if token == "" {
+		return "x"
+	}
+	last := token[len(token)-1]
+	repl := byte('A')
+	if last == 'A' {
+		repl = 'B'
+	}
+	return token[:len(token)-1] + string(repl)
+}
+
+// Calls returns how many requests reached path (e.g. "/users/me"), whatever
+// their outcome; "" counts every path.
+func (s *Server) Calls(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.requests {
+		if path == "" || r.Path == path {
+			n++
+		}
+	}
+	return n
+}
+
+// Requests returns the requests that reached path ("" for all), oldest first.
+func (s *Server) Requests(path string) []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Request
+	for _, r := range s.requests {
+		if path == "" || r.Path == path {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// ResetCalls forgets the recorded requests.
+func (s *Server) ResetCalls() {
+	s.mu.Lock()
+	s.requests = nil
+	s.mu.Unlock()
+}
+
+func (s *Server) newSession(userID string) string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	sid := hex.EncodeToString(b) // 64 characters, as Directus's
+	s.mu.Lock()
+	s.sessions[sid] = userID
+	s.mu.Unlock()
+	return sid
+}
+
+var b64 = base64.RawURLEncoding
+
+// sign makes an HS256 JWT with Directus's claims.
+func (s *Server) sign(u User, session string, iat, exp time.Time) string {
+	var role any
+	if u.Role != "" {
+		role = u.Role
+	}
+	claims := map[string]any{
+		"id": u.ID, "role": role, "app_access": u.AppAccess, "admin_access": u.Admin,
+		"iat": iat.Unix(), "exp": exp.Unix(), "iss": "directus",
+	}
+	if session != "" {
+		claims["session"] = session
+	}
+	payload, _ := json.Marshal(claims)
+	unsigned := b64.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." + b64.EncodeToString(payload)
+	m := hmac.New(sha256.New, s.Secret)
+	m.Write([]byte(unsigned))
+	return unsigned + "." + b64.EncodeToString(m.Sum(nil))
+}
+
+type claims struct {
+	ID      string `json:"id"`
+	Session string `json:"session"`
+	Exp     int64  `json:"exp"`
+}
+
+// verdict of a credential, as Directus's authenticate middleware gives it.
+type verdict int
+
+const (
+	vNone verdict = iota // no credential: public
+	vOK
+	vInvalidCredentials // 401 INVALID_CREDENTIALS
+	vInvalidToken       // 403 INVALID_TOKEN
+	vExpired            // 401 TOKEN_EXPIRED
+)
+
+func (s *Server) check(token string) (verdict, *User) {
+	if token == "" {
+		return vNone, nil
+	}
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		// Not a JWT: Directus looks it up as a static token.
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, u := range s.users {
+			if u.StaticToken != "" && hmac.Equal([]byte(u.StaticToken), []byte(token)) && !u.Suspended {
+				c := *u
+				return vOK, &c
+			}
+		}
+		return vInvalidCredentials, nil
+	}
+	m := hmac.New(sha256.New, s.Secret)
+	m.Write([]byte(parts[0] + "." + parts[1]))
+	sig, err := b64.DecodeString(parts[2])
+	if err != nil || !hmac.Equal(sig, m.Sum(nil)) {
+		return vInvalidToken, nil
+	}
+	raw, err := b64.DecodeString(parts[1])
+	var c claims
+	if err != nil || json.Unmarshal(raw, &c) != nil {
+		return vInvalidToken, nil
+	}
+	if time.Now().Unix() >= c.Exp {
+		return vExpired, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.Session != "" {
+		if uid, ok := s.sessions[c.Session]; !ok || uid != c.ID {
+			return vInvalidCredentials, nil
+		}
+	}
+	u, ok := s.users[c.ID]
+	if !ok || u.Suspended {
+		return vInvalidCredentials, nil
+	}
+	cu := *u
+	return vOK, &cu
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.requests = append(s.requests, Request{
+		Method:        r.Method,
+		Path:          r.URL.Path,
+		Query:         r.URL.RawQuery,
+		Cookie:        strings.Join(r.Header.Values("Cookie"), "; "),
+		Authorization: strings.Join(r.Header.Values("Authorization"), "; "),
+		Header:        r.Header.Clone(),
+	})
+	latency, status := s.latency, s.status
+	s.mu.Unlock()
+
+	if latency > 0 {
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+	}
+	if status != 0 {
+		writeError(w, status, http.StatusText(status), "SERVICE_UNAVAILABLE")
+		return
+	}
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == "/auth/login":
+		s.login(w, r)
+	case r.Method == http.MethodPost && r.URL.Path == "/auth/logout":
+		s.logout(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/users/me":
+		s.usersMe(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/policies/me/globals":
+		s.globals(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/server/ping":
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = io.WriteString(w, "pong")
+	default:
+		writeError(w, http.StatusNotFound, fmt.Sprintf("Route %s doesn't exist.", r.URL.Path), "ROUTE_NOT_FOUND")
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg, code string) {
+	type ext struct {
+		Code string `json:"code"`
+	}
+	type e struct {
+		Message    string `json:"message"`
+		Extensions ext    `json:"extensions"`
+	}
+	writeJSON(w, status, map[string]any{"errors": []e{{msg, ext{code}}}})
+}
+
+func clearCookie(w http.ResponseWriter) {
+	w.Header().Add("Set-Cookie", CookieName+"=; Max-Age=0; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax")
+}
+
+// token returns the credential Directus would use, in its priority order,
+// and whether it came from the session cookie.
+func token(r *http.Request) (string, bool) {
+	if t := r.URL.Query().Get("access_token"); t != "" {
+		return t, false
+	}
+	if a := r.Header.Get("Authorization"); a != "" {
+		if k, v, ok := strings.Cut(a, " "); ok && strings.EqualFold(k, "Bearer") {
+			return strings.TrimSpace(v), false
+		}
+	}
+	if c, err := r.Cookie(CookieName); err == nil && c.Value != "" {
+		return c.Value, true
+	}
+	return "", false
+}
+
+// authenticate writes Directus's rejection and returns nil when the
+// credential is refused; it returns (nil, true) for no credential at all.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*User, bool) {
+	tok, fromCookie := token(r)
+	v, u := s.check(tok)
+	reject := func(status int, msg, code string) {
+		if fromCookie {
+			clearCookie(w)
+		}
+		writeError(w, status, msg, code)
+	}
+	switch v {
+	case vOK:
+		return u, true
+	case vNone:
+		return nil, true
+	case vInvalidToken:
+		reject(http.StatusForbidden, "Invalid token.", "INVALID_TOKEN")
+	case vExpired:
+		reject(http.StatusUnauthorized, "Token expired.", "TOKEN_EXPIRED")
+	default:
+		reject(http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
+	}
+	return nil, false
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	var in struct{ Email, Password, Mode string }
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&in); err != nil {
+		writeError(w, http.StatusBadRequest, "Invalid payload.", "INVALID_PAYLOAD")
+		return
+	}
+	var u *User
+	s.mu.Lock()
+	for _, c := range s.users {
+		if strings.EqualFold(c.Email, in.Email) && c.Password == in.Password && !c.Suspended {
+			cu := *c
+			u = &cu
+		}
+	}
+	s.mu.Unlock()
+	if u == nil {
+		writeError(w, http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
+		return
+	}
+	sid := s.newSession(u.ID)
+	now := time.Now()
+	switch in.Mode {
+	case "session":
+		exp := now.Add(SessionTTL)
+		jwt := s.sign(*u, sid, now, exp)
+		w.Header().Add("Set-Cookie", fmt.Sprintf("%s=%s; Max-Age=%d; Path=/; Expires=%s; HttpOnly; SameSite=Lax",
+			CookieName, jwt, int(SessionTTL.Seconds()), exp.UTC().Format(http.TimeFormat)))
+		writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{"expires": SessionTTL.Milliseconds()}})
+	default:
+		rt := make([]byte, 32)
+		_, _ = rand.Read(rt)
+		refresh := hex.EncodeToString(rt)
+		s.mu.Lock()
+		s.refresh[refresh] = sid
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{
+			"access_token":  s.sign(*u, sid, now, now.Add(AccessTokenTTL)),
+			"expires":       AccessTokenTTL.Milliseconds(),
+			"refresh_token": refresh,
+		}})
+	}
+}
+
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Mode         string `json:"mode"`
+		RefreshToken string `json:"refresh_token"`
+	}
+	_ = json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&in)
+	var sid string
+	if in.Mode == "session" {
+		if c, err := r.Cookie(CookieName); err == nil {
+			parts := strings.Split(c.Value, ".")
+			if len(parts) == 3 {
+				if raw, err := b64.DecodeString(parts[1]); err == nil {
+					var cl claims
+					if json.Unmarshal(raw, &cl) == nil {
+						sid = cl.Session
+					}
+				}
+			}
+		}
+	} else if in.RefreshToken != "" {
+		s.mu.Lock()
+		sid = s.refresh[in.RefreshToken]
+		delete(s.refresh, in.RefreshToken)
+		s.mu.Unlock()
+	}
+	if sid == "" {
+		writeError(w, http.StatusBadRequest, "Invalid payload. The refresh token is required in either the payload or cookie.", "INVALID_PAYLOAD")
+		return
+	}
+	s.mu.Lock()
+	delete(s.sessions, sid)
+	s.mu.Unlock()
+	if in.Mode == "session" {
+		clearCookie(w)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// userFields are the directus_users fields the stand-in knows; any other
+// requested field is dropped silently, as Directus does.
+func userFields(u *User) map[string]any {
+	var role any
+	if u.Role != "" {
+		role = u.Role
+	}
+	status := "active"
+	if u.Suspended {
+		status = "suspended"
+	}
+	return map[string]any{
+		"id": u.ID, "email": u.Email, "role": role, "status": status,
+		"first_name": nil, "last_name": nil, "password": "**********",
+		"provider": "default", "policies": []any{},
+	}
+}
+
+func (s *Server) usersMe(w http.ResponseWriter, r *http.Request) {
+	u, ok := s.authenticate(w, r)
+	if !ok {
+		return
+	}
+	if u == nil {
+		// /users/me has no public fallback.
+		writeError(w, http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
+		return
+	}
+	all := userFields(u)
+	out := map[string]any{"id": u.ID}
+	if !u.NoReadSelf {
+		fields := r.URL.Query().Get("fields")
+		if fields == "" || fields == "*" {
+			out = all
+		} else {
+			for _, f := range strings.Split(fields, ",") {
+				if v, ok := all[strings.TrimSpace(f)]; ok {
+					out[strings.TrimSpace(f)] = v
+				}
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": out})
+}
+
+func (s *Server) globals(w http.ResponseWriter, r *http.Request) {
+	u, ok := s.authenticate(w, r)
+	if !ok {
+		return
+	}
+	g := map[string]any{"app_access": false, "admin_access": false, "enforce_tfa": false}
+	if u != nil {
+		g["app_access"] = u.AppAccess || u.Admin
+		g["admin_access"] = u.Admin
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": g})
+}
