@@ -1,2 +1,0 @@
-// Package authsvc is being built; see the open issue.
-package authsvc

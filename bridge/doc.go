@@ -1,2 +1,0 @@
-// Package bridge is being built; see the open issue.
-package bridge
