@@ -1,0 +1,281 @@
+// Package export writes the positions an event left in the POSITIONS stream,
+// for a range of fix times, as NDJSON, CSV or GPX 1.1. It streams: memory is
+// constant in the number of positions.
+//
+// Ranges are fix times (the position's ts), inclusive at both ends, because
+// that is what "the race from 10:00 to 12:00" means. The stream can only be
+// seeked by storage time; see scan for how the two are bridged.
+//
+// NDJSON and CSV are one pass in stream order. GPX needs one <trk> per
+// device while positions arrive interleaved by device, so it makes one pass
+// per device: the device ids come from the stream's subject index
+// (StreamInfo with a subject filter on pos.<event>.*), and each pass is an
+// ordered consumer filtered on pos.<event>.<device>. Memory is then the
+// device list plus one position, never a track; the price is one consumer
+// per device, which the server serves from its per-subject index.
+package export
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"trm-live/contract"
+	"trm-live/contract/streams"
+)
+
+// Options select what to export and how.
+type Options struct {
+	// EventID is the event, a canonical lowercase UUID. Required.
+	EventID string
+	// From is the first fix time included. Required.
+	From time.Time
+	// To is the last fix time included. Zero means everything stored when
+	// the export starts.
+	To time.Time
+	// Format is the output format. Required.
+	Format Format
+	// Lateness is how long after its fix time a position may have been
+	// stored and still be exported (trackers that buffer while offline).
+	// Zero means DefaultLateness.
+	Lateness time.Duration
+	// Progress, when set, is called about every ProgressEvery and once at
+	// the end, on the exporting goroutine.
+	Progress func(Stats)
+	// ProgressEvery is the progress period. Zero means one second.
+	ProgressEvery time.Duration
+	// Now is the clock (GPX metadata time, progress rate). Nil means
+	// time.Now.
+	Now func() time.Time
+}
+
+// Stats describe an export so far.
+type Stats struct {
+	// Written is the number of positions written.
+	Written int64
+	// Scanned is the number of stream messages read (the GPX passes read
+	// only their device's messages).
+	Scanned int64
+	// Malformed is the number of messages that were not valid positions,
+	// skipped.
+	Malformed int64
+	// Tracks is the number of GPX tracks written so far.
+	Tracks int
+	// Elapsed is the time since the export started.
+	Elapsed time.Duration
+	// Done is true on the last call.
+	Done bool
+}
+
+// Rate is Written per second of Elapsed.
+func (s Stats) Rate() float64 {
+	if s.Elapsed <= 0 {
+		return 0
+	}
+	return float64(s.Written) / s.Elapsed.Seconds()
+}
+
+// ErrBadOptions is wrapped by every error of Validate.
+var ErrBadOptions = errors.New("bad export options")
+
+// Validate names the first bad option.
+func (o Options) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrBadOptions, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case o.EventID == "":
+		return bad("event is required")
+	case !contract.ValidEventID(o.EventID):
+		return bad("event %q is not a lowercase UUID", o.EventID)
+	case o.From.IsZero():
+		return bad("from is required")
+	case !o.To.IsZero() && o.To.Before(o.From):
+		return bad("from %s is after to %s", o.From.UTC().Format(contract.TimeLayout), o.To.UTC().Format(contract.TimeLayout))
+	case o.Lateness < 0:
+		return bad("lateness %s is negative", o.Lateness)
+	}
+	if _, err := ParseFormat(string(o.Format)); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadOptions, err)
+	}
+	return nil
+}
+
+// ParseTime reads a range bound: RFC 3339 (with an offset), or integer Unix
+// milliseconds, the two forms of ts the design accepts.
+func ParseTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t.UTC(), nil
+	}
+	var ms int64
+	if _, err := fmt.Sscanf(s, "%d", &ms); err == nil && fmt.Sprint(ms) == s {
+		return time.UnixMilli(ms).UTC(), nil
+	}
+	return time.Time{}, fmt.Errorf("time %q: want RFC 3339 (2026-05-03T10:00:00Z) or Unix milliseconds", s)
+}
+
+// Export writes the positions selected by o to w. It returns the final
+// stats; on error, what was written so far stays written.
+func Export(ctx context.Context, js jetstream.JetStream, w io.Writer, o Options) (Stats, error) {
+	if err := o.Validate(); err != nil {
+		return Stats{}, err
+	}
+	if o.Lateness == 0 {
+		o.Lateness = DefaultLateness
+	}
+	if o.ProgressEvery <= 0 {
+		o.ProgressEvery = time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	stream, err := js.Stream(ctx, streams.Positions)
+	if err != nil {
+		return Stats{}, fmt.Errorf("stream %s: %w", streams.Positions, err)
+	}
+	e := &exporter{
+		js: js, o: o, bw: bufio.NewWriterSize(w, 64<<10),
+		start: o.Now(), lastReport: o.Now(),
+		lastSeq: stream.CachedInfo().State.LastSeq,
+	}
+	switch o.Format {
+	case GPX:
+		err = e.gpx(ctx, stream)
+	default:
+		err = e.flat(ctx)
+	}
+	if ferr := e.bw.Flush(); err == nil && ferr != nil {
+		err = fmt.Errorf("write: %w", ferr)
+	}
+	st := e.stats()
+	st.Done = true
+	if o.Progress != nil {
+		o.Progress(st)
+	}
+	return st, err
+}
+
+type exporter struct {
+	js         jetstream.JetStream
+	o          Options
+	bw         *bufio.Writer
+	lastSeq    uint64
+	start      time.Time
+	lastReport time.Time
+	done       scanStats // of finished passes
+	cur        scanStats // of the pass under way
+	tracks     int
+}
+
+func (e *exporter) stats() Stats {
+	return Stats{
+		Written:   e.done.matched + e.cur.matched,
+		Scanned:   e.done.scanned + e.cur.scanned,
+		Malformed: e.done.malformed + e.cur.malformed,
+		Tracks:    e.tracks,
+		Elapsed:   e.o.Now().Sub(e.start),
+	}
+}
+
+func (e *exporter) tick(st scanStats) {
+	e.cur = st
+	if e.o.Progress == nil {
+		return
+	}
+	if now := e.o.Now(); now.Sub(e.lastReport) >= e.o.ProgressEvery {
+		e.lastReport = now
+		e.o.Progress(e.stats())
+	}
+}
+
+func (e *exporter) pass(ctx context.Context, filter string, fn func(contract.Position) error) error {
+	st, err := scan(ctx, e.js, window{
+		filter: filter, from: e.o.From, to: e.o.To, lateness: e.o.Lateness, lastSeq: e.lastSeq,
+	}, fn, e.tick)
+	e.cur = scanStats{}
+	e.done.scanned += st.scanned
+	e.done.matched += st.matched
+	e.done.malformed += st.malformed
+	return err
+}
+
+// flat writes NDJSON or CSV in one pass.
+func (e *exporter) flat(ctx context.Context) error {
+	filter := contract.EventSubject(e.o.EventID)
+	if e.o.Format == NDJSON {
+		var buf []byte
+		return e.pass(ctx, filter, func(p contract.Position) (err error) {
+			buf, err = writeNDJSON(e.bw, buf, &p)
+			return err
+		})
+	}
+	cw, err := newCSV(e.bw)
+	if err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	rec := make([]string, 0, len(CSVHeader))
+	err = e.pass(ctx, filter, func(p contract.Position) error {
+		rec = csvRecord(rec, &p)
+		return cw.Write(rec)
+	})
+	cw.Flush()
+	if err == nil {
+		err = cw.Error()
+	}
+	return err
+}
+
+// gpx writes one track per device, one pass per device.
+func (e *exporter) gpx(ctx context.Context, stream jetstream.Stream) error {
+	devices, err := Devices(ctx, stream, e.o.EventID)
+	if err != nil {
+		return err
+	}
+	g := &gpxWriter{w: e.bw}
+	if err := g.begin(e.o.EventID, e.o.From, e.o.To, e.start); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	for _, dev := range devices {
+		err := e.pass(ctx, contract.PositionSubject(e.o.EventID, dev), func(p contract.Position) error {
+			return g.point(&p)
+		})
+		if err != nil {
+			return err
+		}
+		if g.inTrack {
+			e.tracks++
+		}
+		if err := g.endTrack(); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+	}
+	if err := g.end(); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	return nil
+}
+
+// Devices returns, sorted, the id of every device that has a position of the
+// event stored in the stream (at any time), from the stream's subject index.
+func Devices(ctx context.Context, stream jetstream.Stream, eventID string) ([]string, error) {
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(contract.EventSubject(eventID)))
+	if err != nil {
+		return nil, fmt.Errorf("stream %s subjects: %w", streams.Positions, err)
+	}
+	devices := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		if _, dev, ok := contract.ParseSubject(subj); ok {
+			devices = append(devices, dev)
+		}
+	}
+	slices.Sort(devices)
+	return devices, nil
+}
