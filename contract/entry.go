@@ -26,6 +26,7 @@ const (
 	ReasonBadAttrs     Reason = "bad_attrs"     // attrs is not a JSON object, or too large
 	ReasonNotAnEntry   Reason = "not_an_entry"  // a field value that is not a string (never from XADD)
 	ReasonUndecodable  Reason = "undecodable"   // a JetStream payload that is not a position (persister)
+	ReasonUnstorable   Reason = "unstorable"    // a valid position the database refuses, e.g. \u0000 in attrs (persister)
 )
 
 // Reasons lists every reason an entry can be rejected for, for metrics that

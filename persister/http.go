@@ -1,0 +1,52 @@
+package persister
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// handler is the private mux: /healthz (the process answers), /readyz
+// (every dependency usable) and /metrics.
+func (p *persister) handler(g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", p.readyz)
+	if g != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+func (p *persister) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
+	var problems []string
+	if !p.nc.IsConnected() {
+		problems = append(problems, "nats: not connected")
+	}
+	if err := p.pool.Ping(ctx); err != nil {
+		problems = append(problems, "database: "+err.Error())
+	} else if !p.dbOK.Load() {
+		problems = append(problems, "database: last write or verification failed")
+	}
+	if !p.schemaOK.Load() {
+		problems = append(problems, "schema: not verified or not repairable")
+	}
+	if !p.consumerOK.Load() {
+		problems = append(problems, "consumer: stream POSITIONS or consumer "+p.cfg.Consumer+" not available")
+	}
+	if len(problems) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, strings.Join(problems, "\n"))
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
