@@ -1,0 +1,30 @@
+// Command authsvc runs the authsvc worker: Directus session validation and
+// event authorization as a NATS micro service. Settings: docs/authsvc.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"trm-live/authsvc"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cfg, err := authsvc.LoadConfig(os.Args[1:], os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "authsvc:", err)
+		os.Exit(1)
+	}
+	cfg.Logger = cfg.NewLogger(os.Stderr)
+	cfg.Logger.Info("effective configuration", "config", cfg.String())
+	if err := authsvc.Run(ctx, cfg); err != nil {
+		cfg.Logger.Error("authsvc failed", "err", err)
+		stop()
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,282 @@
+package authsvc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"golang.org/x/sync/singleflight"
+
+	"trm-live/contract"
+	"trm-live/contract/auth"
+)
+
+// sessionEntry is a cached session verdict: a user, or a rejection.
+type sessionEntry struct {
+	user auth.User
+	ok   bool
+}
+
+type eventKey struct {
+	user, event string
+	admin       bool
+}
+
+// service answers the two endpoints. The caches and singleflight groups are
+// safe for concurrent use; handler goroutines are bounded by the slots of
+// each endpoint and tracked by wg so shutdown can wait for them.
+type service struct {
+	cfg      Config
+	log      *slog.Logger
+	m        *metrics
+	nc       *nats.Conn
+	directus *directusClient
+	members  *membership
+	sessions *cache[[sha256.Size]byte, sessionEntry]
+	events   *cache[eventKey, auth.Decision]
+	sfSess   singleflight.Group
+	sfEvent  singleflight.Group
+	wg       sync.WaitGroup
+	// base is cancelled only after the handlers have finished, so look-ups
+	// in flight at shutdown complete.
+	base context.Context
+}
+
+// reply is what a handler answers: data, or an error code and description.
+type reply struct {
+	data    []byte
+	code    string
+	desc    string
+	outcome string
+}
+
+func errorReply(code, outcome, format string, args ...any) reply {
+	return reply{code: code, desc: fmt.Sprintf(format, args...), outcome: outcome}
+}
+
+func jsonReply(v any, outcome string) reply {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return errorReply(auth.CodeInternal, "internal", "encode reply: %v", err)
+	}
+	return reply{data: b, outcome: outcome}
+}
+
+// register adds the micro service and its two endpoints.
+func (s *service) register() (micro.Service, error) {
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name:        auth.ServiceName,
+		Version:     auth.ServiceVersion,
+		Description: "Directus session validation and event authorization",
+		QueueGroup:  auth.QueueGroup,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("add micro service: %w", err)
+	}
+	if err := svc.AddEndpoint("session", s.handler("session", s.session), micro.WithEndpointSubject(auth.SessionSubject)); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("add session endpoint: %w", err)
+	}
+	if err := svc.AddEndpoint("event", s.handler("event", s.event), micro.WithEndpointSubject(auth.EventSubject)); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("add event endpoint: %w", err)
+	}
+	return svc, nil
+}
+
+// handler runs fn on its own goroutine, at most Concurrency at once per
+// endpoint: micro calls a handler serially per endpoint, and a Directus
+// look-up takes milliseconds. When every slot is busy, the handler blocks
+// and requests wait in the subscription's buffer.
+//
+// The reply is published on the connection directly rather than with
+// req.Respond: micro reads the request's error state right after the
+// handler returns, which would race with the goroutine.
+func (s *service) handler(endpoint string, fn func(data []byte) reply) micro.HandlerFunc {
+	slots := make(chan struct{}, s.cfg.Concurrency)
+	inflight := s.m.inflight.WithLabelValues(endpoint)
+	duration := s.m.duration.WithLabelValues(endpoint)
+	return func(req micro.Request) {
+		start := time.Now()
+		slots <- struct{}{}
+		s.wg.Add(1)
+		inflight.Inc()
+		go func() {
+			defer func() {
+				inflight.Dec()
+				<-slots
+				s.wg.Done()
+			}()
+			r := fn(req.Data())
+			msg := &nats.Msg{Subject: req.Reply(), Data: r.data}
+			if r.code != "" {
+				msg.Header = nats.Header{micro.ErrorCodeHeader: {r.code}, micro.ErrorHeader: {r.desc}}
+			}
+			if msg.Subject != "" {
+				if err := s.nc.PublishMsg(msg); err != nil {
+					s.log.Debug("reply not sent", "endpoint", endpoint, "err", err)
+				}
+			}
+			s.m.requests.WithLabelValues(endpoint, r.outcome).Inc()
+			duration.Observe(time.Since(start).Seconds())
+		}()
+	}
+}
+
+// decode reads a request payload, refusing oversized or malformed ones.
+func decode(data []byte, v any) error {
+	if len(data) > auth.MaxRequestBytes {
+		return fmt.Errorf("request of %d bytes exceeds %d", len(data), auth.MaxRequestBytes)
+	}
+	if len(data) == 0 {
+		return errors.New("empty request: want a JSON object")
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("malformed JSON request: %v", err)
+	}
+	return nil
+}
+
+func (s *service) session(data []byte) reply {
+	var req auth.SessionRequest
+	if err := decode(data, &req); err != nil {
+		return errorReply(auth.CodeBadRequest, "bad_request", "%v", err)
+	}
+	var cred credential
+	switch {
+	case req.Cookie != "" && req.Bearer != "":
+		return errorReply(auth.CodeBadRequest, "bad_request", "send one credential: cookie or bearer, not both")
+	case req.Cookie != "":
+		cred = credential{value: req.Cookie}
+	case req.Bearer != "":
+		cred = credential{bearer: true, value: req.Bearer}
+	default:
+		return errorReply(auth.CodeUnauthorized, "unauthorized", "no credential")
+	}
+	if !auth.ValidToken(cred.value) {
+		// Cannot be a Directus token; refused without asking Directus.
+		return errorReply(auth.CodeUnauthorized, "unauthorized", "malformed credential")
+	}
+
+	key := credentialKey(cred)
+	if e, ok := s.sessions.get(key, s.cfg.Now()); ok {
+		s.m.cacheHits.WithLabelValues("session").Inc()
+		return sessionReply(e)
+	}
+	s.m.cacheMisses.WithLabelValues("session").Inc()
+	leader := false
+	v, err, _ := s.sfSess.Do(string(key[:]), func() (any, error) {
+		leader = true
+		// A look-up that finished just before this one started has
+		// already filled the cache.
+		if e, ok := s.sessions.get(key, s.cfg.Now()); ok {
+			return e, nil
+		}
+		u, err := s.directus.resolve(s.base, cred)
+		switch {
+		case err == nil:
+			e := sessionEntry{user: u, ok: true}
+			s.sessions.put(key, e, s.cfg.Now().Add(s.cfg.SessionTTL))
+			s.m.cacheEntries.WithLabelValues("session").Set(float64(s.sessions.len()))
+			s.log.Debug("session resolved", "user_id", u.ID, "admin", u.Admin)
+			return e, nil
+		case errors.Is(err, errUnauthorized):
+			e := sessionEntry{}
+			s.sessions.put(key, e, s.cfg.Now().Add(s.cfg.FailureTTL))
+			s.m.cacheEntries.WithLabelValues("session").Set(float64(s.sessions.len()))
+			return e, nil
+		default:
+			return nil, err // unavailable: never cached
+		}
+	})
+	if !leader {
+		s.m.collapsed.WithLabelValues("session").Inc()
+	}
+	if err != nil {
+		return errorReply(auth.CodeUnavailable, "unavailable", "%v", err)
+	}
+	return sessionReply(v.(sessionEntry))
+}
+
+func sessionReply(e sessionEntry) reply {
+	if !e.ok {
+		return errorReply(auth.CodeUnauthorized, "unauthorized", "directus refused the credential")
+	}
+	return jsonReply(e.user, "ok")
+}
+
+// credentialKey is the SHA-256 of the credential and its kind: the cache
+// never holds a credential itself.
+func credentialKey(c credential) [sha256.Size]byte {
+	h := sha256.New()
+	if c.bearer {
+		h.Write([]byte("bearer\x00"))
+	} else {
+		h.Write([]byte("cookie\x00"))
+	}
+	h.Write([]byte(c.value))
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
+}
+
+func (s *service) event(data []byte) reply {
+	var req auth.EventRequest
+	if err := decode(data, &req); err != nil {
+		return errorReply(auth.CodeBadRequest, "bad_request", "%v", err)
+	}
+	if !contract.ValidEventID(req.EventID) {
+		return errorReply(auth.CodeBadRequest, "bad_request", "event_id %q is not a canonical lowercase uuid", truncate(req.EventID))
+	}
+	if !contract.ValidEventID(req.UserID) {
+		return errorReply(auth.CodeBadRequest, "bad_request", "user_id %q is not a canonical lowercase uuid", truncate(req.UserID))
+	}
+	key := eventKey{user: req.UserID, event: req.EventID, admin: req.Admin}
+	if d, ok := s.events.get(key, s.cfg.Now()); ok {
+		s.m.cacheHits.WithLabelValues("event").Inc()
+		return jsonReply(auth.EventResponse{Decision: d}, string(d))
+	}
+	s.m.cacheMisses.WithLabelValues("event").Inc()
+	leader := false
+	v, err, _ := s.sfEvent.Do(req.UserID+"/"+req.EventID+fmt.Sprint(req.Admin), func() (any, error) {
+		leader = true
+		if d, ok := s.events.get(key, s.cfg.Now()); ok {
+			return d, nil
+		}
+		d, err := s.members.decide(s.base, req.UserID, req.Admin, req.EventID)
+		if err != nil {
+			return nil, err // unavailable: never cached
+		}
+		ttl := s.cfg.EventTTL
+		if d != auth.Allowed {
+			ttl = s.cfg.EventDenyTTL
+		}
+		s.events.put(key, d, s.cfg.Now().Add(ttl))
+		s.m.cacheEntries.WithLabelValues("event").Set(float64(s.events.len()))
+		s.log.Debug("event decided", "user_id", req.UserID, "event_id", req.EventID, "decision", d)
+		return d, nil
+	})
+	if !leader {
+		s.m.collapsed.WithLabelValues("event").Inc()
+	}
+	if err != nil {
+		return errorReply(auth.CodeUnavailable, "unavailable", "%v", err)
+	}
+	d := v.(auth.Decision)
+	return jsonReply(auth.EventResponse{Decision: d}, string(d))
+}
+
+// truncate keeps error descriptions short whatever the client sent.
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}

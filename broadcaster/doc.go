@@ -1,2 +1,0 @@
-// Package broadcaster is being built; see the open issue.
-package broadcaster
