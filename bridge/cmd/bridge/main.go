@@ -1,0 +1,29 @@
+// Command bridge republishes positions from Redis Streams onto JetStream.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"trm-live/bridge"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cfg, err := bridge.LoadConfig(os.Args[1:], os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bridge: config:", err)
+		os.Exit(1)
+	}
+	cfg.Logger = cfg.NewLogger(os.Stderr).With("component", "bridge")
+	cfg.Logger.Info("starting", "config", cfg.String())
+	if err := bridge.Run(ctx, cfg); err != nil {
+		cfg.Logger.Error("exit", "err", err)
+		stop()
+		os.Exit(1)
+	}
+}

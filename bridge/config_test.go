@@ -1,0 +1,54 @@
+package bridge_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"trm-live/bridge"
+)
+
+func TestLoadConfig(t *testing.T) {
+	env := map[string]string{
+		"NATS_URL":             "nats://n:4222",
+		"REDIS_URL":            "redis://:s3cret@r:6379/1",
+		"DATABASE_URL":         "postgres://u:pgpass@db:5432/x",
+		"BRIDGE_STREAMS":       "a, b",
+		"BRIDGE_BLOCK":         "2s",
+		"BRIDGE_MAX_IN_FLIGHT": "100",
+		"STREAM_DUPLICATES":    "3m",
+	}
+	cfg, err := bridge.LoadConfig([]string{"-group", "g2", "-block", "3s"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Group != "g2" || cfg.Block != 3*time.Second || cfg.MaxInFlight != 100 ||
+		len(cfg.Streams) != 2 || cfg.Streams[1] != "b" || cfg.Stream.Duplicates != 3*time.Minute ||
+		cfg.Consumer == "" || cfg.RoutingRefresh != bridge.DefaultRoutingRefresh {
+		t.Fatalf("unexpected config: %s", cfg)
+	}
+	s := cfg.String()
+	if strings.Contains(s, "s3cret") || strings.Contains(s, "pgpass") {
+		t.Fatalf("String leaks a password: %s", s)
+	}
+}
+
+func TestConfigErrorsNameTheSetting(t *testing.T) {
+	for name, c := range map[string]struct {
+		env  map[string]string
+		args []string
+	}{
+		"BRIDGE_BLOCK":           {args: []string{"-block", "500us"}},
+		"BRIDGE_BATCH":           {env: map[string]string{"BRIDGE_BATCH": "many"}},
+		"BRIDGE_PUBLISH_TIMEOUT": {env: map[string]string{"BRIDGE_PUBLISH_TIMEOUT": "soon"}},
+		"REDIS_URL":              {env: map[string]string{"REDIS_URL": "localhost"}},
+		"STREAM_":                {args: []string{"-stream-duplicates", "30s"}},
+		"BRIDGE_STREAMS":         {env: map[string]string{"BRIDGE_STREAMS": "a,a"}},
+		"LOG_FORMAT":             {env: map[string]string{"LOG_FORMAT": "xml"}},
+	} {
+		_, err := bridge.LoadConfig(c.args, func(k string) string { return c.env[k] })
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: error %v does not name the setting", name, err)
+		}
+	}
+}

@@ -1,0 +1,59 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+var httpErrServerClosed = http.ErrServerClosed
+
+// httpServer serves /healthz (the process answers), /readyz (Redis answers
+// a PING within 1 s, NATS is connected, the streams exist, the routing
+// table was loaded at least once, and the bridge is not stopping) and
+// /metrics, on a private mux.
+func (b *bridge) httpServer(gat prometheus.Gatherer) *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		problems := b.notReady(r.Context())
+		if len(problems) > 0 {
+			http.Error(w, "not ready: "+strings.Join(problems, "; "), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gat, promhttp.HandlerOpts{}))
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+}
+
+func (b *bridge) notReady(ctx context.Context) []string {
+	var problems []string
+	if b.stopping.Load() {
+		problems = append(problems, "stopping")
+	}
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := b.rdb.Ping(pctx).Err(); err != nil {
+		problems = append(problems, "redis: "+err.Error())
+	}
+	if !b.nc.IsConnected() {
+		problems = append(problems, "nats: "+b.nc.Status().String())
+	}
+	select {
+	case <-b.ensured:
+	default:
+		problems = append(problems, "jetstream streams not ensured yet")
+	}
+	if !b.router.ready() {
+		problems = append(problems, "routing table never loaded (postgres)")
+	}
+	return problems
+}

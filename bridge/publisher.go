@@ -1,0 +1,374 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"trm-live/contract"
+)
+
+// item is one Redis entry on its way to JetStream.
+type item struct {
+	stream     int    // index in Config.Streams
+	id         string // Redis entry id
+	msg        *nats.Msg
+	msgID      string
+	reason     contract.Reason // set for a dead letter
+	unassigned bool
+	start      time.Time
+	fut        jetstream.PubAckFuture
+}
+
+// ackRef names one entry to XACK.
+type ackRef struct {
+	stream int
+	id     string
+}
+
+// handle takes one entry read or claimed from Redis: a deleted entry is
+// acknowledged at once; any other is parsed, routed and published (a bad
+// one to the dead-letter subject). It blocks while MaxInFlight publishes
+// await their ack. ctx is the pipeline's context.
+func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage) error {
+	if !b.inflight.add(si, msg.ID) {
+		return nil // already on its way (a claim of our own entry)
+	}
+	b.m.read.Inc()
+	if msg.Values == nil {
+		// Deleted from the stream (XDEL or trimming) while pending: nothing
+		// to publish, and retrying would never end.
+		b.m.deletedPending.Inc()
+		return b.ack(ctx, ackRef{si, msg.ID})
+	}
+	it := &item{stream: si, id: msg.ID}
+	pos, err := contract.ParseEntry(msg.Values, b.cfg.Now())
+	if err != nil {
+		it.reason = contract.ReasonOf(err)
+		if it.reason == "" {
+			it.reason = contract.ReasonNotAnEntry
+		}
+		it.msg = b.deadLetter(si, msg, err)
+		it.msgID = "dlq:" + b.cfg.Streams[si] + ":" + msg.ID
+	} else {
+		pos.EventID = b.router.event(pos.DeviceID, pos.TS)
+		it.unassigned = pos.EventID == ""
+		it.msg = &nats.Msg{Subject: pos.Subject(), Data: pos.Encode()}
+		it.msgID = pos.MsgID()
+	}
+	select {
+	case b.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	b.m.inFlight.Inc()
+	it.start = time.Now()
+	if err := b.publish(ctx, it); err != nil {
+		return err
+	}
+	select {
+	case b.items <- it: // never blocks for long: cap(items) == cap(sem)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// deadLetter builds the dead-letter message of a rejected entry: the
+// original fields as a flat JSON object, the reason and source in headers.
+func (b *bridge) deadLetter(si int, msg redis.XMessage, rejection error) *nats.Msg {
+	fields := make(map[string]string, len(msg.Values))
+	for k, v := range msg.Values {
+		switch s := v.(type) {
+		case string:
+			fields[k] = s
+		case []byte:
+			fields[k] = string(s)
+		default:
+			fields[k] = fmt.Sprint(v)
+		}
+	}
+	data, _ := json.Marshal(fields) // a map of strings always marshals
+	reason, detail := contract.ReasonOf(rejection), rejection.Error()
+	if reason == "" {
+		reason = contract.ReasonNotAnEntry
+	}
+	h := nats.Header{}
+	h.Set(contract.HeaderReason, string(reason))
+	h.Set(contract.HeaderDetail, detail)
+	h.Set(contract.HeaderSourceStream, b.cfg.Streams[si])
+	h.Set(contract.HeaderSourceID, msg.ID)
+	h.Set(contract.HeaderWorker, "bridge")
+	return &nats.Msg{Subject: contract.DLQSubject, Header: h, Data: data}
+}
+
+// publish sends it asynchronously, retrying with backoff while the client
+// refuses at once (connection closed, too many stalled).
+func (b *bridge) publish(ctx context.Context, it *item) error {
+	for attempt := 0; ; attempt++ {
+		fut, err := b.js.PublishMsgAsync(it.msg, jetstream.WithMsgID(it.msgID))
+		if err == nil {
+			it.fut = fut
+			return nil
+		}
+		b.m.retries.Inc()
+		if attempt == 0 {
+			b.log.Warn("publish refused; retrying with backoff", "err", err)
+		}
+		if err := sleep(ctx, backoff(attempt)); err != nil {
+			return err
+		}
+	}
+}
+
+// completeLoop waits for each publish's ack in publishing order (acks come
+// back nearly in order on one connection, so waiting on the oldest costs
+// nothing). An acked entry goes to the acker. A failed or timed-out one
+// (every pending future fails when the connection drops) is re-sent with
+// the same Nats-Msg-Id after a backoff, and its Redis entry is not acked
+// meanwhile. It returns when the producers are done and every item is
+// acked, or when ctx ends.
+func (b *bridge) completeLoop(ctx context.Context) error {
+	var (
+		redo      []*item // re-sent, awaiting their new ack
+		failed    []*item // awaiting re-send
+		round     int     // consecutive failure rounds, for the backoff
+		resendAt  time.Time
+		itemsOpen = true
+	)
+	resend := func() error {
+		if err := sleep(ctx, time.Until(resendAt)); err != nil {
+			return err
+		}
+		for len(failed) > 0 {
+			it := failed[0]
+			fut, err := b.js.PublishMsgAsync(it.msg, jetstream.WithMsgID(it.msgID))
+			if err != nil {
+				round++
+				resendAt = time.Now().Add(backoff(round))
+				return nil // try the rest later
+			}
+			b.m.retries.Inc()
+			it.fut = fut
+			redo = append(redo, it)
+			failed = failed[1:]
+		}
+		failed = nil
+		return nil
+	}
+	for {
+		var it *item
+		switch {
+		case len(redo) > 0:
+			it, redo = redo[0], redo[1:]
+		case len(failed) > 0 && (!itemsOpen || len(b.items) == 0 || !time.Now().Before(resendAt)):
+			// Nothing else to wait for, nothing ready, or the re-send is
+			// due: wait for the next item only until the re-send is due.
+			if itemsOpen && time.Now().Before(resendAt) {
+				t := time.NewTimer(time.Until(resendAt))
+				select {
+				case next, ok := <-b.items:
+					t.Stop()
+					if !ok {
+						itemsOpen = false
+						continue
+					}
+					it = next
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				}
+			}
+			if it == nil {
+				if err := resend(); err != nil {
+					return err
+				}
+				continue
+			}
+		case !itemsOpen:
+			return nil
+		default:
+			select {
+			case next, ok := <-b.items:
+				if !ok {
+					itemsOpen = false
+					continue
+				}
+				it = next
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+
+		select {
+		case pa := <-it.fut.Ok():
+			round = 0
+			b.done(it, pa)
+			if err := b.ack(ctx, ackRef{it.stream, it.id}); err != nil {
+				return err
+			}
+		case err := <-it.fut.Err():
+			if len(failed) == 0 {
+				if round == 0 {
+					b.log.Warn("publish not acknowledged; re-sending with the same Nats-Msg-Id", "err", err)
+				}
+				round++
+				resendAt = time.Now().Add(backoff(round - 1))
+			}
+			failed = append(failed, it)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// done accounts for one acked publish and frees its in-flight slot.
+func (b *bridge) done(it *item, pa *jetstream.PubAck) {
+	<-b.sem
+	b.m.inFlight.Dec()
+	b.m.latency.Observe(time.Since(it.start).Seconds())
+	switch {
+	case it.reason != "":
+		b.m.deadLettered.WithLabelValues(string(it.reason)).Inc()
+	default:
+		b.m.published.Inc()
+		if it.unassigned {
+			b.m.unassigned.Inc()
+		}
+	}
+	if pa != nil && pa.Duplicate {
+		b.m.duplicates.Inc()
+	}
+}
+
+func (b *bridge) ack(ctx context.Context, r ackRef) error {
+	select {
+	case b.acks <- r:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ackLoop XACKs in batches: it takes what is waiting (up to 4096 entries),
+// acknowledges it in one pipelined round trip, and retries with backoff
+// while Redis is down. It returns when the completer is done and every
+// entry is acknowledged, or when ctx ends.
+func (b *bridge) ackLoop(ctx context.Context) error {
+	const maxBatch = 4096
+	byStream := make([][]string, len(b.cfg.Streams))
+	for {
+		var r ackRef
+		var ok bool
+		select {
+		case r, ok = <-b.acks:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			return nil
+		}
+		n, closed := 1, false
+		byStream[r.stream] = append(byStream[r.stream], r.id)
+	drain:
+		for n < maxBatch {
+			select {
+			case r, ok = <-b.acks:
+				if !ok {
+					closed = true
+					break drain
+				}
+				byStream[r.stream] = append(byStream[r.stream], r.id)
+				n++
+			default:
+				break drain
+			}
+		}
+		if b.cfg.crashBeforeAck != nil && b.cfg.crashBeforeAck(n) {
+			return errCrash
+		}
+		for attempt := 0; ; attempt++ {
+			err := b.xack(ctx, byStream)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.m.redisErrors.Inc()
+			if attempt == 0 {
+				b.log.Warn("xack failed; retrying with backoff", "err", err, "entries", n)
+			}
+			if err := sleep(ctx, backoff(attempt)); err != nil {
+				return err
+			}
+		}
+		b.m.acked.Add(float64(n))
+		for si, ids := range byStream {
+			b.inflight.remove(si, ids)
+			byStream[si] = ids[:0]
+		}
+		if closed {
+			return nil
+		}
+	}
+}
+
+func (b *bridge) xack(ctx context.Context, byStream [][]string) error {
+	pipe := b.rdb.Pipeline()
+	for si, ids := range byStream {
+		if len(ids) > 0 {
+			pipe.XAck(ctx, b.cfg.Streams[si], b.cfg.Group, ids...)
+		}
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// inflightSet holds the entries between read and XACK, per stream, so that
+// a claim of one of our own idle entries does not publish it twice.
+type inflightSet struct {
+	mu  sync.Mutex
+	ids []map[string]struct{}
+}
+
+func newInflightSet(n int) *inflightSet {
+	s := &inflightSet{ids: make([]map[string]struct{}, n)}
+	for i := range s.ids {
+		s.ids[i] = make(map[string]struct{})
+	}
+	return s
+}
+
+// add reports false when id is already in flight.
+func (s *inflightSet) add(si int, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.ids[si][id]; ok {
+		return false
+	}
+	s.ids[si][id] = struct{}{}
+	return true
+}
+
+func (s *inflightSet) contains(si int, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.ids[si][id]
+	return ok
+}
+
+func (s *inflightSet) remove(si int, ids []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		delete(s.ids[si], id)
+	}
+}

@@ -1,0 +1,211 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// newEntries is the XREADGROUP id of entries never delivered to the group;
+// any other cursor pages through this consumer's own pending list.
+const newEntries = ">"
+
+// readLoop reads every stream through the consumer group until intake ends.
+// It first re-reads this consumer's own pending entries ("0", paging by the
+// last id), then new ones (">"). A missing group (NOGROUP: Redis restarted
+// without its data, or the group was deleted) is recreated from "0". Errors
+// are retried with backoff; the bridge is not ready meanwhile.
+func (b *bridge) readLoop(intake, ctx context.Context) error {
+	// Route nothing before the routing table and the streams exist: a
+	// position published as unassigned for want of a table is misrouted.
+	for _, ch := range []<-chan struct{}{b.router.loaded, b.ensured} {
+		select {
+		case <-ch:
+		case <-intake.Done():
+			return nil
+		}
+	}
+	if !b.ensureGroups(intake) {
+		return nil
+	}
+	n := len(b.cfg.Streams)
+	cursors := make([]string, n)
+	for i := range cursors {
+		cursors[i] = "0"
+	}
+	args := make([]string, 2*n)
+	copy(args, b.cfg.Streams)
+	seen := make([]bool, n)
+	failures := 0
+	for intake.Err() == nil {
+		pending := false
+		for i, c := range cursors {
+			args[n+i] = c
+			pending = pending || c != newEntries
+		}
+		block := b.cfg.Block
+		if pending {
+			block = -1 // history reads answer at once; omit BLOCK
+		}
+		res, err := b.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: b.cfg.Group, Consumer: b.cfg.Consumer, Streams: args,
+			Count: int64(b.cfg.Batch), Block: block,
+		}).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			if ctx.Err() != nil {
+				return nil
+			}
+			b.m.redisErrors.Inc()
+			if isNoGroup(err) {
+				b.log.Warn("consumer group missing; recreating it from the start of the streams", "group", b.cfg.Group, "err", err)
+				if !b.ensureGroups(intake) {
+					return nil
+				}
+				for i := range cursors {
+					cursors[i] = "0"
+				}
+				continue
+			}
+			if b.redisOK.Swap(false) {
+				b.log.Warn("redis read failed; retrying with backoff", "err", err)
+			}
+			if sleep(intake, backoff(failures)) != nil {
+				return nil
+			}
+			failures++
+			continue
+		}
+		failures = 0
+		if !b.redisOK.Swap(true) {
+			b.log.Info("redis reads resumed")
+		}
+		clear(seen)
+		for _, xs := range res {
+			si, ok := b.streamIndex[xs.Stream]
+			if !ok {
+				continue
+			}
+			seen[si] = true
+			if cursors[si] != newEntries {
+				if len(xs.Messages) == 0 {
+					cursors[si] = newEntries
+				} else {
+					cursors[si] = xs.Messages[len(xs.Messages)-1].ID
+				}
+			}
+			for _, msg := range xs.Messages {
+				if err := b.handle(ctx, si, msg); err != nil {
+					return nil // the pipeline is stopping
+				}
+			}
+		}
+		for si := range cursors {
+			if !seen[si] {
+				cursors[si] = newEntries
+			}
+		}
+	}
+	return nil
+}
+
+// ensureGroups creates the consumer group on every stream (and the stream
+// when missing), from "0" so that nothing already written is skipped. It
+// retries until it succeeds; false means intake ended first.
+func (b *bridge) ensureGroups(intake context.Context) bool {
+	for attempt := 0; ; attempt++ {
+		var err error
+		for _, s := range b.cfg.Streams {
+			cerr := b.rdb.XGroupCreateMkStream(intake, s, b.cfg.Group, "0").Err()
+			if cerr != nil && !redis.HasErrorPrefix(cerr, "BUSYGROUP") {
+				err = cerr
+				break
+			}
+		}
+		if err == nil {
+			return true
+		}
+		if intake.Err() != nil {
+			return false
+		}
+		b.m.redisErrors.Inc()
+		if b.redisOK.Swap(false) {
+			b.log.Warn("cannot create consumer group yet; retrying", "group", b.cfg.Group, "err", err)
+		}
+		if sleep(intake, backoff(attempt)) != nil {
+			return false
+		}
+	}
+}
+
+// claimLoop takes over, every ClaimInterval, the entries that stayed
+// pending longer than ClaimMinIdle under any consumer of the group (a dead
+// bridge's, or our own when it is not in flight). Entries deleted while
+// pending are acknowledged and counted.
+func (b *bridge) claimLoop(intake, ctx context.Context) {
+	select {
+	case <-b.ensured:
+	case <-intake.Done():
+		return
+	}
+	t := time.NewTicker(b.cfg.ClaimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-intake.Done():
+			return
+		case <-t.C:
+		}
+		if !b.router.ready() {
+			continue
+		}
+		for si, s := range b.cfg.Streams {
+			claimed, deleted := 0, 0
+			start := "0-0"
+			for intake.Err() == nil {
+				msgs, next, deletedIDs, err := b.rdb.XAutoClaimWithDeleted(ctx, &redis.XAutoClaimArgs{
+					Stream: s, Group: b.cfg.Group, Consumer: b.cfg.Consumer,
+					MinIdle: b.cfg.ClaimMinIdle, Start: start, Count: int64(b.cfg.Batch),
+				}).Result()
+				if err != nil {
+					if !isNoGroup(err) && ctx.Err() == nil {
+						b.m.redisErrors.Inc()
+						b.log.Debug("xautoclaim failed", "stream", s, "err", err)
+					}
+					break
+				}
+				for _, id := range deletedIDs {
+					// Redis already dropped them from the pending list; the
+					// XACK is a harmless no-op kept for older servers.
+					b.m.read.Inc()
+					b.m.deletedPending.Inc()
+					if b.ack(ctx, ackRef{si, id}) != nil {
+						return
+					}
+				}
+				deleted += len(deletedIDs)
+				for _, msg := range msgs {
+					if b.inflight.contains(si, msg.ID) {
+						continue
+					}
+					b.m.claimed.Inc()
+					claimed++
+					if b.handle(ctx, si, msg) != nil {
+						return
+					}
+				}
+				if next == "" || next == "0-0" {
+					break
+				}
+				start = next
+			}
+			if claimed > 0 || deleted > 0 {
+				b.log.Info("claimed idle pending entries", "stream", s, "claimed", claimed, "deleted", deleted,
+					"min_idle", b.cfg.ClaimMinIdle)
+			}
+		}
+	}
+}
+
+func isNoGroup(err error) bool { return redis.HasErrorPrefix(err, "NOGROUP") }
