@@ -1,0 +1,198 @@
+package broadcaster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go"
+
+	"trm-live/contract"
+)
+
+// hub owns the topics of this instance: one core NATS subscription per
+// event with at least one subscriber (pos.<event>.*), shared by all its
+// feeds, created on the first subscriber and removed after the last.
+type hub struct {
+	nc   *nats.Conn
+	snap *snapshotter
+	m    *metrics
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	topics map[string]*topic // by event id
+}
+
+// topic is one event's live fan-out.
+type topic struct {
+	h       *hub
+	eventID string
+	sub     *nats.Subscription
+	feeds   atomic.Pointer[[]*feed] // copy-on-write under h.mu; read lock-free per message
+
+	devMu   sync.Mutex
+	devices map[string]int32 // device id → index into each feed's slots
+}
+
+func newHub(nc *nats.Conn, snap *snapshotter, m *metrics, log *slog.Logger) *hub {
+	return &hub{nc: nc, snap: snap, m: m, log: log, topics: make(map[string]*topic)}
+}
+
+// attach adds f to the topic of eventID, subscribing to NATS if f is the
+// first feed. Live messages reach f from the moment attach returns.
+func (h *hub) attach(eventID string, f *feed) (*topic, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t := h.topics[eventID]
+	if t == nil {
+		t = &topic{h: h, eventID: eventID, devices: make(map[string]int32)}
+		empty := []*feed{}
+		t.feeds.Store(&empty)
+		sub, err := h.nc.Subscribe(contract.EventSubject(eventID), t.onMsg)
+		if err != nil {
+			return nil, fmt.Errorf("subscribe %s: %w", contract.EventSubject(eventID), err)
+		}
+		t.sub = sub
+		h.topics[eventID] = t
+		h.m.topics.Set(float64(len(h.topics)))
+		h.log.Debug("topic opened", "event_id", eventID)
+	}
+	old := *t.feeds.Load()
+	feeds := make([]*feed, len(old), len(old)+1)
+	copy(feeds, old)
+	feeds = append(feeds, f)
+	t.feeds.Store(&feeds)
+	return t, nil
+}
+
+// detach removes f from t and drops the NATS subscription after the last
+// feed.
+func (h *hub) detach(t *topic, f *feed) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old := *t.feeds.Load()
+	feeds := make([]*feed, 0, len(old))
+	for _, g := range old {
+		if g != f {
+			feeds = append(feeds, g)
+		}
+	}
+	t.feeds.Store(&feeds)
+	if len(feeds) > 0 || h.topics[t.eventID] != t {
+		return
+	}
+	if err := t.sub.Unsubscribe(); err != nil {
+		h.log.Debug("unsubscribe", "event_id", t.eventID, "err", err)
+	}
+	delete(h.topics, t.eventID)
+	h.m.topics.Set(float64(len(h.topics)))
+	h.log.Debug("topic closed", "event_id", t.eventID)
+}
+
+// topicCount is the number of open topics (NATS subscriptions).
+func (h *hub) topicCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.topics)
+}
+
+// index returns the index of a device in t, adding it if new.
+func (t *topic) index(device string) int32 {
+	t.devMu.Lock()
+	idx, ok := t.devices[device]
+	if !ok {
+		idx = int32(len(t.devices))
+		t.devices[device] = idx
+	}
+	t.devMu.Unlock()
+	return idx
+}
+
+// onMsg fans one position out to every feed of the topic. It runs on the
+// subscription's goroutine, one message at a time. The position is decoded
+// and encoded once; its bytes are shared by every client.
+func (t *topic) onMsg(msg *nats.Msg) {
+	m := t.h.m
+	m.messagesReceived.Inc()
+	eventID, device, ok := contract.ParseSubject(msg.Subject)
+	if !ok || eventID != t.eventID {
+		m.messagesInvalid.Inc()
+		return
+	}
+	p, err := contract.DecodePosition(msg.Data)
+	if err != nil || p.DeviceID != device || p.EventID != eventID {
+		m.messagesInvalid.Inc()
+		return
+	}
+	t.deliver(t.index(device), p.TSMillis(), p.Encode())
+}
+
+func (t *topic) deliver(idx int32, ts int64, data []byte) {
+	var coalesced, stale int
+	for _, f := range *t.feeds.Load() {
+		switch f.mb.put(f, idx, ts, data) {
+		case putCoalesced:
+			coalesced++
+		case putStale:
+			stale++
+		}
+	}
+	if coalesced > 0 {
+		t.h.m.positionsCoalesced.Add(float64(coalesced))
+	}
+	if stale > 0 {
+		t.h.m.positionsStale.Add(float64(stale))
+	}
+}
+
+// snapshot reads the latest position of every device of t from JetStream,
+// with device indexes of t.
+func (t *topic) snapshot(ctx context.Context) ([]snapItem, error) {
+	positions, err := t.h.snap.latest(ctx, t.eventID)
+	if err != nil {
+		return nil, err
+	}
+	items := make([]snapItem, len(positions))
+	for i, p := range positions {
+		items[i] = snapItem{idx: t.index(p.device), ts: p.ts, data: p.data}
+	}
+	return items, nil
+}
+
+// resync re-reads every topic's snapshot and offers it to its feeds as
+// ordinary positions (older ones are dropped per device). Run after a NATS
+// reconnect: core NATS lost what was published during the outage.
+func (h *hub) resync(ctx context.Context) {
+	h.mu.Lock()
+	topics := make([]*topic, 0, len(h.topics))
+	for _, t := range h.topics {
+		topics = append(topics, t)
+	}
+	h.mu.Unlock()
+	for _, t := range topics {
+		items, err := t.snapshot(ctx)
+		if err != nil {
+			h.log.Warn("resync after reconnect", "event_id", t.eventID, "err", err)
+			continue
+		}
+		for _, it := range items {
+			t.deliver(it.idx, it.ts, it.data)
+		}
+	}
+	if len(topics) > 0 {
+		h.log.Info("resynced topics after NATS reconnect", "topics", len(topics))
+	}
+}
+
+// close drops every NATS subscription.
+func (h *hub) close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, t := range h.topics {
+		_ = t.sub.Unsubscribe()
+		delete(h.topics, id)
+	}
+	h.m.topics.Set(0)
+}

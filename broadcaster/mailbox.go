@@ -1,0 +1,521 @@
+package broadcaster
+
+import (
+	"sync"
+
+	"github.com/olahol/melody"
+
+	"trm-live/contract/ws"
+)
+
+// credits is how many frames one session may have in melody's buffer or on
+// the wire at once. melody drops silently when its buffer is full, so the
+// mailbox never lets it fill: a frame takes a credit when it is queued and
+// gives it back when melody reports it written (HandleSentMessage). The
+// buffer is credits+1 slots, so a close always fits.
+const credits = 2
+
+// slot is what a feed holds for one device.
+type slot struct {
+	ts      int64  // newest fix time accepted for the device (Unix ms); 0 = none
+	data    []byte // its encoded position while pending; nil once taken
+	pending bool   // data waits to be sent
+}
+
+// feed is one subscription of one client: a stream of positions of many
+// devices, kept latest-only per device until the client's writer is free.
+// The topic hub feeds it today; a private paced replay can feed one the
+// same way (put with its own device indexes), without touching the
+// mailbox.
+type feed struct {
+	mb    *mailbox
+	topic string
+	head  []byte // positions frame up to its first item
+
+	// Guarded by mb.mu.
+	slots  []slot  // by device index
+	dirty  []int32 // devices with a pending position, oldest first, from dirtyHead
+	head0  int     // dirtyHead: first live entry of dirty
+	ready  bool    // its subscribed frame is queued; positions may follow
+	queued bool    // in mb.feeds
+	closed bool
+}
+
+func newFeed(mb *mailbox, topic string) *feed {
+	return &feed{mb: mb, topic: topic, head: ws.AppendPositionsHead(nil, topic)}
+}
+
+// mailbox is the outbound queue of one WebSocket session. Every write to
+// the session goes through it, so melody's buffer never fills and the
+// credit count never drifts (NOTES §1). It holds:
+//   - ctrl: encoded control frames, FIFO, never coalesced or dropped, capped;
+//     past the cap the client is closed with 1008;
+//   - per feed, the latest pending position of every device and the order in
+//     which devices became pending.
+//
+// One writer goroutine at a time (scheduled) takes work from it and writes,
+// so frames leave in the order they were taken.
+type mailbox struct {
+	s       sessionWriter
+	w       *writers
+	ctrlCap int
+
+	mu        sync.Mutex
+	ctrl      [][]byte
+	feeds     []*feed // ready feeds with pending positions, round robin
+	inflight  int
+	scheduled bool
+	closing   []byte // close frame to send once ctrl is flushed
+	closed    bool   // nothing more is queued or sent
+}
+
+// sessionWriter is the part of *melody.Session the mailbox writes to.
+type sessionWriter interface {
+	Write(msg []byte) error
+	CloseWithMsg(msg []byte) error
+}
+
+func newMailbox(s sessionWriter, w *writers, ctrlCap int) *mailbox {
+	return &mailbox{s: s, w: w, ctrlCap: ctrlCap}
+}
+
+// putResult says what put did with a position.
+type putResult uint8
+
+const (
+	putQueued    putResult = iota // now pending
+	putCoalesced                  // replaced an older pending position of the device
+	putStale                      // older than or equal to what the client has or will get
+	putClosed                     // the feed or the mailbox is closed
+)
+
+// put offers a position of device idx with fix time ts (Unix ms) to f.
+// data must not change afterwards: it is shared by every client.
+func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
+	mb.mu.Lock()
+	if f.closed || mb.closed || mb.closing != nil {
+		mb.mu.Unlock()
+		return putClosed
+	}
+	if int(idx) >= len(f.slots) {
+		f.growSlots(int(idx) + 1)
+	}
+	sl := &f.slots[idx]
+	if ts <= sl.ts {
+		mb.mu.Unlock()
+		return putStale
+	}
+	res := putQueued
+	sl.ts, sl.data = ts, data
+	if sl.pending {
+		res = putCoalesced
+	} else {
+		sl.pending = true
+		f.dirty = append(f.dirty, idx)
+		if f.ready && !f.queued {
+			f.queued = true
+			mb.feeds = append(mb.feeds, f)
+		}
+	}
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+	return res
+}
+
+func (f *feed) growSlots(n int) {
+	c := cap(f.slots)
+	if n <= c {
+		f.slots = f.slots[:n]
+		return
+	}
+	if c < 16 {
+		c = 16
+	}
+	for c < n {
+		c *= 2
+	}
+	s := make([]slot, n, c)
+	copy(s, f.slots)
+	f.slots = s
+}
+
+// snapItem is one position of a snapshot.
+type snapItem struct {
+	idx  int32
+	ts   int64
+	data []byte
+}
+
+// activate merges a snapshot into f and queues the subscribed frame, under
+// one lock: the frame carries the newest position of every device known
+// to f (from the snapshot or from live messages that arrived meanwhile), and
+// only newer positions follow it. It returns false when f or the mailbox
+// closed meanwhile, or when the control queue overflowed (the client is
+// then closed).
+func (mb *mailbox) activate(f *feed, snap []snapItem, id string) (sent int, ok bool) {
+	mb.mu.Lock()
+	if f.closed || mb.closed || mb.closing != nil {
+		mb.mu.Unlock()
+		return 0, false
+	}
+	for _, it := range snap {
+		if int(it.idx) >= len(f.slots) {
+			f.growSlots(int(it.idx) + 1)
+		}
+		sl := &f.slots[it.idx]
+		if it.ts <= sl.ts {
+			continue // a live message of the device was newer
+		}
+		sl.ts, sl.data = it.ts, it.data
+		if !sl.pending {
+			sl.pending = true
+			f.dirty = append(f.dirty, it.idx)
+		}
+	}
+	items := make([][]byte, 0, len(f.dirty)-f.head0)
+	for _, idx := range f.dirty[f.head0:] {
+		sl := &f.slots[idx]
+		items = append(items, sl.data)
+		sl.data, sl.pending = nil, false
+	}
+	f.dirty, f.head0 = f.dirty[:0], 0
+	f.ready = true
+	frame := ws.AppendSubscribed(getBuf(256+len(items)*200), f.topic, id, items)
+	if !mb.pushCtrlLocked(frame) {
+		mb.mu.Unlock()
+		mb.overflow()
+		return 0, false
+	}
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+	return len(items), true
+}
+
+// end closes f: its pending positions are dropped and nothing of it is sent
+// after frame (unsubscribed or error), which is queued under the same lock.
+// frame may be nil.
+func (mb *mailbox) end(f *feed, frame []byte) {
+	mb.mu.Lock()
+	if mb.closed {
+		mb.mu.Unlock()
+		return
+	}
+	if !f.closed {
+		f.closed = true
+		f.slots, f.dirty, f.head0 = nil, nil, 0
+		if f.queued {
+			f.queued = false
+			for i, g := range mb.feeds {
+				if g == f {
+					mb.feeds = append(mb.feeds[:i], mb.feeds[i+1:]...)
+					break
+				}
+			}
+		}
+	}
+	if frame != nil && mb.closing == nil && !mb.pushCtrlLocked(frame) {
+		mb.mu.Unlock()
+		mb.overflow()
+		return
+	}
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+}
+
+// control queues a control frame. A client whose control queue is full is
+// closed with 1008.
+func (mb *mailbox) control(frame []byte) {
+	mb.mu.Lock()
+	if mb.closed || mb.closing != nil {
+		mb.mu.Unlock()
+		return
+	}
+	if !mb.pushCtrlLocked(frame) {
+		mb.mu.Unlock()
+		mb.overflow()
+		return
+	}
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+}
+
+// pushCtrlLocked appends a control frame; false means the queue is full
+// and the mailbox is now closed.
+func (mb *mailbox) pushCtrlLocked(frame []byte) bool {
+	if len(mb.ctrl) >= mb.ctrlCap {
+		mb.closed = true
+		mb.ctrl, mb.feeds = nil, nil
+		return false
+	}
+	mb.ctrl = append(mb.ctrl, frame)
+	return true
+}
+
+// overflow is called, without the lock, after pushCtrlLocked failed.
+func (mb *mailbox) overflow() {
+	mb.w.slowClose(mb)
+	_ = mb.s.CloseWithMsg(melody.FormatCloseMessage(ws.ClosePolicyViolation, "too slow: control queue full"))
+}
+
+// closeAfterControl drops the pending positions, lets the queued control
+// frames go out, then closes the session with code. It reports whether this
+// call started the close.
+func (mb *mailbox) closeAfterControl(code int, reason string) bool {
+	mb.mu.Lock()
+	if mb.closed || mb.closing != nil {
+		mb.mu.Unlock()
+		return false
+	}
+	mb.closing = melody.FormatCloseMessage(code, reason)
+	for _, f := range mb.feeds {
+		f.queued = false
+	}
+	mb.feeds = nil
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+	return true
+}
+
+// close drops everything pending and closes the session with code at once.
+// The close frame takes melody's reserved slot, so it is never lost.
+func (mb *mailbox) close(code int, reason string) bool {
+	mb.mu.Lock()
+	if mb.closed {
+		mb.mu.Unlock()
+		return false
+	}
+	mb.closed, mb.closing = true, nil
+	mb.ctrl, mb.feeds = nil, nil
+	mb.mu.Unlock()
+	_ = mb.s.CloseWithMsg(melody.FormatCloseMessage(code, reason))
+	return true
+}
+
+// shut marks the mailbox closed after the session ended, so producers stop
+// queueing to it.
+func (mb *mailbox) shut() {
+	mb.mu.Lock()
+	mb.closed = true
+	mb.ctrl, mb.feeds = nil, nil
+	mb.mu.Unlock()
+}
+
+// sent returns the credit of a frame melody has written.
+func (mb *mailbox) sent() {
+	mb.mu.Lock()
+	mb.inflight--
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+}
+
+// wantLocked reports whether a writer must be scheduled, and marks it so.
+func (mb *mailbox) wantLocked() bool {
+	if mb.scheduled || mb.closed || !mb.workLocked() {
+		return false
+	}
+	mb.scheduled = true
+	return true
+}
+
+// workLocked reports whether flush has something to do now.
+func (mb *mailbox) workLocked() bool {
+	if mb.closing != nil && len(mb.ctrl) == 0 {
+		return true // the close needs no credit: it has its own slot
+	}
+	return mb.inflight < credits && (len(mb.ctrl) > 0 || len(mb.feeds) > 0)
+}
+
+// flush is run by one writer goroutine at a time: while credits last, it
+// takes a control frame, or else one positions frame of the next feed, and
+// hands it to melody. scratch is the writer's own item buffer.
+func (mb *mailbox) flush(scratch [][]byte, maxItems, maxBytes int, m *metrics) [][]byte {
+	for {
+		mb.mu.Lock()
+		if mb.closed || !mb.workLocked() {
+			mb.scheduled = false
+			mb.mu.Unlock()
+			return scratch
+		}
+		if mb.closing != nil && len(mb.ctrl) == 0 {
+			msg := mb.closing
+			mb.closed, mb.closing, mb.scheduled = true, nil, false
+			mb.mu.Unlock()
+			_ = mb.s.CloseWithMsg(msg)
+			return scratch
+		}
+		mb.inflight++
+		if len(mb.ctrl) > 0 {
+			frame := mb.ctrl[0]
+			mb.ctrl[0] = nil
+			mb.ctrl = mb.ctrl[1:]
+			if len(mb.ctrl) == 0 {
+				mb.ctrl = nil
+			}
+			mb.mu.Unlock()
+			m.controlSent.Inc()
+			m.framesSent.Inc()
+			_ = mb.s.Write(frame)
+			continue
+		}
+		f := mb.feeds[0]
+		scratch = scratch[:0]
+		size := len(f.head) + len(ws.PositionsTail)
+		n := 0
+		for _, idx := range f.dirty[f.head0:] {
+			sl := &f.slots[idx]
+			if n > 0 && (n >= maxItems || size+len(sl.data)+1 > maxBytes) {
+				break
+			}
+			scratch = append(scratch, sl.data)
+			size += len(sl.data) + 1
+			sl.data, sl.pending = nil, false
+			n++
+		}
+		f.head0 += n
+		if f.head0 == len(f.dirty) {
+			f.dirty, f.head0 = f.dirty[:0], 0
+			f.queued = false
+			mb.feeds = mb.feeds[1:]
+		} else {
+			if f.head0 > len(f.dirty)/2 {
+				k := copy(f.dirty, f.dirty[f.head0:])
+				f.dirty, f.head0 = f.dirty[:k], 0
+			}
+			// Round robin: the feed goes behind the others.
+			mb.feeds = append(mb.feeds[1:], f)
+		}
+		if len(mb.feeds) == 0 {
+			mb.feeds = nil
+		}
+		mb.mu.Unlock()
+		frame := getBuf(size)
+		frame = append(frame, f.head...)
+		for i, it := range scratch {
+			if i > 0 {
+				frame = append(frame, ',')
+			}
+			frame = append(frame, it...)
+			scratch[i] = nil
+		}
+		frame = append(frame, ws.PositionsTail...)
+		m.framesSent.Inc()
+		m.positionsSent.Add(float64(n))
+		_ = mb.s.Write(frame)
+	}
+}
+
+// pending reports the positions and control frames waiting, for tests and
+// the boundedness check.
+func (mb *mailbox) pending() (positions, control int) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	for _, f := range mb.feeds {
+		positions += len(f.dirty) - f.head0
+	}
+	return positions, len(mb.ctrl)
+}
+
+// Frame buffers are recycled once melody has written them.
+var bufPool sync.Pool
+
+const maxPooledBuf = 256 << 10
+
+func getBuf(size int) []byte {
+	if p, ok := bufPool.Get().(*[]byte); ok && cap(*p) >= size {
+		return (*p)[:0]
+	}
+	return make([]byte, 0, size)
+}
+
+func putBuf(b []byte) {
+	if cap(b) == 0 || cap(b) > maxPooledBuf {
+		return
+	}
+	b = b[:0]
+	bufPool.Put(&b)
+}
+
+// writers is a pool of goroutines that build frames for mailboxes that have
+// work and credits. A mailbox is queued at most once (mailbox.scheduled),
+// so the queue is bounded by the number of sessions.
+type writers struct {
+	maxItems, maxBytes int
+	m                  *metrics
+	onSlow             func()
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	queue   []*mailbox
+	head    int
+	stopped bool
+}
+
+func newWriters(maxItems, maxBytes int, m *metrics) *writers {
+	w := &writers{maxItems: maxItems, maxBytes: maxBytes, m: m}
+	w.cond = sync.NewCond(&w.mu)
+	return w
+}
+
+func (w *writers) schedule(mb *mailbox) {
+	w.mu.Lock()
+	w.queue = append(w.queue, mb)
+	w.mu.Unlock()
+	w.cond.Signal()
+}
+
+func (w *writers) slowClose(*mailbox) {
+	w.m.slowCloses.Inc()
+	w.m.closes.WithLabelValues("1008").Inc()
+}
+
+// run is one writer goroutine; it returns after stop.
+func (w *writers) run() {
+	var scratch [][]byte
+	for {
+		w.mu.Lock()
+		for w.head == len(w.queue) && !w.stopped {
+			w.cond.Wait()
+		}
+		if w.stopped {
+			w.mu.Unlock()
+			return
+		}
+		mb := w.queue[w.head]
+		w.queue[w.head] = nil
+		w.head++
+		if w.head == len(w.queue) {
+			w.queue, w.head = w.queue[:0], 0
+		} else if w.head > 1024 && w.head > len(w.queue)/2 {
+			k := copy(w.queue, w.queue[w.head:])
+			clear(w.queue[k:])
+			w.queue, w.head = w.queue[:k], 0
+		}
+		w.mu.Unlock()
+		scratch = mb.flush(scratch, w.maxItems, w.maxBytes, w.m)
+	}
+}
+
+func (w *writers) stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
+	w.cond.Broadcast()
+}
