@@ -233,9 +233,11 @@
   }
 
   function colorOf(id) {
-    let h = 0;
-    for (let i = 0; i < id.length; i++) h = (h * 31 + id.charCodeAt(i)) >>> 0;
-    return "hsl(" + (h % 360) + ",70%,42%)";
+    // FNV-1a, then golden-angle spacing, so ids that differ in one
+    // character still get far-apart hues.
+    let h = 2166136261;
+    for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 16777619) >>> 0;
+    return "hsl(" + Math.round((h % 1000) * 137.508) % 360 + ",70%,42%)";
   }
 
   function draw() {
