@@ -1,0 +1,3 @@
+module trm-live/deploy/healthcheck
+
+go 1.26.8
