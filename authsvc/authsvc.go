@@ -109,6 +109,10 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = ln.Close()
 		return err
 	}
+	if nc.IsConnected() {
+		// Let the server confirm the subscriptions before saying we serve.
+		_ = nc.FlushTimeout(2 * time.Second)
+	}
 	log.Info("authsvc serving", "http_addr", ln.Addr().String(), "nats_connected", nc.IsConnected(), "instance", svc.Info().ID)
 
 	srv := &http.Server{Handler: s.mux(pool, gatherer), ReadHeaderTimeout: 5 * time.Second}

@@ -92,7 +92,7 @@ type Config struct {
 
 type setting struct {
 	env, flag, def, usage string
-	apply             func(c *Config, v string) error
+	apply                 func(c *Config, v string) error
 }
 
 func durationSetting(env, def, usage string, dst func(*Config) *time.Duration) setting {

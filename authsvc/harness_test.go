@@ -75,6 +75,7 @@ type harness struct {
 	http   string // base URL of /healthz, /readyz, /metrics
 	cfg    Config
 	pool   *pgxpool.Pool
+	stop   func() // stops the first instance and checks Run returned nil
 }
 
 type option func(*harness, *Config)
@@ -100,7 +101,7 @@ func newHarness(t *testing.T, opts ...option) *harness {
 		testkit.SeedDirectusTables(t, h.dsn)
 	}
 	h.cfg = cfg
-	h.start()
+	_, h.stop = h.start()
 	return h
 }
 
@@ -245,7 +246,6 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 	return 0
 }
 
-
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -267,3 +267,5 @@ func (h *harness) sql(stmt string, args ...any) {
 		h.t.Fatalf("%s: %v", strings.TrimSpace(stmt), err)
 	}
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -6,17 +6,17 @@ import (
 
 // metrics of one authsvc instance, registered on Config.Registerer.
 type metrics struct {
-	requests      *prometheus.CounterVec   // endpoint, outcome
-	duration      *prometheus.HistogramVec // endpoint
-	inflight      *prometheus.GaugeVec     // endpoint
-	directus      *prometheus.HistogramVec // call, result
-	directusUp    prometheus.Gauge
-	db            *prometheus.HistogramVec // result
-	dbUp          prometheus.Gauge
-	cacheHits     *prometheus.CounterVec // cache
-	cacheMisses   *prometheus.CounterVec // cache
-	collapsed     *prometheus.CounterVec // cache
-	cacheEntries  *prometheus.GaugeVec   // cache
+	requests     *prometheus.CounterVec   // endpoint, outcome
+	duration     *prometheus.HistogramVec // endpoint
+	inflight     *prometheus.GaugeVec     // endpoint
+	directus     *prometheus.HistogramVec // call, result
+	directusUp   prometheus.Gauge
+	db           *prometheus.HistogramVec // result
+	dbUp         prometheus.Gauge
+	cacheHits    *prometheus.CounterVec // cache
+	cacheMisses  *prometheus.CounterVec // cache
+	collapsed    *prometheus.CounterVec // cache
+	cacheEntries *prometheus.GaugeVec   // cache
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -60,6 +60,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	// Create the series a dashboard expects, so they read 0 rather than
+	// missing.
+	for _, c := range []string{"session", "event"} {
+		m.cacheHits.WithLabelValues(c)
+		m.cacheMisses.WithLabelValues(c)
+		m.collapsed.WithLabelValues(c)
+		m.cacheEntries.WithLabelValues(c)
+		m.inflight.WithLabelValues(c)
+	}
+	for _, o := range []string{"ok", "unauthorized", "bad_request", "unavailable"} {
+		m.requests.WithLabelValues("session", o)
+	}
+	for _, o := range []string{"allowed", "forbidden", "not_found", "bad_request", "unavailable"} {
+		m.requests.WithLabelValues("event", o)
 	}
 	m.directusUp.Set(1)
 	m.dbUp.Set(1)

@@ -115,6 +115,10 @@ func (s *service) handler(endpoint string, fn func(data []byte) reply) micro.Han
 				s.wg.Done()
 			}()
 			r := fn(req.Data())
+			// Counted before the reply leaves, so a caller that got its
+			// answer also sees it in the metrics.
+			s.m.requests.WithLabelValues(endpoint, r.outcome).Inc()
+			duration.Observe(time.Since(start).Seconds())
 			msg := &nats.Msg{Subject: req.Reply(), Data: r.data}
 			if r.code != "" {
 				msg.Header = nats.Header{micro.ErrorCodeHeader: {r.code}, micro.ErrorHeader: {r.desc}}
@@ -124,8 +128,6 @@ func (s *service) handler(endpoint string, fn func(data []byte) reply) micro.Han
 					s.log.Debug("reply not sent", "endpoint", endpoint, "err", err)
 				}
 			}
-			s.m.requests.WithLabelValues(endpoint, r.outcome).Inc()
-			duration.Observe(time.Since(start).Seconds())
 		}()
 	}
 }

@@ -88,9 +88,9 @@ func TestSessionRejected(t *testing.T) {
 	u := h.dir.AddUser(directus.User{Role: directus.NewID()})
 	tok := h.dir.Login(t, u)
 	cases := map[string]string{
-		"bogus (401 INVALID_CREDENTIALS)":   "bogus",
+		"bogus (401 INVALID_CREDENTIALS)":     "bogus",
 		"wrong signature (403 INVALID_TOKEN)": directus.ForgedToken(tok),
-		"expired (401 TOKEN_EXPIRED)":       h.dir.ExpiredToken(u),
+		"expired (401 TOKEN_EXPIRED)":         h.dir.ExpiredToken(u),
 	}
 	for name, cookie := range cases {
 		_, err := h.session(auth.SessionRequest{Cookie: cookie})
@@ -106,12 +106,12 @@ func TestSessionRejected(t *testing.T) {
 	// Missing or malformed credentials are refused without asking Directus.
 	before := h.dir.Calls("")
 	for name, payload := range map[string]string{
-		"no credential":        `{}`,
-		"empty cookie":         `{"cookie":""}`,
-		"cookie jar as value":  `{"cookie":"theme=dark; ` + cookieHeader + tok + `"}`,
-		"header injection":     `{"bearer":"abc\r\nX-Evil: 1"}`,
-		"space in bearer":      `{"bearer":"a b"}`,
-		"non-ascii":            `{"cookie":"caf\u00e9"}`,
+		"no credential":       `{}`,
+		"empty cookie":        `{"cookie":""}`,
+		"cookie jar as value": `{"cookie":"theme=dark; ` + cookieHeader + tok + `"}`,
+		"header injection":    `{"bearer":"abc\r\nX-Evil: 1"}`,
+		"space in bearer":     `{"bearer":"a b"}`,
+		"non-ascii":           `{"cookie":"caf\u00e9"}`,
 	} {
 		code, desc, _ := h.raw(auth.SessionSubject, []byte(payload))
 		if code != auth.CodeUnauthorized {
