@@ -66,12 +66,12 @@ func TestEventAuthorization(t *testing.T) {
 	}
 	// Malformed ids are bad requests, not decisions.
 	for name, req := range map[string][2]string{
-		"event not a uuid":   {w.member.ID, "not-a-uuid"},
-		"event upper case":   {w.member.ID, strings.ToUpper(w.eventA)},
-		"event empty":        {w.member.ID, ""},
-		"event sql":          {w.member.ID, "' OR 1=1 --"},
-		"user not a uuid":    {"admin", w.eventA},
-		"user empty":         {"", w.eventA},
+		"event not a uuid": {w.member.ID, "not-a-uuid"},
+		"event upper case": {w.member.ID, strings.ToUpper(w.eventA)},
+		"event empty":      {w.member.ID, ""},
+		"event sql":        {w.member.ID, "' OR 1=1 --"},
+		"user not a uuid":  {"admin", w.eventA},
+		"user empty":       {"", w.eventA},
 	} {
 		_, err := h.authorize(auth.User{ID: req[0]}, req[1])
 		wantErr(t, err, auth.ErrBadRequest)

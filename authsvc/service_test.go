@@ -2,8 +2,8 @@ package authsvc
 
 import (
 	"context"
-	"fmt"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -235,7 +235,6 @@ func TestShutdownAnswersRequestsInFlight(t *testing.T) {
 		t.Fatalf("%v unauthorized answers, want 20", v)
 	}
 }
-
 
 // TestStartsWithDependenciesDown: NATS, Directus and PostgreSQL all down at
 // start is not an error; authsvc serves once they are back.
