@@ -80,7 +80,7 @@ type Config struct {
 // Defaults.
 const (
 	DefaultNATSURL         = "nats://127.0.0.1:4222"
-	DefaultHTTPAddr        = ":8082"
+	DefaultHTTPAddr        = ":8080"
 	DefaultConsumer        = "persister"
 	DefaultBatchSize       = 1000
 	DefaultFetchMaxWait    = 100 * time.Millisecond

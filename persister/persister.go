@@ -161,7 +161,7 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 	mig := migrate.New(pool, migrate.Options{
 		RequireTimescaleDB: cfg.RequireTimescaleDB,
 		ChunkInterval:      cfg.ChunkInterval,
-		Logger:             log.With("component", "migrate"),
+		Logger:             cfg.Logger.With("component", "migrate"),
 	})
 	return &persister{cfg: cfg, log: log, m: m, nc: nc, js: js, pool: pool, mig: mig, runCtx: ctx}, nil
 }

@@ -1,0 +1,308 @@
+package persister_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"trm-live/contract"
+	"trm-live/persister"
+	"trm-live/persister/migrate"
+	"trm-live/testkit"
+)
+
+// flow publishes positions in small chunks until stopped, as a bridge
+// would during a race, and remembers what it published.
+type flow struct {
+	mu    sync.Mutex
+	sent  []contract.Position
+	stopc chan struct{}
+	done  chan struct{}
+}
+
+func startFlow(t *testing.T, js jetstream.JetStream, chunk int, every time.Duration) *flow {
+	t.Helper()
+	fl := &flow{stopc: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(fl.done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for off := 0; ; off += chunk {
+			ps := positions(chunk, 50, off)
+			if err := publishQuiet(js, ps); err != nil {
+				t.Errorf("publish: %v", err)
+				return
+			}
+			fl.mu.Lock()
+			fl.sent = append(fl.sent, ps...)
+			fl.mu.Unlock()
+			select {
+			case <-fl.stopc:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(func() { fl.stop() })
+	return fl
+}
+
+func (fl *flow) count() int {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return len(fl.sent)
+}
+
+// stop ends the flow and returns everything it published.
+func (fl *flow) stop() []contract.Position {
+	select {
+	case <-fl.stopc:
+	default:
+		close(fl.stopc)
+	}
+	<-fl.done
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return fl.sent
+}
+
+func publishQuiet(js jetstream.JetStream, ps []contract.Position) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range ps {
+		if _, err := js.Publish(ctx, ps[i].Subject(), ps[i].Encode(), jetstream.WithMsgID(ps[i].MsgID())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DROP TABLE positions out of band while positions flow: the next insert
+// meets undefined_table, the schema is repaired at once, the table is
+// refilled from the stream, and at the end it holds every position the
+// stream holds.
+func TestDropTableWhileFlowing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	cfg := e.config(t)
+	cfg.BatchSize = 50
+	cfg.VerifyInterval = time.Hour // the insert path must find it, not the ticker
+	in := start(t, cfg)
+	fl := startFlow(t, e.js, 20, 10*time.Millisecond)
+
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if n, err := count(t, e.pool); err != nil || n < 500 {
+			return fmt.Errorf("%d rows (%v), waiting for 500", n, err)
+		}
+		return nil
+	})
+	if _, err := e.pool.Exec(context.Background(), "DROP TABLE positions"); err != nil {
+		t.Fatal(err)
+	}
+	dropped := fl.count()
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if got := in.metric(t, `persister_schema_repairs_total{kind="table"}`); got < 1 {
+			return fmt.Errorf("table repairs %v", got)
+		}
+		return nil
+	})
+	// Keep flowing a while after the repair, then stop.
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if n := fl.count(); n < dropped+600 {
+			return fmt.Errorf("published %d", n)
+		}
+		return nil
+	})
+	sent := fl.stop()
+	waitRows(t, e.pool, len(sent), 60*time.Second)
+	consumerIdle(t, e.js, persister.DefaultConsumer)
+	checkAllStored(t, e.pool, sent)
+	if got := in.metric(t, "persister_refills_total"); got < 1 {
+		t.Fatalf("refills %v, want ≥ 1", got)
+	}
+	if got := in.metric(t, `persister_write_errors_total{kind="schema"}`); got < 1 {
+		t.Fatalf("schema write errors %v, want ≥ 1", got)
+	}
+	in.waitReady(t, true)
+}
+
+// The periodic verification finds drift when nothing is being written.
+func TestPeriodicVerificationRepairsIdleDrift(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	in := start(t, e.config(t))
+	ps := positions(100, 5, 0)
+	publish(t, e.js, ps)
+	waitRows(t, e.pool, len(ps), 30*time.Second)
+	if _, err := e.pool.Exec(context.Background(), "DROP INDEX positions_event_id_ts_idx"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if got := in.metric(t, `persister_schema_repairs_total{kind="index"}`); got != 1 {
+			return fmt.Errorf("index repairs %v", got)
+		}
+		return nil
+	})
+	var ok bool
+	if err := e.pool.QueryRow(context.Background(), "SELECT to_regclass('positions_event_id_ts_idx') IS NOT NULL").Scan(&ok); err != nil || !ok {
+		t.Fatalf("index not re-created: %v %v", ok, err)
+	}
+	// A dropped table found by the ticker is refilled too.
+	if _, err := e.pool.Exec(context.Background(), "DROP TABLE positions"); err != nil {
+		t.Fatal(err)
+	}
+	waitRows(t, e.pool, len(ps), 30*time.Second)
+	checkAllStored(t, e.pool, ps)
+}
+
+// Bookkeeping says every migration is applied, but positions is gone when
+// the persister starts: repaired at start, and refilled because the
+// consumer had already moved past those positions.
+func TestTableGoneAtStart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	ps := positions(500, 10, 0)
+	publish(t, e.js, ps)
+	first := start(t, e.config(t))
+	waitRows(t, e.pool, len(ps), 30*time.Second)
+	consumerIdle(t, e.js, persister.DefaultConsumer)
+	first.stop()
+
+	if _, err := e.pool.Exec(context.Background(), "DROP TABLE positions"); err != nil {
+		t.Fatal(err)
+	}
+	var applied int
+	if err := e.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+migrate.BookkeepingTable).Scan(&applied); err != nil || applied != 2 {
+		t.Fatalf("bookkeeping rows %d %v", applied, err)
+	}
+	in := start(t, e.config(t))
+	waitRows(t, e.pool, len(ps), 30*time.Second)
+	checkAllStored(t, e.pool, ps)
+	if got := in.metric(t, `persister_schema_repairs_total{kind="table"}`); got != 1 {
+		t.Fatalf("table repairs %v, want 1", got)
+	}
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if got := in.metric(t, "persister_refill_rows_total"); got != float64(len(ps)) {
+			return fmt.Errorf("refill rows %v, want %d", got, len(ps))
+		}
+		return nil
+	})
+}
+
+// PostgreSQL stopped for 20 s while positions flow: not ready meanwhile,
+// nothing acknowledged that was not committed, everything written once
+// after it returns.
+func TestPostgresStopped20s(t *testing.T) {
+	t.Parallel()
+	pg := testkit.StartPostgres(t)
+	e := newEnvDSN(t, pg.NewDatabase(t), true)
+	in := start(t, e.config(t))
+	fl := startFlow(t, e.js, 10, 50*time.Millisecond)
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if n, err := count(t, e.pool); err != nil || n < 200 {
+			return fmt.Errorf("%d rows (%v), waiting for 200", n, err)
+		}
+		return nil
+	})
+	in.waitReady(t, true)
+
+	pg.Stop()
+	stopped := time.Now()
+	in.waitReady(t, false)
+	// The outage lasts 20 s while positions keep coming.
+	time.Sleep(time.Until(stopped.Add(20 * time.Second)))
+	pg.Start()
+	in.waitReady(t, true)
+	after := fl.count()
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if n := fl.count(); n < after+100 {
+			return fmt.Errorf("published %d", n)
+		}
+		return nil
+	})
+	sent := fl.stop()
+	waitRows(t, e.pool, len(sent), 90*time.Second)
+	consumerIdle(t, e.js, persister.DefaultConsumer)
+	checkAllStored(t, e.pool, sent)
+	if got := in.metric(t, `persister_write_errors_total{kind="transient"}`); got < 1 {
+		t.Fatalf("transient write errors %v, want ≥ 1", got)
+	}
+	if got := in.metric(t, "persister_naks_total"); got < 1 {
+		t.Fatalf("naks %v, want ≥ 1", got)
+	}
+}
+
+// The operator's rebuild restores rows deleted out of band and leaves the
+// others, and their faulty flags, alone.
+func TestRebuildSince(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	ps := positions(600, 6, 0)
+	publish(t, e.js, ps)
+	in := start(t, e.config(t))
+	waitRows(t, e.pool, len(ps), 30*time.Second)
+	in.stop()
+	ctx := context.Background()
+	if _, err := e.pool.Exec(ctx, "DELETE FROM positions WHERE device_id = 'dev-003'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(ctx, "UPDATE positions SET faulty = true WHERE device_id = 'dev-004'"); err != nil {
+		t.Fatal(err)
+	}
+	n, err := persister.Rebuild(ctx, e.config(t), time.Now().Add(time.Hour))
+	if err != nil || n != 0 {
+		t.Fatalf("rebuild since the future: %d rows, %v; want 0, nil", n, err)
+	}
+	n, err = persister.Rebuild(ctx, e.config(t), time.Now().Add(-time.Hour))
+	if err != nil || n != 100 {
+		t.Fatalf("rebuild: %d rows, %v; want 100, nil", n, err)
+	}
+	checkAllStored(t, e.pool, ps)
+	var faulty int
+	if err := e.pool.QueryRow(ctx, "SELECT count(*) FROM positions WHERE faulty").Scan(&faulty); err != nil || faulty != 100 {
+		t.Fatalf("faulty rows %d %v, want 100", faulty, err)
+	}
+}
+
+// Start refuses a schema a person must look at.
+func TestRefusesChangedMigration(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	if _, err := migrate.New(e.pool, migrate.Options{}).Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(context.Background(), "UPDATE "+migrate.BookkeepingTable+" SET checksum = 'edited' WHERE version = 2"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := persister.Run(ctx, e.config(t))
+	if !errors.Is(err, migrate.ErrChecksum) {
+		t.Fatalf("Run: %v, want ErrChecksum", err)
+	}
+}
+
+func TestRefusesWithoutRequiredTimescaleDB(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	var available bool
+	if err := e.pool.QueryRow(context.Background(), "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')").Scan(&available); err != nil {
+		t.Fatal(err)
+	}
+	if available {
+		t.Log("this server has TimescaleDB: the refusal cannot be shown here; migrate tests cover the hypertable")
+		return
+	}
+	cfg := e.config(t)
+	cfg.RequireTimescaleDB = true
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := persister.Run(ctx, cfg); !errors.Is(err, migrate.ErrNoTimescaleDB) {
+		t.Fatalf("Run: %v, want ErrNoTimescaleDB", err)
+	}
+}
