@@ -306,3 +306,62 @@ func TestRefusesWithoutRequiredTimescaleDB(t *testing.T) {
 		t.Fatalf("Run: %v, want ErrNoTimescaleDB", err)
 	}
 }
+
+// A persister stopped mid-stream hands its work over: a successor writes
+// everything, once.
+func TestShutdownMidStreamLosesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	first := start(t, e.config(t))
+	fl := startFlow(t, e.js, 20, 10*time.Millisecond)
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if n, err := count(t, e.pool); err != nil || n < 300 {
+			return fmt.Errorf("%d rows (%v), waiting for 300", n, err)
+		}
+		return nil
+	})
+	first.stop() // Run must return nil (checked by stop)
+	second := start(t, e.config(t))
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if got := second.metric(t, "persister_rows_inserted_total"); got < 100 {
+			return fmt.Errorf("successor inserted %v", got)
+		}
+		return nil
+	})
+	sent := fl.stop()
+	waitRows(t, e.pool, len(sent), 60*time.Second)
+	consumerIdle(t, e.js, persister.DefaultConsumer)
+	checkAllStored(t, e.pool, sent)
+}
+
+// NATS restarted, and the durable consumer deleted out of band: the
+// persister reconnects, recreates its consumer and carries on.
+func TestNATSRestartAndConsumerDeleted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	in := start(t, e.config(t))
+	ps := positions(900, 9, 0)
+	publish(t, e.js, ps[:300])
+	waitRows(t, e.pool, 300, 30*time.Second)
+
+	e.nats.Restart()
+	publishRetry(t, e.js, ps[300:600])
+	waitRows(t, e.pool, 600, 60*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.js.DeleteConsumer(ctx, "POSITIONS", persister.DefaultConsumer); err != nil {
+		t.Fatal(err)
+	}
+	publishRetry(t, e.js, ps[600:])
+	waitRows(t, e.pool, len(ps), 60*time.Second)
+	checkAllStored(t, e.pool, ps)
+	in.waitReady(t, true)
+}
+
+// publishRetry publishes while the test's own connection may still be
+// reconnecting.
+func publishRetry(t *testing.T, js jetstream.JetStream, ps []contract.Position) {
+	t.Helper()
+	testkit.Eventually(t, 30*time.Second, func() error { return publishQuiet(js, ps) })
+}
