@@ -614,4 +614,3 @@ func TestMetricsServed(t *testing.T) {
 		}
 	}
 }
-
