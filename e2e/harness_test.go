@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -62,12 +61,6 @@ func artifacts(tb testing.TB) string {
 
 // Binaries built once per test process: the workers' own cmd/ mains, the
 // dev binary and the simulator.
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
 var commands = map[string]string{
 	"bridge":      "./bridge/cmd/bridge",
 	"persister":   "./persister/cmd/persister",
@@ -77,33 +70,49 @@ var commands = map[string]string{
 	"simulate":    "./scripts/cmd/simulate",
 }
 
-// bin returns the path of a built command.
+type build struct {
+	once sync.Once
+	err  error
+}
+
+var (
+	binDirOnce sync.Once
+	binDir     string
+	binDirErr  error
+	builds     = map[string]*build{}
+)
+
+func init() {
+	for name := range commands {
+		builds[name] = &build{}
+	}
+}
+
+// bin returns the path of a built command, building it on first use (no
+// -race: these are the production binaries).
 func bin(tb testing.TB, name string) string {
 	tb.Helper()
 	root := testkit.RepoRoot(tb)
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "trm-e2e-bin-")
-		if buildErr != nil {
-			return
-		}
-		args := []string{"build", "-o", binDir + string(filepath.Separator)}
-		for _, pkg := range commands {
-			args = append(args, pkg)
-		}
-		cmd := exec.Command("go", args...)
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	})
-	if buildErr != nil {
-		tb.Fatalf("e2e: build: %v", buildErr)
-	}
-	if _, ok := commands[name]; !ok {
+	b, ok := builds[name]
+	if !ok {
 		tb.Fatalf("e2e: unknown command %s", name)
 	}
-	return filepath.Join(binDir, name)
+	binDirOnce.Do(func() { binDir, binDirErr = os.MkdirTemp("", "trm-e2e-bin-") })
+	if binDirErr != nil {
+		tb.Fatal(binDirErr)
+	}
+	out := filepath.Join(binDir, name)
+	b.once.Do(func() {
+		cmd := exec.Command("go", "build", "-o", out, commands[name])
+		cmd.Dir = root
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", commands[name], err, msg)
+		}
+	})
+	if b.err != nil {
+		tb.Fatalf("e2e: build: %v", b.err)
+	}
+	return out
 }
 
 func TestMain(m *testing.M) {
