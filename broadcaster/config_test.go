@@ -1,0 +1,124 @@
+package broadcaster
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadConfig(t *testing.T) {
+	env := map[string]string{
+		"NATS_URL":                        "nats://user:secret@nats:4222",
+		"HTTP_ADDR":                       ":9000",
+		"BROADCASTER_ALLOWED_ORIGINS":     "https://a.example, https://b.example/",
+		"BROADCASTER_REAUTH_INTERVAL":     "30s",
+		"BROADCASTER_MAX_SUBSCRIPTIONS":   "5",
+		"BROADCASTER_MSG_RATE":            "2.5",
+		"BROADCASTER_COOKIE_NAME":         "sess",
+		"BROADCASTER_FRAME_MAX_POSITIONS": "100",
+	}
+	cfg, err := LoadConfig([]string{"-max-subscriptions", "7", "-ping-period", "20s"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPAddr != ":9000" || cfg.ReauthInterval != 30*time.Second || cfg.MaxSubscriptions != 7 ||
+		cfg.MsgRate != 2.5 || cfg.CookieName != "sess" || cfg.PingPeriod != 20*time.Second || cfg.FrameMaxPositions != 100 ||
+		cfg.PongWait != 60*time.Second || cfg.MaxConnsPerUser != 20 {
+		t.Fatalf("config %+v", cfg)
+	}
+	if strings.Join(cfg.AllowedOrigins, " ") != "https://a.example https://b.example" {
+		t.Fatalf("origins %q", cfg.AllowedOrigins)
+	}
+	s := cfg.String()
+	if strings.Contains(s, "secret") || !strings.Contains(s, "xxxxx") {
+		t.Fatalf("String does not mask the password: %s", s)
+	}
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	cfg, err := LoadConfig(nil, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.CookieName != "directus_session_token" || cfg.PingPeriod != 30*time.Second || cfg.PongWait != 60*time.Second ||
+		cfg.NATSURL != "nats://127.0.0.1:4222" || len(cfg.AllowedOrigins) != 0 {
+		t.Fatalf("defaults %+v", cfg)
+	}
+}
+
+func TestConfigRejects(t *testing.T) {
+	for name, tc := range map[string]struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		"bad duration":   {env: map[string]string{"BROADCASTER_PONG_WAIT": "soon"}, want: "BROADCASTER_PONG_WAIT"},
+		"ping >= pong":   {args: []string{"-ping-period", "60s"}, want: "BROADCASTER_PING_PERIOD"},
+		"bad int":        {env: map[string]string{"BROADCASTER_MAX_CONNS_PER_USER": "many"}, want: "BROADCASTER_MAX_CONNS_PER_USER"},
+		"negative limit": {args: []string{"-max-subscriptions", "-1"}, want: "BROADCASTER_MAX_SUBSCRIPTIONS"},
+		"bad origin":     {env: map[string]string{"BROADCASTER_ALLOWED_ORIGINS": "example.com"}, want: "BROADCASTER_ALLOWED_ORIGINS"},
+		"bad cookie":     {env: map[string]string{"BROADCASTER_COOKIE_NAME": "a b"}, want: "BROADCASTER_COOKIE_NAME"},
+		"short reauth":   {env: map[string]string{"BROADCASTER_REAUTH_INTERVAL": "10ms"}, want: "BROADCASTER_REAUTH_INTERVAL"},
+		"bad level":      {env: map[string]string{"LOG_LEVEL": "loud"}, want: "LOG_LEVEL"},
+		"bad format":     {env: map[string]string{"LOG_FORMAT": "xml"}, want: "LOG_FORMAT"},
+		"bad rate":       {env: map[string]string{"BROADCASTER_MSG_RATE": "fast"}, want: "BROADCASTER_MSG_RATE"},
+		"stray argument": {args: []string{"extra"}, want: "unexpected"},
+		"unknown flag":   {args: []string{"-nope"}, want: "nope"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := LoadConfig(tc.args, func(k string) string { return tc.env[k] })
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to name %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOriginAndCredential(t *testing.T) {
+	for name, tc := range map[string]struct {
+		origin, host string
+		allowed      []string
+		ok           bool
+	}{
+		"no origin":            {"", "x.example", nil, true},
+		"same origin":          {"https://x.example", "x.example", nil, true},
+		"same origin, case":    {"https://X.example", "x.example", nil, true},
+		"other host":           {"https://evil.example", "x.example", nil, false},
+		"other port":           {"https://x.example:444", "x.example", nil, false},
+		"listed":               {"https://a.example", "x.example", []string{"https://a.example"}, true},
+		"listed, not the host": {"https://x.example", "x.example", []string{"https://a.example"}, false},
+		"wildcard":             {"https://any.example", "x.example", []string{"*"}, true},
+		"garbage":              {"::::", "x.example", nil, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := httptestRequest(tc.host)
+			if tc.origin != "" {
+				r.Header.Set("Origin", tc.origin)
+			}
+			if got := originAllowed(r, tc.allowed); got != tc.ok {
+				t.Fatalf("originAllowed = %v", got)
+			}
+		})
+	}
+	r := httptestRequest("x")
+	r.Header.Set("Authorization", "Bearer tok")
+	if c := credential(r, "sess"); c.Bearer != "tok" || c.Cookie != "" {
+		t.Fatalf("bearer: %+v", c)
+	}
+	r.Header.Set("Cookie", "other=1; sess=abc")
+	if c := credential(r, "sess"); c.Cookie != "abc" || c.Bearer != "" {
+		t.Fatalf("cookie wins: %+v", c)
+	}
+	r = httptestRequest("x")
+	r.Header.Set("Authorization", "Basic dXNlcjpwdw==")
+	if c := credential(r, "sess"); c.Cookie != "" || c.Bearer != "" {
+		t.Fatalf("basic auth is no credential: %+v", c)
+	}
+}
+
+func httptestRequest(host string) *http.Request {
+	r, _ := http.NewRequest(http.MethodGet, "http://"+host+"/ws-live", nil)
+	r.Host = host
+	return r
+}

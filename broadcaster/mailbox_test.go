@@ -1,0 +1,304 @@
+package broadcaster
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"trm-live/contract/ws"
+)
+
+// recorder stands in for the melody session: it records what the mailbox
+// writes. Credits are returned by the test (mb.sent), as melody would after
+// a socket write.
+type recorder struct {
+	mu     sync.Mutex
+	frames []string
+	closed []byte
+}
+
+func (r *recorder) Write(b []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.frames = append(r.frames, string(b))
+	return nil
+}
+
+func (r *recorder) CloseWithMsg(b []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = b
+	return nil
+}
+
+func (r *recorder) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f := r.frames
+	r.frames = nil
+	return f
+}
+
+type mbFixture struct {
+	t   *testing.T
+	rec *recorder
+	mb  *mailbox
+	w   *writers
+	m   *metrics
+}
+
+func newMB(t *testing.T, ctrlCap, maxItems, maxBytes int) *mbFixture {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	w := newWriters(maxItems, maxBytes, m) // not running: the test flushes
+	return &mbFixture{t: t, rec: rec, mb: newMailbox(rec, w, ctrlCap), w: w, m: m}
+}
+
+// flush runs what a writer would, if the mailbox was scheduled.
+func (x *mbFixture) flush() []string {
+	x.w.mu.Lock()
+	q := x.w.queue[x.w.head:]
+	x.w.queue, x.w.head = nil, 0
+	x.w.mu.Unlock()
+	for _, mb := range q {
+		mb.flush(nil, x.w.maxItems, x.w.maxBytes, x.m)
+	}
+	return x.rec.take()
+}
+
+func pos(dev string, ts int64) []byte {
+	return []byte(fmt.Sprintf(`{"device_id":"%s","ts":%d}`, dev, ts))
+}
+
+func activeFeed(x *mbFixture, topic string) *feed {
+	f := newFeed(x.mb, topic)
+	if _, ok := x.mb.activate(f, nil, ""); !ok {
+		x.t.Fatal("activate failed")
+	}
+	if got := x.flush(); len(got) != 1 || !strings.HasPrefix(got[0], `{"type":"subscribed"`) {
+		x.t.Fatalf("subscribed frame: %v", got)
+	}
+	x.mb.sent()
+	return f
+}
+
+func TestMailboxKeepsUp(t *testing.T) {
+	x := newMB(t, 8, 100, 1<<20)
+	f := activeFeed(x, "event:t")
+	// A client that keeps up: one position per frame, each at once.
+	for i := int64(1); i <= 3; i++ {
+		x.mb.put(f, 0, i, pos("a", i))
+		got := x.flush()
+		want := `{"type":"positions","topic":"event:t","positions":[` + string(pos("a", i)) + `]}`
+		if len(got) != 1 || got[0] != want {
+			t.Fatalf("frame %d: %v", i, got)
+		}
+		x.mb.sent()
+	}
+}
+
+func TestMailboxCoalescesPerDevice(t *testing.T) {
+	x := newMB(t, 8, 100, 1<<20)
+	f := activeFeed(x, "event:t")
+	// Two frames in flight: no credit left.
+	x.mb.put(f, 0, 1, pos("a", 1))
+	x.mb.put(f, 1, 1, pos("b", 1))
+	if got := x.flush(); len(got) != 1 || strings.Count(got[0], "device_id") != 2 {
+		t.Fatalf("a and b pending together should leave in one frame: %v", got)
+	}
+	x.mb.put(f, 0, 2, pos("a", 2))
+	x.flush()
+	// Now both credits are taken; later positions wait, latest-only.
+	for ts := int64(3); ts <= 10; ts++ {
+		if r := x.mb.put(f, 0, ts, pos("a", ts)); ts > 3 && r != putCoalesced {
+			t.Fatalf("put a@%d = %v, want coalesced", ts, r)
+		}
+	}
+	x.mb.put(f, 2, 5, pos("c", 5))
+	if r := x.mb.put(f, 2, 4, pos("c", 4)); r != putStale {
+		t.Fatalf("older position = %v, want stale", r)
+	}
+	if p, _ := x.mb.pending(); p != 2 {
+		t.Fatalf("pending %d, want 2 (a and c)", p)
+	}
+	if got := x.flush(); len(got) != 0 {
+		t.Fatalf("wrote without credit: %v", got)
+	}
+	x.mb.sent()
+	got := x.flush()
+	want := `{"type":"positions","topic":"event:t","positions":[` + string(pos("a", 10)) + "," + string(pos("c", 5)) + `]}`
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("got %v\nwant %s", got, want)
+	}
+}
+
+func TestMailboxControlFirstAndNeverDropped(t *testing.T) {
+	x := newMB(t, 4, 100, 1<<20)
+	f := activeFeed(x, "event:t")
+	x.mb.put(f, 0, 1, pos("a", 1))
+	x.mb.put(f, 1, 1, pos("b", 1))
+	x.mb.control([]byte(`C1`))
+	x.mb.control([]byte(`C2`))
+	got := x.flush() // two credits
+	if len(got) != 2 {
+		t.Fatalf("frames %v", got)
+	}
+	x.mb.sent()
+	x.mb.sent()
+	got = append(got, x.flush()...)
+	joined := strings.Join(got, "|")
+	if !strings.Contains(joined, "C1|C2") {
+		t.Fatalf("control frames out of order or lost: %v", got)
+	}
+	if !strings.Contains(joined, string(pos("b", 1))) {
+		t.Fatalf("position lost: %v", got)
+	}
+}
+
+func TestMailboxControlOverflowCloses(t *testing.T) {
+	x := newMB(t, 3, 100, 1<<20)
+	activeFeed(x, "event:t")
+	for i := range 3 {
+		x.mb.control([]byte(fmt.Sprint("C", i)))
+	}
+	x.flush() // takes two, both credits
+	x.mb.control([]byte("C3"))
+	x.mb.control([]byte("C4")) // queue: C2 C3 C4 = cap; next overflows
+	if x.rec.closed != nil {
+		t.Fatal("closed too early")
+	}
+	x.mb.control([]byte("C5"))
+	if x.rec.closed == nil {
+		t.Fatal("control overflow did not close")
+	}
+	if code := closeCodeOf(x.rec.closed); code != ws.ClosePolicyViolation {
+		t.Fatalf("close code %d, want 1008", code)
+	}
+	if x.mb.put(&feed{}, 0, 1, nil) != putClosed {
+		t.Fatal("closed mailbox accepted a position")
+	}
+}
+
+func closeCodeOf(b []byte) int {
+	if len(b) < 2 {
+		return 0
+	}
+	return int(b[0])<<8 | int(b[1])
+}
+
+func TestMailboxFrameCaps(t *testing.T) {
+	x := newMB(t, 8, 3, 1<<20)
+	f := activeFeed(x, "event:t")
+	x.mb.put(f, 0, 1, pos("z", 1))
+	x.flush() // in flight
+	x.mb.put(f, 1, 1, pos("y", 1))
+	x.flush() // in flight: no credit now
+	for i := int32(2); i < 9; i++ {
+		x.mb.put(f, i, 1, pos(fmt.Sprint("d", i), 1))
+	}
+	x.mb.sent()
+	x.mb.sent()
+	got := x.flush()
+	if len(got) != 2 || strings.Count(got[0], "device_id") != 3 || strings.Count(got[1], "device_id") != 3 {
+		t.Fatalf("item cap: %v", got)
+	}
+	// Byte cap: two 620-byte items do not fit a 1,024-byte frame, so each
+	// leaves in its own.
+	y := newMB(t, 8, 100, 1024)
+	g := activeFeed(y, "event:t")
+	y.mb.put(g, 0, 1, pos("z", 1))
+	y.flush()
+	y.mb.put(g, 1, 1, pos("y", 1))
+	y.flush()
+	big := []byte(`{"device_id":"` + strings.Repeat("x", 600) + `"}`)
+	y.mb.put(g, 2, 1, big)
+	y.mb.put(g, 3, 1, big)
+	y.mb.sent()
+	y.mb.sent()
+	got = y.flush()
+	if len(got) != 2 || strings.Count(got[0], "device_id") != 1 {
+		t.Fatalf("byte cap: %d frames", len(got))
+	}
+}
+
+func TestMailboxSnapshotMerge(t *testing.T) {
+	x := newMB(t, 8, 100, 1<<20)
+	f := newFeed(x.mb, "event:t")
+	// Live positions arrive before the snapshot is read: a@5 (newer than
+	// the snapshot's a@3), b@1 (older than the snapshot's b@2).
+	x.mb.put(f, 0, 5, pos("a", 5))
+	x.mb.put(f, 1, 1, pos("b", 1))
+	if got := x.flush(); len(got) != 0 {
+		t.Fatalf("positions before subscribed: %v", got)
+	}
+	n, ok := x.mb.activate(f, []snapItem{{0, 3, pos("a", 3)}, {1, 2, pos("b", 2)}, {2, 7, pos("c", 7)}}, "id1")
+	if !ok || n != 3 {
+		t.Fatalf("activate = %d %v", n, ok)
+	}
+	got := x.flush()
+	if len(got) != 1 {
+		t.Fatalf("frames %v", got)
+	}
+	fr, err := ws.DecodeFrame([]byte(got[0]))
+	if err != nil || fr.Type != ws.TypeSubscribed || fr.ID != "id1" {
+		t.Fatalf("%v %+v", err, fr)
+	}
+	snap := strings.Join(func() []string {
+		var s []string
+		for _, r := range fr.Snapshot {
+			s = append(s, string(r))
+		}
+		return s
+	}(), ",")
+	for _, want := range [][]byte{pos("a", 5), pos("b", 2), pos("c", 7)} {
+		if !strings.Contains(snap, string(want)) {
+			t.Fatalf("snapshot %s lacks %s", snap, want)
+		}
+	}
+	// What the snapshot carried is not sent again, nor anything older.
+	if r := x.mb.put(f, 0, 5, pos("a", 5)); r != putStale {
+		t.Fatalf("duplicate after snapshot = %v", r)
+	}
+}
+
+func TestMailboxEndDropsPending(t *testing.T) {
+	x := newMB(t, 8, 100, 1<<20)
+	f := activeFeed(x, "event:t")
+	x.mb.put(f, 0, 1, pos("a", 1))
+	x.flush()
+	x.mb.put(f, 1, 1, pos("b", 1))
+	x.flush()
+	x.mb.put(f, 2, 1, pos("c", 1)) // pending, no credit
+	x.mb.end(f, []byte("UNSUB"))
+	x.mb.sent()
+	x.mb.sent()
+	got := x.flush()
+	if len(got) != 1 || got[0] != "UNSUB" {
+		t.Fatalf("after end: %v", got)
+	}
+	if x.mb.put(f, 3, 1, pos("d", 1)) != putClosed {
+		t.Fatal("ended feed accepted a position")
+	}
+}
+
+func TestMailboxCloseAfterControl(t *testing.T) {
+	x := newMB(t, 8, 100, 1<<20)
+	f := activeFeed(x, "event:t")
+	x.mb.control([]byte("E1"))
+	x.mb.put(f, 0, 1, pos("a", 1))
+	x.mb.closeAfterControl(websocket.CloseGoingAway, "bye")
+	got := x.flush()
+	if len(got) != 1 || got[0] != "E1" {
+		t.Fatalf("frames before close: %v", got)
+	}
+	if closeCodeOf(x.rec.closed) != websocket.CloseGoingAway {
+		t.Fatalf("close %v", x.rec.closed)
+	}
+}
