@@ -104,6 +104,11 @@ func Run(ctx context.Context, cfg Config) error {
 		events:   newCache[eventKey, auth.Decision](cfg.CacheSize),
 		base:     base,
 	}
+	for i, c := range []string{"session", "event"} {
+		s.hits[i] = m.cacheHits.WithLabelValues(c)
+		s.misses[i] = m.cacheMisses.WithLabelValues(c)
+		s.collapsed[i] = m.collapsed.WithLabelValues(c)
+	}
 	svc, err := s.register()
 	if err != nil {
 		_ = ln.Close()

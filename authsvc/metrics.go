@@ -70,11 +70,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.cacheEntries.WithLabelValues(c)
 		m.inflight.WithLabelValues(c)
 	}
-	for _, o := range []string{"ok", "unauthorized", "bad_request", "unavailable"} {
-		m.requests.WithLabelValues("session", o)
-	}
-	for _, o := range []string{"allowed", "forbidden", "not_found", "bad_request", "unavailable"} {
-		m.requests.WithLabelValues("event", o)
+	for endpoint, outcomes := range outcomeNames {
+		for _, o := range outcomes {
+			m.requests.WithLabelValues(endpoint, o)
+		}
 	}
 	m.directusUp.Set(1)
 	m.dbUp.Set(1)

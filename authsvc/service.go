@@ -12,15 +12,17 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"trm-live/contract"
 	"trm-live/contract/auth"
 )
 
-// sessionEntry is a cached session verdict: a user, or a rejection.
+// sessionEntry is a cached session verdict: a user (its encoded reply), or
+// a rejection.
 type sessionEntry struct {
-	user auth.User
+	data []byte
 	ok   bool
 }
 
@@ -43,7 +45,9 @@ type service struct {
 	events   *cache[eventKey, auth.Decision]
 	sfSess   singleflight.Group
 	sfEvent  singleflight.Group
-	wg       sync.WaitGroup
+	// Metric children by cache: [0] session, [1] event.
+	hits, misses, collapsed [2]prometheus.Counter
+	wg                      sync.WaitGroup
 	// base is cancelled only after the handlers have finished, so look-ups
 	// in flight at shutdown complete.
 	base context.Context
@@ -61,12 +65,10 @@ func errorReply(code, outcome, format string, args ...any) reply {
 	return reply{code: code, desc: fmt.Sprintf(format, args...), outcome: outcome}
 }
 
-func jsonReply(v any, outcome string) reply {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return errorReply(auth.CodeInternal, "internal", "encode reply: %v", err)
-	}
-	return reply{data: b, outcome: outcome}
+// outcomeNames lists the outcomes of each endpoint (metric label values).
+var outcomeNames = map[string][]string{
+	"session": {"ok", "unauthorized", "bad_request", "unavailable"},
+	"event":   {"allowed", "forbidden", "not_found", "bad_request", "unavailable"},
 }
 
 // register adds the micro service and its two endpoints.
@@ -91,20 +93,58 @@ func (s *service) register() (micro.Service, error) {
 	return svc, nil
 }
 
-// handler runs fn on its own goroutine, at most Concurrency at once per
-// endpoint: micro calls a handler serially per endpoint, and a Directus
-// look-up takes milliseconds. When every slot is busy, the handler blocks
-// and requests wait in the subscription's buffer.
+// stage is what a handler decides without waiting: a final reply (bad
+// request, cache hit), or a look-up to run on a goroutine.
+type stage struct {
+	reply  reply
+	lookup func() reply
+}
+
+func done(r reply) stage { return stage{reply: r} }
+
+// handler answers cheap requests inline and runs look-ups on their own
+// goroutines, at most Concurrency at once per endpoint: micro calls a
+// handler serially per endpoint, and a look-up takes milliseconds. When
+// every slot is busy, the handler blocks and requests wait in the
+// subscription's buffer.
 //
-// The reply is published on the connection directly rather than with
+// Replies are published on the connection directly rather than with
 // req.Respond: micro reads the request's error state right after the
 // handler returns, which would race with the goroutine.
-func (s *service) handler(endpoint string, fn func(data []byte) reply) micro.HandlerFunc {
+func (s *service) handler(endpoint string, fn func(data []byte) stage) micro.HandlerFunc {
 	slots := make(chan struct{}, s.cfg.Concurrency)
 	inflight := s.m.inflight.WithLabelValues(endpoint)
 	duration := s.m.duration.WithLabelValues(endpoint)
+	outcomes := map[string]prometheus.Counter{}
+	for _, o := range outcomeNames[endpoint] {
+		outcomes[o] = s.m.requests.WithLabelValues(endpoint, o)
+	}
+	send := func(req micro.Request, start time.Time, r reply) {
+		// Counted before the reply leaves, so a caller that got its answer
+		// also sees it in the metrics.
+		if c, ok := outcomes[r.outcome]; ok {
+			c.Inc()
+		} else {
+			s.m.requests.WithLabelValues(endpoint, r.outcome).Inc()
+		}
+		duration.Observe(time.Since(start).Seconds())
+		msg := &nats.Msg{Subject: req.Reply(), Data: r.data}
+		if r.code != "" {
+			msg.Header = nats.Header{micro.ErrorCodeHeader: {r.code}, micro.ErrorHeader: {r.desc}}
+		}
+		if msg.Subject != "" {
+			if err := s.nc.PublishMsg(msg); err != nil {
+				s.log.Debug("reply not sent", "endpoint", endpoint, "err", err)
+			}
+		}
+	}
 	return func(req micro.Request) {
 		start := time.Now()
+		st := fn(req.Data())
+		if st.lookup == nil {
+			send(req, start, st.reply)
+			return
+		}
 		slots <- struct{}{}
 		s.wg.Add(1)
 		inflight.Inc()
@@ -114,20 +154,7 @@ func (s *service) handler(endpoint string, fn func(data []byte) reply) micro.Han
 				<-slots
 				s.wg.Done()
 			}()
-			r := fn(req.Data())
-			// Counted before the reply leaves, so a caller that got its
-			// answer also sees it in the metrics.
-			s.m.requests.WithLabelValues(endpoint, r.outcome).Inc()
-			duration.Observe(time.Since(start).Seconds())
-			msg := &nats.Msg{Subject: req.Reply(), Data: r.data}
-			if r.code != "" {
-				msg.Header = nats.Header{micro.ErrorCodeHeader: {r.code}, micro.ErrorHeader: {r.desc}}
-			}
-			if msg.Subject != "" {
-				if err := s.nc.PublishMsg(msg); err != nil {
-					s.log.Debug("reply not sent", "endpoint", endpoint, "err", err)
-				}
-			}
+			send(req, start, st.lookup())
 		}()
 	}
 }
@@ -146,33 +173,38 @@ func decode(data []byte, v any) error {
 	return nil
 }
 
-func (s *service) session(data []byte) reply {
+func (s *service) session(data []byte) stage {
 	var req auth.SessionRequest
 	if err := decode(data, &req); err != nil {
-		return errorReply(auth.CodeBadRequest, "bad_request", "%v", err)
+		return done(errorReply(auth.CodeBadRequest, "bad_request", "%v", err))
 	}
 	var cred credential
 	switch {
 	case req.Cookie != "" && req.Bearer != "":
-		return errorReply(auth.CodeBadRequest, "bad_request", "send one credential: cookie or bearer, not both")
+		return done(errorReply(auth.CodeBadRequest, "bad_request", "send one credential: cookie or bearer, not both"))
 	case req.Cookie != "":
 		cred = credential{value: req.Cookie}
 	case req.Bearer != "":
 		cred = credential{bearer: true, value: req.Bearer}
 	default:
-		return errorReply(auth.CodeUnauthorized, "unauthorized", "no credential")
+		return done(errorReply(auth.CodeUnauthorized, "unauthorized", "no credential"))
 	}
 	if !auth.ValidToken(cred.value) {
 		// Cannot be a Directus token; refused without asking Directus.
-		return errorReply(auth.CodeUnauthorized, "unauthorized", "malformed credential")
+		return done(errorReply(auth.CodeUnauthorized, "unauthorized", "malformed credential"))
 	}
 
 	key := credentialKey(cred)
 	if e, ok := s.sessions.get(key, s.cfg.Now()); ok {
-		s.m.cacheHits.WithLabelValues("session").Inc()
-		return sessionReply(e)
+		s.hits[0].Inc()
+		return done(sessionReply(e))
 	}
-	s.m.cacheMisses.WithLabelValues("session").Inc()
+	s.misses[0].Inc()
+	return stage{lookup: func() reply { return s.resolveSession(key, cred) }}
+}
+
+// resolveSession asks Directus, once for all identical concurrent requests.
+func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
 	leader := false
 	v, err, _ := s.sfSess.Do(string(key[:]), func() (any, error) {
 		leader = true
@@ -184,7 +216,11 @@ func (s *service) session(data []byte) reply {
 		u, err := s.directus.resolve(s.base, cred)
 		switch {
 		case err == nil:
-			e := sessionEntry{user: u, ok: true}
+			data, err := json.Marshal(u)
+			if err != nil {
+				return nil, err
+			}
+			e := sessionEntry{data: data, ok: true}
 			s.sessions.put(key, e, s.cfg.Now().Add(s.cfg.SessionTTL))
 			s.m.cacheEntries.WithLabelValues("session").Set(float64(s.sessions.len()))
 			s.log.Debug("session resolved", "user_id", u.ID, "admin", u.Admin)
@@ -199,7 +235,7 @@ func (s *service) session(data []byte) reply {
 		}
 	})
 	if !leader {
-		s.m.collapsed.WithLabelValues("session").Inc()
+		s.collapsed[0].Inc()
 	}
 	if err != nil {
 		return errorReply(auth.CodeUnavailable, "unavailable", "%v", err)
@@ -211,7 +247,7 @@ func sessionReply(e sessionEntry) reply {
 	if !e.ok {
 		return errorReply(auth.CodeUnauthorized, "unauthorized", "directus refused the credential")
 	}
-	return jsonReply(e.user, "ok")
+	return reply{data: e.data, outcome: "ok"}
 }
 
 // credentialKey is the SHA-256 of the credential and its kind: the cache
@@ -229,23 +265,30 @@ func credentialKey(c credential) [sha256.Size]byte {
 	return k
 }
 
-func (s *service) event(data []byte) reply {
+func (s *service) event(data []byte) stage {
 	var req auth.EventRequest
 	if err := decode(data, &req); err != nil {
-		return errorReply(auth.CodeBadRequest, "bad_request", "%v", err)
+		return done(errorReply(auth.CodeBadRequest, "bad_request", "%v", err))
 	}
 	if !contract.ValidEventID(req.EventID) {
-		return errorReply(auth.CodeBadRequest, "bad_request", "event_id %q is not a canonical lowercase uuid", truncate(req.EventID))
+		return done(errorReply(auth.CodeBadRequest, "bad_request", "event_id %q is not a canonical lowercase uuid", truncate(req.EventID)))
 	}
 	if !contract.ValidEventID(req.UserID) {
-		return errorReply(auth.CodeBadRequest, "bad_request", "user_id %q is not a canonical lowercase uuid", truncate(req.UserID))
+		return done(errorReply(auth.CodeBadRequest, "bad_request", "user_id %q is not a canonical lowercase uuid", truncate(req.UserID)))
 	}
 	key := eventKey{user: req.UserID, event: req.EventID, admin: req.Admin}
 	if d, ok := s.events.get(key, s.cfg.Now()); ok {
-		s.m.cacheHits.WithLabelValues("event").Inc()
-		return jsonReply(auth.EventResponse{Decision: d}, string(d))
+		s.hits[1].Inc()
+		return done(decisionReply(d))
 	}
-	s.m.cacheMisses.WithLabelValues("event").Inc()
+	s.misses[1].Inc()
+	return stage{lookup: func() reply { return s.decideEvent(key) }}
+}
+
+// decideEvent queries the database, once for all identical concurrent
+// requests.
+func (s *service) decideEvent(key eventKey) reply {
+	req := auth.EventRequest{UserID: key.user, Admin: key.admin, EventID: key.event}
 	leader := false
 	v, err, _ := s.sfEvent.Do(req.UserID+"/"+req.EventID+fmt.Sprint(req.Admin), func() (any, error) {
 		leader = true
@@ -266,13 +309,25 @@ func (s *service) event(data []byte) reply {
 		return d, nil
 	})
 	if !leader {
-		s.m.collapsed.WithLabelValues("event").Inc()
+		s.collapsed[1].Inc()
 	}
 	if err != nil {
 		return errorReply(auth.CodeUnavailable, "unavailable", "%v", err)
 	}
-	d := v.(auth.Decision)
-	return jsonReply(auth.EventResponse{Decision: d}, string(d))
+	return decisionReply(v.(auth.Decision))
+}
+
+// decisionReplies are the encoded event answers, made once.
+var decisionReplies = func() map[auth.Decision][]byte {
+	m := map[auth.Decision][]byte{}
+	for _, d := range []auth.Decision{auth.Allowed, auth.Forbidden, auth.NotFound} {
+		m[d], _ = json.Marshal(auth.EventResponse{Decision: d})
+	}
+	return m
+}()
+
+func decisionReply(d auth.Decision) reply {
+	return reply{data: decisionReplies[d], outcome: string(d)}
 }
 
 // truncate keeps error descriptions short whatever the client sent.

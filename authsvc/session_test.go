@@ -251,8 +251,11 @@ func TestConcurrentIdenticalValidationsCollapse(t *testing.T) {
 	hits := h.counter("authsvc_cache_hits_total", "cache", "session")
 	misses := h.counter("authsvc_cache_misses_total", "cache", "session")
 	collapsed := h.counter("authsvc_singleflight_collapsed_total", "cache", "session")
-	if hits+misses != n || misses-collapsed != 1 {
-		t.Fatalf("hits %v + misses %v != %d, or misses - collapsed %v != 1", hits, misses, n, collapsed)
+	// A miss either joined the look-up in flight (collapsed), or ran the
+	// singleflight function itself: the leader, or a latecomer that found
+	// the leader's answer in the cache on its re-check.
+	if hits+misses != n || collapsed == 0 || misses-collapsed < 1 {
+		t.Fatalf("hits %v + misses %v != %d, or collapsed %v not in (0, misses)", hits, misses, n, collapsed)
 	}
 	if ok := h.counter("authsvc_requests_total", "endpoint", "session", "outcome", "ok"); ok != n {
 		t.Fatalf("authsvc_requests_total{ok} = %v, want %d", ok, n)

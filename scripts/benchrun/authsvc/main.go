@@ -1,0 +1,391 @@
+// Command authsvc benchmarks the authsvc worker (scripts/bench authsvc).
+//
+// Phase 1, the race-start storm: N session validations over C distinct
+// cookies in one burst, against a Directus stand-in that answers every call
+// after a fixed latency. It prints the Directus calls made, the answer
+// latency (p50/p99/max) and the cache and singleflight counters.
+//
+// Phase 2, cached throughput: W concurrent requesters validate the (now
+// cached) cookies over NATS for a fixed time, beside a raw NATS
+// request/reply echo measured in the same run with the same requesters:
+// the ceiling. It prints both rates and their ratio.
+//
+// The Directus stand-in is a minimal one written here (valid cookies only,
+// fixed latency, call counts): testkit, which holds the faithful stand-in,
+// is imported only by tests (docs/DECISIONS.md).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"trm-live/authsvc"
+	"trm-live/contract/auth"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench authsvc:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	storm, creds, workers, conns int
+	rounds                       int
+	latency, duration            time.Duration
+	directusConc                 int
+}
+
+func run() error {
+	var o options
+	flag.IntVar(&o.storm, "n", 5000, "session validations in the storm burst")
+	flag.IntVar(&o.creds, "creds", 1000, "distinct credentials in the storm")
+	flag.DurationVar(&o.latency, "latency", 20*time.Millisecond, "Directus stand-in answer latency")
+	flag.IntVar(&o.workers, "workers", 256, "concurrent requesters in the throughput phase")
+	flag.IntVar(&o.conns, "conns", 4, "NATS connections the requesters share")
+	flag.IntVar(&o.rounds, "rounds", 3, "throughput rounds (echo then cached, alternating)")
+	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each throughput measurement")
+	flag.IntVar(&o.directusConc, "directus-concurrency", 0, "AUTHSVC_DIRECTUS_CONCURRENCY (0: authsvc's default, 64)")
+	flag.Parse()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dataDir := os.Getenv("BENCH_DATA_DIR")
+	if dataDir == "" {
+		dataDir = os.TempDir()
+	}
+
+	// NATS, embedded.
+	store := filepath.Join(dataDir, "authsvc-nats")
+	_ = os.RemoveAll(store)
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, StoreDir: store, NoLog: true, NoSigs: true})
+	if err != nil {
+		return err
+	}
+	ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		return errors.New("nats-server not ready")
+	}
+
+	// A database for authsvc (the session path never queries it).
+	dsn, err := benchDatabase(ctx)
+	if err != nil {
+		return err
+	}
+
+	// Directus stand-in.
+	dir := newStandIn(o.creds, o.latency)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: dir}
+	go func() { _ = hs.Serve(ln) }()
+	defer hs.Close()
+
+	// authsvc, in process, with its defaults except a TTL that outlives the
+	// run.
+	reg := prometheus.NewRegistry()
+	svcCtx, stopSvc := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	cfg := authsvc.Config{
+		NATSURL: ns.ClientURL(), DatabaseURL: dsn, DirectusURL: "http://" + ln.Addr().String(),
+		HTTPAddr: "127.0.0.1:0", SessionTTL: 10 * time.Minute, DirectusConcurrency: o.directusConc,
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Registerer: reg,
+	}
+	go func() { done <- authsvc.Run(svcCtx, cfg) }()
+	defer func() { stopSvc(); <-done }()
+
+	conns := make([]*nats.Conn, o.conns)
+	for i := range conns {
+		if conns[i], err = nats.Connect(ns.ClientURL()); err != nil {
+			return err
+		}
+		defer conns[i].Close()
+	}
+	clients := make([]*auth.Client, len(conns))
+	for i, nc := range conns {
+		clients[i] = auth.NewClient(nc, 10*time.Second)
+	}
+	if err := waitReady(clients[0]); err != nil {
+		return err
+	}
+
+	fmt.Printf("authsvc benchmark: %d cores, GOMAXPROCS %d, %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	dc := o.directusConc
+	if dc == 0 {
+		dc = 64
+	}
+	fmt.Printf("settings: AUTHSVC_DIRECTUS_CONCURRENCY=%d, other settings at their defaults, session TTL 10m for the run\n", dc)
+
+	// Phase 1: the storm.
+	fmt.Printf("\n== storm: %d validations over %d distinct cookies in one burst, Directus answering in %s\n", o.storm, o.creds, o.latency)
+	lat := make([]time.Duration, o.storm)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < o.storm; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := clients[i%len(clients)]
+			cred := i % o.creds
+			<-start
+			t0 := time.Now()
+			u, err := c.Session(ctx, auth.SessionRequest{Cookie: token(cred)})
+			lat[i] = time.Since(t0)
+			if err == nil && u.ID != userID(cred) {
+				err = fmt.Errorf("credential %d resolved to %s", cred, u.ID)
+			}
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+		}()
+	}
+	me0, gl0 := dir.usersMe.Load(), dir.globals.Load() // the readiness probe's
+	h0, m0, c0 := metric(reg, "authsvc_cache_hits_total"), metric(reg, "authsvc_cache_misses_total"), metric(reg, "authsvc_singleflight_collapsed_total")
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	wall := time.Since(t0)
+	slices.Sort(lat)
+	me, gl := dir.usersMe.Load()-me0, dir.globals.Load()-gl0
+	fmt.Printf("answered: %d ok, %d failed in %s\n", int64(o.storm)-failed.Load(), failed.Load(), wall.Round(time.Millisecond))
+	if e := firstErr.Load(); e != nil {
+		fmt.Printf("first failure: %s\n", e)
+	}
+	fmt.Printf("Directus look-ups: %d (target <= %d): HTTP calls /users/me %d + /policies/me/globals %d = %d\n", me, o.creds, me, gl, me+gl)
+	fmt.Printf("answer latency: p50 %s  p99 %s  max %s\n", pct(lat, 50), pct(lat, 99), lat[len(lat)-1].Round(100*time.Microsecond))
+	fmt.Printf("cache: %v hits, %v misses, of which %v joined a look-up in flight (singleflight)\n",
+		metric(reg, "authsvc_cache_hits_total")-h0, metric(reg, "authsvc_cache_misses_total")-m0, metric(reg, "authsvc_singleflight_collapsed_total")-c0)
+
+	// Phase 2: cached throughput against the raw echo ceiling.
+	echoConn, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer echoConn.Close()
+	reply := []byte(`{"user_id":"` + userID(0) + `","role":"` + roleID + `","admin":false}`)
+	if _, err := echoConn.QueueSubscribe("bench.echo", "echo", func(m *nats.Msg) { _ = m.Respond(reply) }); err != nil {
+		return err
+	}
+	_ = echoConn.Flush()
+	payload, _ := json.Marshal(auth.SessionRequest{Cookie: token(0)})
+
+	fmt.Printf("\n== throughput: %d requesters on %d connections, %d rounds of echo then cached, %s each\n", o.workers, o.conns, o.rounds, o.duration)
+	before := dir.usersMe.Load()
+	var echoRates, cachedRates, ratios []float64
+	for r := 1; r <= o.rounds; r++ {
+		echo := measure(o, func(w int) error {
+			_, err := conns[w%len(conns)].Request("bench.echo", payload, 10*time.Second)
+			return err
+		})
+		cached := measure(o, func(w int) error {
+			cred := w % o.creds
+			u, err := clients[w%len(clients)].Session(ctx, auth.SessionRequest{Cookie: token(cred)})
+			if err == nil && u.ID != userID(cred) {
+				err = errors.New("wrong user")
+			}
+			return err
+		})
+		echoRates, cachedRates = append(echoRates, echo.rate), append(cachedRates, cached.rate)
+		ratios = append(ratios, cached.rate/echo.rate)
+		fmt.Printf("round %d: raw NATS request/reply echo %8.0f req/s (p50 %s, p99 %s, %d errors)\n", r, echo.rate, echo.p50, echo.p99, echo.errors)
+		fmt.Printf("round %d: cached session validations %8.0f req/s (p50 %s, p99 %s, %d errors)\n", r, cached.rate, cached.p50, cached.p99, cached.errors)
+	}
+	e, c := median(echoRates), median(cachedRates)
+	fmt.Printf("median: echo %.0f req/s, cached validations %.0f req/s (target >= 30000), ratio cached/echo (median of rounds) %.2f\n", e, c, median(ratios))
+	fmt.Printf("Directus calls during the throughput phase: %d\n", dir.usersMe.Load()-before)
+	return nil
+}
+
+type result struct {
+	rate     float64
+	p50, p99 time.Duration
+	errors   int64
+}
+
+// measure runs o.workers goroutines calling fn back to back for o.duration.
+func measure(o options, fn func(worker int) error) result {
+	var n, errs atomic.Int64
+	lats := make([][]time.Duration, o.workers)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < o.workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				t0 := time.Now()
+				if err := fn(w); err != nil {
+					errs.Add(1)
+				}
+				// Sample one latency in 16 to keep memory flat.
+				if c := n.Add(1); c%16 == 0 {
+					lats[w] = append(lats[w], time.Since(t0))
+				}
+			}
+		}()
+	}
+	t0 := time.Now()
+	time.Sleep(o.duration)
+	close(stop)
+	wg.Wait()
+	el := time.Since(t0)
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	return result{rate: float64(n.Load()) / el.Seconds(), p50: pct(all, 50), p99: pct(all, 99), errors: errs.Load()}
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := (len(sorted)*p + 99) / 100
+	if i > 0 {
+		i--
+	}
+	return sorted[i].Round(10 * time.Microsecond)
+}
+
+func metric(reg *prometheus.Registry, name string) float64 {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "cache" && l.GetValue() == "session" {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+	}
+	return -1
+}
+
+func waitReady(c *auth.Client) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := c.Session(context.Background(), auth.SessionRequest{Cookie: "warmup-not-a-token"})
+		if errors.Is(err, auth.ErrUnauthorized) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("authsvc not answering: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// benchDatabase creates a fresh database on BENCH_DATABASE_URL.
+func benchDatabase(ctx context.Context) (string, error) {
+	admin := os.Getenv("BENCH_DATABASE_URL")
+	if admin == "" {
+		return "", errors.New("BENCH_DATABASE_URL is not set: run through scripts/bench authsvc")
+	}
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		return "", fmt.Errorf("connect BENCH_DATABASE_URL: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS bench_authsvc WITH (FORCE)"); err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE bench_authsvc"); err != nil {
+		return "", err
+	}
+	i := strings.LastIndex(admin, "/")
+	q := strings.Index(admin[i:], "?")
+	if q < 0 {
+		return admin[:i] + "/bench_authsvc", nil
+	}
+	return admin[:i] + "/bench_authsvc" + admin[i+q:], nil
+}
+
+// standIn answers /users/me and /policies/me/globals for the cookies
+// token(0..n-1) after a fixed latency, 401 for anything else, and counts
+// the calls. It is the minimum the benchmark needs; the faithful stand-in
+// for tests is testkit/directus.
+type standIn struct {
+	n                int
+	latency          time.Duration
+	usersMe, globals atomic.Int64
+}
+
+const roleID = "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
+
+func newStandIn(n int, latency time.Duration) *standIn { return &standIn{n: n, latency: latency} }
+
+func token(i int) string { return fmt.Sprintf("bench-session-%06d", i) }
+
+func userID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
+
+func (s *standIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/users/me":
+		s.usersMe.Add(1)
+	case "/policies/me/globals":
+		s.globals.Add(1)
+	case "/server/ping":
+		_, _ = io.WriteString(w, "pong")
+		return
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	time.Sleep(s.latency)
+	var i int
+	c, err := r.Cookie("directus_session_token")
+	if err != nil || len(c.Value) != len(token(0)) || func() bool { _, e := fmt.Sscanf(c.Value, "bench-session-%06d", &i); return e != nil }() || i >= s.n {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, `{"errors":[{"message":"Invalid user credentials.","extensions":{"code":"INVALID_CREDENTIALS"}}]}`)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if r.URL.Path == "/users/me" {
+		_, _ = io.WriteString(w, `{"data":{"id":"`+userID(i)+`","role":"`+roleID+`"}}`)
+		return
+	}
+	_, _ = io.WriteString(w, `{"data":{"app_access":false,"admin_access":false,"enforce_tfa":false}}`)
+}
