@@ -33,7 +33,7 @@ type Config struct {
 	// (DIRECTUS_URL, -directus-url; required).
 	DirectusURL string
 	// HTTPAddr serves /healthz, /readyz and /metrics (HTTP_ADDR, -http-addr;
-	// default :8084). Ignored when Listener is set.
+	// default :8080, like every worker). Ignored when Listener is set.
 	HTTPAddr string
 	// LogLevel (LOG_LEVEL: debug, info, warn, error; default info) and
 	// LogFormat (LOG_FORMAT: text or json; default text) shape the logger Run
@@ -129,7 +129,7 @@ func settings() []setting {
 		stringSetting("NATS_URL", "nats://127.0.0.1:4222", "NATS server URL", func(c *Config) *string { return &c.NATSURL }),
 		stringSetting("DATABASE_URL", "", "PostgreSQL DSN with the events and organization_users tables (required)", func(c *Config) *string { return &c.DatabaseURL }),
 		stringSetting("DIRECTUS_URL", "", "Directus base URL (required)", func(c *Config) *string { return &c.DirectusURL }),
-		stringSetting("HTTP_ADDR", ":8084", "address of /healthz, /readyz and /metrics", func(c *Config) *string { return &c.HTTPAddr }),
+		stringSetting("HTTP_ADDR", ":8080", "address of /healthz, /readyz and /metrics", func(c *Config) *string { return &c.HTTPAddr }),
 		stringSetting("LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
 		stringSetting("LOG_FORMAT", "text", "text or json", func(c *Config) *string { return &c.LogFormat }),
 		stringSetting("AUTHSVC_COOKIE_NAME", auth.DefaultCookieName, "Directus session cookie name", func(c *Config) *string { return &c.CookieName }),

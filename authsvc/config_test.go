@@ -17,7 +17,7 @@ func TestLoadConfigDefaultsEnvAndFlags(t *testing.T) {
 	}
 	want := Config{
 		NATSURL: "nats://127.0.0.1:4222", DatabaseURL: "postgres://u:pw@db/x", DirectusURL: "http://directus:8055",
-		HTTPAddr: ":8084", LogLevel: "info", LogFormat: "text", CookieName: "directus_session_token",
+		HTTPAddr: ":8080", LogLevel: "info", LogFormat: "text", CookieName: "directus_session_token",
 		DirectusTimeout: 2 * time.Second, DirectusConcurrency: 64, DBTimeout: 2 * time.Second,
 		SessionTTL: 30 * time.Second, FailureTTL: 5 * time.Second, EventTTL: 30 * time.Second, EventDenyTTL: 5 * time.Second,
 		CacheSize: 100000, Concurrency: 512, ShutdownTimeout: 10 * time.Second,
@@ -97,7 +97,7 @@ func TestZeroConfigGetsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := c.withDefaults()
-	if d.SessionTTL != 30*time.Second || d.Concurrency != 512 || d.Now == nil || d.CookieName != "directus_session_token" || d.HTTPAddr != ":8084" {
+	if d.SessionTTL != 30*time.Second || d.Concurrency != 512 || d.Now == nil || d.CookieName != "directus_session_token" || d.HTTPAddr != ":8080" {
 		t.Fatalf("defaults not applied: %+v", d)
 	}
 }
