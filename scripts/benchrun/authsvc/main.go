@@ -28,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -67,6 +68,7 @@ func run() error {
 	flag.IntVar(&o.rounds, "rounds", 3, "throughput rounds (echo then cached, alternating)")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each throughput measurement")
 	flag.IntVar(&o.directusConc, "directus-concurrency", 0, "AUTHSVC_DIRECTUS_CONCURRENCY (0: authsvc's default, 64)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the throughput phase to this file")
 	flag.Parse()
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -198,6 +200,17 @@ func run() error {
 	payload, _ := json.Marshal(auth.SessionRequest{Cookie: token(0)})
 
 	fmt.Printf("\n== throughput: %d requesters on %d connections, %d rounds of echo then cached, %s each\n", o.workers, o.conns, o.rounds, o.duration)
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	before := dir.usersMe.Load()
 	var echoRates, cachedRates, ratios []float64
 	for r := 1; r <= o.rounds; r++ {
