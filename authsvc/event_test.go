@@ -157,3 +157,33 @@ func TestDatabaseDownIsUnavailableAndRecovers(t *testing.T) {
 		t.Fatalf("forbidden answers = %v: the unavailable answer was cached or miscounted", v)
 	}
 }
+
+// TestConcurrentIdenticalDecisionsCollapse: 500 concurrent identical event
+// authorizations make one database query.
+func TestConcurrentIdenticalDecisionsCollapse(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := seedWorld(h)
+	const n = 500
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		go func() {
+			<-start
+			d, err := h.client.Authorize(context.Background(), w.member, w.eventA)
+			if err == nil && d != auth.Allowed {
+				err = errors.New("decision " + string(d))
+			}
+			errs <- err
+		}()
+	}
+	close(start)
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if q := h.counter("authsvc_db_query_duration_seconds", "result", "ok"); q != 1 {
+		t.Fatalf("%v database queries for %d identical decisions, want 1", q, n)
+	}
+}

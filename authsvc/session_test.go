@@ -324,3 +324,29 @@ func TestDirectusDownIsUnavailableAndRecovers(t *testing.T) {
 func lookups(h *harness) []directus.Request {
 	return append(h.dir.Requests("/users/me"), h.dir.Requests("/policies/me/globals")...)
 }
+
+// TestSessionCacheIsBounded: with AUTHSVC_CACHE_SIZE 2, a third credential
+// evicts the least recently used one, which then costs a new look-up.
+func TestSessionCacheIsBounded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, withConfig(func(c *Config) { c.CacheSize = 2 }))
+	var toks []string
+	for i := 0; i < 3; i++ {
+		toks = append(toks, h.dir.Login(t, h.dir.AddUser(directus.User{})))
+	}
+	for _, tok := range toks {
+		h.mustSession(auth.SessionRequest{Cookie: tok})
+	}
+	if v := h.counter("authsvc_cache_entries", "cache", "session"); v != 2 {
+		t.Fatalf("authsvc_cache_entries = %v, want the cap 2", v)
+	}
+	calls := h.dir.Calls("/users/me")
+	h.mustSession(auth.SessionRequest{Cookie: toks[2]}) // most recent: cached
+	if h.dir.Calls("/users/me") != calls {
+		t.Fatal("most recently used credential was evicted")
+	}
+	h.mustSession(auth.SessionRequest{Cookie: toks[0]}) // evicted
+	if h.dir.Calls("/users/me") != calls+1 {
+		t.Fatal("the least recently used credential was not evicted")
+	}
+}
