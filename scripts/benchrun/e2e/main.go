@@ -1,0 +1,869 @@
+// Command e2e benchmarks the whole pipeline (scripts/bench e2e): XADD to
+// Redis → bridge → JetStream → broadcaster → WebSocket clients, and →
+// persister → PostgreSQL, each worker its own process built from its cmd/
+// (the binaries stage and prod run), on an embedded nats-server, the Redis
+// and PostgreSQL scripts/bench starts, and the dev auth backend
+// (scripts/devauth) in this process as Directus.
+//
+// Scenarios (-scenarios): pilot = 500 devices at 1 Hz, 100 viewers; 10x =
+// 500 devices at 10 Hz, 1,000 viewers; every viewer is a distinct logged-in
+// user following the one event. For each it prints the latency from XADD to
+// WebSocket receive (p50/p99/p99.9/max over every position every viewer
+// received in the measurement window), the share of positions each viewer
+// received (below 100% when the broadcaster coalesced a slow client's
+// positions, latest per device), CPU and peak RSS of each worker, and checks
+// zero loss at the database. The same run measures the floor: XADD →
+// XREADGROUP on the same Redis. It writes an SVG of the latency
+// distributions (-svg).
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/redis/go-redis/v9"
+
+	"trm-live/contract"
+	"trm-live/contract/ws"
+	"trm-live/scripts/devauth"
+)
+
+type scenario struct {
+	Name    string
+	Devices int
+	Hz      float64
+	Viewers int
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench e2e:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	scen := flag.String("scenarios", "pilot,10x", "scenarios to run, in order: pilot (500 devices 1 Hz, 100 viewers), 10x (500 devices 10 Hz, 1,000 viewers)")
+	devices := flag.Int("devices", 500, "devices in every scenario")
+	pilotViewers := flag.Int("pilot-viewers", 100, "viewers of the pilot scenario")
+	x10Viewers := flag.Int("x10-viewers", 1000, "viewers of the 10x scenario")
+	duration := flag.Duration("duration", 30*time.Second, "measurement window of each scenario")
+	warmup := flag.Duration("warmup", 5*time.Second, "load before the window opens")
+	svgPath := flag.String("svg", "", "write the latency plot here (default docs/bench/e2e-latency.svg in the repository)")
+	flag.Parse()
+
+	redisURL, dbURL, dataDir := os.Getenv("BENCH_REDIS_URL"), os.Getenv("BENCH_DATABASE_URL"), os.Getenv("BENCH_DATA_DIR")
+	if redisURL == "" || dbURL == "" || dataDir == "" {
+		return errors.New("BENCH_REDIS_URL, BENCH_DATABASE_URL and BENCH_DATA_DIR must be set: run it as scripts/bench e2e")
+	}
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	if *svgPath == "" {
+		*svgPath = filepath.Join(root, "docs", "bench", "e2e-latency.svg")
+	}
+	var scenarios []scenario
+	for _, s := range strings.Split(*scen, ",") {
+		switch strings.TrimSpace(s) {
+		case "pilot":
+			scenarios = append(scenarios, scenario{"pilot", *devices, 1, *pilotViewers})
+		case "10x":
+			scenarios = append(scenarios, scenario{"10x pilot", *devices, 10, *x10Viewers})
+		default:
+			return fmt.Errorf("-scenarios: unknown %q", s)
+		}
+	}
+	maxViewers := 0
+	for _, s := range scenarios {
+		maxViewers = max(maxViewers, s.Viewers)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	fmt.Printf("e2e benchmark, %s, %d cores (GOMAXPROCS %d)\n", time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), runtime.GOMAXPROCS(0))
+	binDir := filepath.Join(dataDir, "e2e-bin")
+	t0 := time.Now()
+	if err := buildWorkers(root, binDir); err != nil {
+		return err
+	}
+	fmt.Printf("built worker binaries in %.1f s\n", time.Since(t0).Seconds())
+
+	// NATS, embedded, on loopback so the worker processes can reach it.
+	store := filepath.Join(dataDir, "e2e-nats")
+	_ = os.RemoveAll(store)
+	ns, err := server.NewServer(&server.Options{ServerName: "bench-e2e", Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: store, JetStreamMaxMemory: 512 << 20, JetStreamMaxStore: 16 << 30, NoLog: true, NoSigs: true})
+	if err != nil {
+		return err
+	}
+	ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(10*time.Second) || !ns.JetStreamEnabled() {
+		return errors.New("nats-server with JetStream not ready")
+	}
+
+	db, err := setupDB(ctx, root, dbURL, *devices, maxViewers)
+	if err != nil {
+		return err
+	}
+
+	// Dev auth backend as Directus: one user per viewer, all members.
+	users := make([]devauth.User, maxViewers)
+	for i := range users {
+		users[i] = devauth.User{ID: db.userIDs[i], Email: fmt.Sprintf("viewer%d@bench.local", i), Password: "pw"}
+	}
+	da := devauth.New(devauth.Config{Users: users})
+	daLn, err := devauth.ListenLoopback("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	daSrv := &http.Server{Handler: da, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = daSrv.Serve(daLn) }()
+	defer daSrv.Close()
+	directusURL := "http://" + daLn.Addr().String()
+
+	stream := "bench:e2e:positions"
+	rdbOpts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(rdbOpts)
+	defer rdb.Close()
+	if err := rdb.Del(ctx, stream).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+
+	// The workers, each its own process.
+	logDir := filepath.Join(dataDir, "e2e-logs")
+	_ = os.MkdirAll(logDir, 0o755)
+	natsURL := ns.ClientURL()
+	addrs := map[string]string{}
+	for _, w := range []string{"bridge", "persister", "authsvc", "broadcaster"} {
+		if addrs[w], err = freeAddr(); err != nil {
+			return err
+		}
+	}
+	envs := map[string][]string{
+		"bridge":      {"NATS_URL=" + natsURL, "REDIS_URL=" + redisURL, "DATABASE_URL=" + db.dsn, "HTTP_ADDR=" + addrs["bridge"], "BRIDGE_STREAMS=" + stream},
+		"persister":   {"NATS_URL=" + natsURL, "DATABASE_URL=" + db.dsn, "HTTP_ADDR=" + addrs["persister"]},
+		"authsvc":     {"NATS_URL=" + natsURL, "DATABASE_URL=" + db.dsn, "DIRECTUS_URL=" + directusURL, "HTTP_ADDR=" + addrs["authsvc"]},
+		"broadcaster": {"NATS_URL=" + natsURL, "HTTP_ADDR=" + addrs["broadcaster"]},
+	}
+	var procs []*workerProc
+	for _, name := range []string{"bridge", "persister", "authsvc", "broadcaster"} {
+		p, err := startWorker(filepath.Join(binDir, name), name, envs[name], logDir)
+		if err != nil {
+			return err
+		}
+		defer p.stop()
+		procs = append(procs, p)
+	}
+	for _, p := range procs {
+		if err := waitReady(ctx, p, addrs[p.name], time.Minute); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("workers ready (logs in %s)\n", logDir)
+
+	floor, err := redisFloor(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("floor, XADD → XREADGROUP on the same Redis (2,000 sequential): p50 %s  p99 %s  max %s\n",
+		ms(floor.quantile(0.5)), ms(floor.quantile(0.99)), ms(floor.max))
+
+	var results []result
+	for _, s := range scenarios {
+		r, err := runScenario(ctx, s, scenarioEnv{
+			rdb: rdb, stream: stream, db: db, directusURL: directusURL, users: users,
+			wsURL: "ws://" + addrs["broadcaster"] + ws.Path, procs: procs, warmup: *warmup, duration: *duration,
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
+		r.print()
+		results = append(results, r)
+	}
+	if err := os.MkdirAll(filepath.Dir(*svgPath), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(*svgPath, plotSVG(results, floor), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("latency plot: %s\n", *svgPath)
+	return nil
+}
+
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.work above the working directory: run from the repository")
+		}
+		dir = parent
+	}
+}
+
+func buildWorkers(root, out string) error {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-o", out+string(filepath.Separator),
+		"./bridge/cmd/bridge", "./persister/cmd/persister", "./authsvc/cmd/authsvc", "./broadcaster/cmd/broadcaster")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build workers: %v\n%s", err, b)
+	}
+	return nil
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// ---- database ----
+
+type benchDB struct {
+	dsn     string
+	eventID string
+	devices []string
+	userIDs []string
+}
+
+// setupDB makes a fresh database bench_e2e with the Directus stand-in
+// tables, one organization and event, every device assigned to it, and
+// `viewers` member users.
+func setupDB(ctx context.Context, root, adminDSN string, devices, viewers int) (benchDB, error) {
+	conn, err := pgx.Connect(ctx, adminDSN)
+	if err != nil {
+		return benchDB{}, err
+	}
+	for _, q := range []string{"DROP DATABASE IF EXISTS bench_e2e WITH (FORCE)", "CREATE DATABASE bench_e2e"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			conn.Close(ctx)
+			return benchDB{}, err
+		}
+	}
+	conn.Close(ctx)
+	u, _ := url.Parse(adminDSN)
+	u.Path = "/bench_e2e"
+	db := benchDB{dsn: u.String(), eventID: uuid(), devices: make([]string, devices), userIDs: make([]string, viewers)}
+	conn, err = pgx.Connect(ctx, db.dsn)
+	if err != nil {
+		return db, err
+	}
+	defer conn.Close(ctx)
+	schema, err := os.ReadFile(filepath.Join(root, "deploy", "seed", "directus-standin.sql"))
+	if err != nil {
+		return db, err
+	}
+	if _, err := conn.Exec(ctx, string(schema)); err != nil {
+		return db, fmt.Errorf("stand-in schema: %w", err)
+	}
+	org := uuid()
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO organizations (id, name) VALUES ($1, 'Bench Racing')`, org)
+	b.Queue(`INSERT INTO events (id, organization_id, name) VALUES ($1, $2, 'Bench GP')`, db.eventID, org)
+	for i := range db.devices {
+		db.devices[i] = fmt.Sprintf("35693803%07d", i+1)
+		b.Queue(`INSERT INTO event_devices (id, event_id, device_id) VALUES ($1, $2, $3)`, uuid(), db.eventID, db.devices[i])
+	}
+	for i := range db.userIDs {
+		db.userIDs[i] = uuid()
+		b.Queue(`INSERT INTO directus_users (id, email, status) VALUES ($1, $2, 'active')`, db.userIDs[i], fmt.Sprintf("viewer%d@bench.local", i))
+		b.Queue(`INSERT INTO organization_users (id, organization_id, user_id) VALUES ($1, $2, $3)`, uuid(), org, db.userIDs[i])
+	}
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return db, fmt.Errorf("seed: %w", err)
+	}
+	return db, nil
+}
+
+func uuid() string {
+	var b [16]byte
+	f, _ := os.Open("/dev/urandom")
+	_, _ = io.ReadFull(f, b[:])
+	f.Close()
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// ---- worker processes ----
+
+type workerProc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+
+	mu      sync.Mutex
+	peakRSS int64 // bytes, sampled
+}
+
+func startWorker(path, name string, env []string, logDir string) (*workerProc, error) {
+	f, err := os.Create(filepath.Join(logDir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(path)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "LOG_LEVEL=warn", "GOMAXPROCS=" + strconv.Itoa(runtime.NumCPU())}, env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &workerProc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	return p, nil
+}
+
+func (p *workerProc) stop() {
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func waitReady(ctx context.Context, p *workerProc, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited before ready; see its log", p.name)
+		default:
+		}
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready after %s", p.name, timeout)
+}
+
+// cpuTicks is utime+stime of the process in clock ticks (USER_HZ, 100 on
+// Linux).
+func (p *workerProc) cpuTicks() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+2:]
+	}
+	f := strings.Fields(s)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return ut + st
+}
+
+func (p *workerProc) rss() int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func selfCPUTicks() int64 {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+2:]
+	}
+	f := strings.Fields(s)
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return ut + st
+}
+
+// ---- latency histogram: log buckets of 1% width from 1 µs ----
+
+type hist struct {
+	counts []uint64
+	n      uint64
+	max    time.Duration
+}
+
+const histBase = 1.01
+
+func newHist() *hist { return &hist{counts: make([]uint64, 2400)} } // up to ~ 4e10 µs
+
+func (h *hist) add(d time.Duration) {
+	us := float64(d) / float64(time.Microsecond)
+	i := 0
+	if us > 1 {
+		i = int(math.Log(us) / math.Log(histBase))
+	}
+	if i >= len(h.counts) {
+		i = len(h.counts) - 1
+	}
+	h.counts[i]++
+	h.n++
+	if d > h.max {
+		h.max = d
+	}
+}
+
+func (h *hist) merge(o *hist) {
+	for i, c := range o.counts {
+		h.counts[i] += c
+	}
+	h.n += o.n
+	h.max = max(h.max, o.max)
+}
+
+// quantile returns the upper edge of the bucket holding quantile q.
+func (h *hist) quantile(q float64) time.Duration {
+	if h.n == 0 {
+		return 0
+	}
+	want := uint64(math.Ceil(q * float64(h.n)))
+	var acc uint64
+	for i, c := range h.counts {
+		acc += c
+		if acc >= want {
+			d := time.Duration(math.Pow(histBase, float64(i+1)) * float64(time.Microsecond))
+			return min(d, h.max)
+		}
+	}
+	return h.max
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+// ---- floor ----
+
+func redisFloor(ctx context.Context, rdb *redis.Client) (*hist, error) {
+	key := "bench:e2e:floor"
+	_ = rdb.Del(ctx, key).Err()
+	defer rdb.Del(ctx, key)
+	if err := rdb.XGroupCreateMkStream(ctx, key, "g", "$").Err(); err != nil {
+		return nil, err
+	}
+	reader := redis.NewClient(rdb.Options())
+	defer reader.Close()
+	h := newHist()
+	for i := 0; i < 2000; i++ {
+		t0 := time.Now()
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []string{"k", "v"}}).Err(); err != nil {
+			return nil, err
+		}
+		if _, err := reader.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "g", Consumer: "c", Streams: []string{key, ">"}, Count: 1, Block: time.Second}).Result(); err != nil {
+			return nil, err
+		}
+		h.add(time.Since(t0))
+	}
+	return h, nil
+}
+
+// ---- scenario ----
+
+type scenarioEnv struct {
+	rdb         *redis.Client
+	stream      string
+	db          benchDB
+	directusURL string
+	users       []devauth.User
+	wsURL       string
+	procs       []*workerProc
+	warmup      time.Duration
+	duration    time.Duration
+}
+
+type workerStat struct {
+	name    string
+	cpu     float64 // cores busy, averaged over the window
+	peakRSS int64
+}
+
+type result struct {
+	s          scenario
+	lat        *hist
+	produced   int64 // in the window
+	sent       int64 // in the whole scenario
+	dbRows     int64
+	delivered  []float64 // per viewer: share of window positions received
+	workers    []workerStat
+	benchCPU   float64
+	window     time.Duration
+	connectDur time.Duration
+	errors     []string
+}
+
+// sendLog maps a position to the moment its XADD was sent: per tick (by
+// the ts string) and slice of the tick (by device index).
+type sendLog struct {
+	mu     sync.RWMutex
+	ticks  map[string]*tickSend
+	devIdx map[string]int
+	slices int
+}
+
+type tickSend struct {
+	sentAt   []int64 // unix ns per slice, 0 until sent
+	inWindow bool
+}
+
+func (l *sendLog) lookup(dev, ts []byte) (int64, bool) {
+	l.mu.RLock()
+	t := l.ticks[string(ts)]
+	i, ok := l.devIdx[string(dev)]
+	l.mu.RUnlock()
+	if t == nil || !ok || !t.inWindow {
+		return 0, false
+	}
+	at := atomic.LoadInt64(&t.sentAt[i*l.slices/len(l.devIdx)])
+	return at, at != 0
+}
+
+var (
+	keyDevice = []byte(`"device_id":"`)
+	keyTS     = []byte(`"ts":"`)
+)
+
+func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error) {
+	r := result{s: s, lat: newHist()}
+	fmt.Printf("\n== %s: %d devices at %g Hz (%g positions/s), %d viewers\n", s.Name, s.Devices, s.Hz, float64(s.Devices)*s.Hz, s.Viewers)
+
+	const slices = 10
+	log := &sendLog{ticks: map[string]*tickSend{}, devIdx: map[string]int{}, slices: slices}
+	for i, d := range e.db.devices[:s.Devices] {
+		log.devIdx[d] = i
+	}
+
+	// Viewers: log in (real session cookies from the dev backend), connect,
+	// subscribe.
+	t0 := time.Now()
+	type viewer struct {
+		conn     *websocket.Conn
+		h        *hist
+		received int64
+	}
+	viewers := make([]*viewer, s.Viewers)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	var connErr atomic.Value
+	for i := range viewers {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := connectViewer(ctx, e.directusURL, e.wsURL, e.users[i], e.db.eventID)
+			if err != nil {
+				connErr.Store(err)
+				return
+			}
+			viewers[i] = &viewer{conn: c, h: newHist()}
+		}()
+	}
+	wg.Wait()
+	if err, _ := connErr.Load().(error); err != nil {
+		for _, v := range viewers {
+			if v != nil {
+				v.conn.Close()
+			}
+		}
+		return r, fmt.Errorf("viewer: %w", err)
+	}
+	r.connectDur = time.Since(t0)
+	fmt.Printf("%d viewers logged in, connected and subscribed in %.1f s\n", s.Viewers, r.connectDur.Seconds())
+
+	var readers sync.WaitGroup
+	for _, v := range viewers {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				_, data, err := v.conn.ReadMessage()
+				if err != nil {
+					return
+				}
+				now := time.Now().UnixNano()
+				if !bytes.HasPrefix(data, []byte(`{"type":"positions"`)) {
+					continue
+				}
+				off := 0
+				for {
+					i := bytes.Index(data[off:], keyDevice)
+					if i < 0 {
+						break
+					}
+					off += i + len(keyDevice)
+					j := bytes.IndexByte(data[off:], '"')
+					dev := data[off : off+j]
+					off += j
+					k := bytes.Index(data[off:], keyTS)
+					if k < 0 {
+						break
+					}
+					off += k + len(keyTS)
+					m := bytes.IndexByte(data[off:], '"')
+					ts := data[off : off+m]
+					off += m
+					if at, ok := log.lookup(dev, ts); ok {
+						v.h.add(time.Duration(now - at))
+						v.received++
+					}
+				}
+			}
+		}()
+	}
+
+	// Producer: each tick's positions in ten slices spread over the tick,
+	// as unsynchronised trackers send; the send time of each slice is noted
+	// before its XADDs go out.
+	tick := time.Duration(float64(time.Second) / s.Hz)
+	start := time.Now().Add(100 * time.Millisecond).Truncate(10 * time.Millisecond)
+	windowStart, windowEnd := start.Add(e.warmup), start.Add(e.warmup+e.duration)
+	var cpu0 map[string]int64
+	var self0 int64
+	sampleStop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	peaks := map[string]int64{}
+	var peakMu sync.Mutex
+	go func() {
+		defer sampler.Done()
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-sampleStop:
+				return
+			case <-t.C:
+				peakMu.Lock()
+				for _, p := range e.procs {
+					peaks[p.name] = max(peaks[p.name], p.rss())
+				}
+				peakMu.Unlock()
+			}
+		}
+	}()
+	pipe := e.rdb.Pipeline()
+	var produced, sent int64
+	for k := 0; ; k++ {
+		tickAt := start.Add(time.Duration(k) * tick)
+		if !tickAt.Before(windowEnd) {
+			break
+		}
+		if cpu0 == nil && !tickAt.Before(windowStart) {
+			cpu0 = map[string]int64{}
+			for _, p := range e.procs {
+				cpu0[p.name] = p.cpuTicks()
+			}
+			self0 = selfCPUTicks()
+		}
+		tsStr := tickAt.UTC().Format(contract.TimeLayout)
+		ts := strconv.FormatInt(tickAt.UnixMilli(), 10)
+		tsend := &tickSend{sentAt: make([]int64, slices), inWindow: !tickAt.Before(windowStart)}
+		log.mu.Lock()
+		log.ticks[tsStr] = tsend
+		log.mu.Unlock()
+		for sl := 0; sl < slices; sl++ {
+			at := tickAt.Add(time.Duration(sl) * tick / slices)
+			if d := time.Until(at); d > 0 {
+				time.Sleep(d)
+			}
+			lo, hi := sl*s.Devices/slices, (sl+1)*s.Devices/slices
+			atomic.StoreInt64(&tsend.sentAt[sl], time.Now().UnixNano())
+			for i := lo; i < hi; i++ {
+				a := float64(k)/s.Hz/60*2*math.Pi + float64(i)
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: e.stream, Values: []string{
+					"device_id", e.db.devices[i], "ts", ts,
+					"lat", strconv.FormatFloat(45.62+0.01*math.Sin(a), 'f', 6, 64),
+					"lon", strconv.FormatFloat(9.28+0.014*math.Cos(a), 'f', 6, 64),
+					"speed", "180.5", "heading", "90", "sats", "11",
+				}})
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				return r, fmt.Errorf("xadd: %w", err)
+			}
+			sent += int64(hi - lo)
+			if tsend.inWindow {
+				produced += int64(hi - lo)
+			}
+		}
+	}
+	windowDur := time.Since(windowStart)
+	for _, p := range e.procs {
+		r.workers = append(r.workers, workerStat{name: p.name, cpu: float64(p.cpuTicks()-cpu0[p.name]) / 100 / windowDur.Seconds()})
+	}
+	r.benchCPU = float64(selfCPUTicks()-self0) / 100 / windowDur.Seconds()
+	r.window, r.produced, r.sent = windowDur, produced, sent
+
+	// Let the last positions arrive, then close the viewers.
+	time.Sleep(3 * time.Second)
+	for _, v := range viewers {
+		_ = v.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+		v.conn.Close()
+	}
+	readers.Wait()
+	close(sampleStop)
+	sampler.Wait()
+	for i := range r.workers {
+		r.workers[i].peakRSS = peaks[r.workers[i].name]
+	}
+	for _, v := range viewers {
+		r.lat.merge(v.h)
+		r.delivered = append(r.delivered, float64(v.received)/float64(max(produced, 1)))
+	}
+
+	// Zero loss at the database: every position of the scenario is stored.
+	conn, err := pgx.Connect(ctx, e.db.dsn)
+	if err != nil {
+		return r, err
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM positions WHERE ts >= $1 AND ts < $2`, start, windowEnd).Scan(&r.dbRows); err != nil {
+			return r, err
+		}
+		if r.dbRows >= sent || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if r.dbRows != sent {
+		r.errors = append(r.errors, fmt.Sprintf("DATABASE LOSS: %d rows for %d positions sent", r.dbRows, sent))
+	}
+	return r, nil
+}
+
+func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.User, eventID string) (*websocket.Conn, error) {
+	body, _ := json.Marshal(map[string]string{"email": u.Email, "password": u.Password, "mode": "session"})
+	resp, err := http.Post(directusURL+"/auth/login", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	resp.Body.Close()
+	var cookie string
+	for _, c := range resp.Cookies() {
+		if c.Name == devauth.CookieName {
+			cookie = c.Value
+		}
+	}
+	if cookie == "" {
+		return nil, fmt.Errorf("login %s: %d, no cookie", u.Email, resp.StatusCode)
+	}
+	h := http.Header{}
+	wu, _ := url.Parse(wsURL)
+	h.Set("Origin", "http://"+wu.Host)
+	h.Set("Cookie", devauth.CookieName+"="+cookie)
+	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 64 << 10}
+	c, _, err := d.DialContext(ctx, wsURL, h)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.WriteMessage(websocket.TextMessage, ws.Request{Type: ws.TypeSubscribe, Topic: ws.EventTopic(eventID), ID: "s"}.Encode()); err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		_, data, err := c.ReadMessage()
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("subscribe: %w", err)
+		}
+		f, err := ws.DecodeFrame(data)
+		if err != nil {
+			continue
+		}
+		if f.Type == ws.TypeSubscribed {
+			break
+		}
+		if f.Type == ws.TypeError {
+			c.Close()
+			return nil, fmt.Errorf("subscribe: %s %s", f.Code, f.Message)
+		}
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+func (r result) print() {
+	rate := float64(r.produced) / r.window.Seconds()
+	fmt.Printf("window %.1f s: %d positions XADDed (%.0f/s), %d viewer deliveries measured (%.0f/s)\n",
+		r.window.Seconds(), r.produced, rate, r.lat.n, float64(r.lat.n)/r.window.Seconds())
+	fmt.Printf("latency XADD → WebSocket receive: p50 %s  p99 %s  p99.9 %s  max %s\n",
+		ms(r.lat.quantile(0.5)), ms(r.lat.quantile(0.99)), ms(r.lat.quantile(0.999)), ms(r.lat.max))
+	d := append([]float64(nil), r.delivered...)
+	sort.Float64s(d)
+	mean := 0.0
+	for _, x := range d {
+		mean += x
+	}
+	if len(d) > 0 {
+		mean /= float64(len(d))
+		fmt.Printf("share of window positions each viewer received: mean %.2f%%, min %.2f%%\n", 100*mean, 100*d[0])
+	}
+	fmt.Printf("database: %d rows for %d positions sent in the scenario\n", r.dbRows, r.sent)
+	for _, w := range r.workers {
+		fmt.Printf("  %-12s CPU %5.1f%% of a core   peak RSS %6.1f MiB\n", w.name, 100*w.cpu, float64(w.peakRSS)/(1<<20))
+	}
+	fmt.Printf("  %-12s CPU %5.1f%% of a core (producer + %d viewers)\n", "bench", 100*r.benchCPU, r.s.Viewers)
+	for _, e := range r.errors {
+		fmt.Println("ERROR:", e)
+	}
+}
