@@ -1,0 +1,35 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"trm-live/bridge"
+)
+
+// worker is one trm-live worker run in the dev process. run gets the
+// worker's environment (the process environment with NATS_URL pointing at
+// the embedded server and HTTP_ADDR at 127.0.0.1:port), its own logger
+// (component=<name>) and its own Prometheus registry, and must block until
+// ctx ends, as every worker's Run does.
+type worker struct {
+	name string
+	port int // HTTP port of /healthz, /readyz, /metrics (plus -http-port-offset)
+	run  func(ctx context.Context, env func(string) string, log *slog.Logger, reg *prometheus.Registry) error
+}
+
+// workers is every worker of the dev binary, started in this order.
+// To add one, append an entry with the next free port.
+var workers = []worker{
+	{name: "bridge", port: 8081, run: func(ctx context.Context, env func(string) string, log *slog.Logger, reg *prometheus.Registry) error {
+		cfg, err := bridge.LoadConfig(nil, env)
+		if err != nil {
+			return err
+		}
+		cfg.Logger, cfg.Registerer = log, reg
+		log.Info("starting", "config", cfg.String())
+		return bridge.Run(ctx, cfg)
+	}},
+}
