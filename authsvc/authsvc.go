@@ -157,7 +157,8 @@ func (s *service) shutdown(deadline context.Context, svc interface{ Stop() error
 	// left on the connection.
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for s.nc.NumSubscriptions() > 0 {
+	// Without a connection nothing more can be delivered, nor drained.
+	for s.nc.NumSubscriptions() > 0 && s.nc.IsConnected() {
 		select {
 		case <-deadline.Done():
 			s.log.Warn("shutdown: subscriptions not drained before the deadline")
@@ -170,9 +171,15 @@ wait:
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-deadline.Done():
-		s.log.Warn("shutdown: requests still in flight at the deadline")
+	default:
+		select {
+		case <-done:
+		case <-deadline.Done():
+			s.log.Warn("shutdown: requests still in flight at the deadline")
+		}
 	}
-	_ = s.nc.FlushWithContext(deadline)
+	if s.nc.IsConnected() {
+		_ = s.nc.FlushWithContext(deadline) // the last replies
+	}
 	s.nc.Close()
 }

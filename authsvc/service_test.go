@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -283,4 +284,38 @@ func TestClientWithoutService(t *testing.T) {
 	wantErr(t, err, auth.ErrUnavailable)
 	_, err = c.Authorize(context.Background(), auth.User{ID: directus.NewID()}, directus.NewID())
 	wantErr(t, err, auth.ErrUnavailable)
+}
+
+// TestShutdownWithNATSDown: with NATS unreachable there is nothing to drain
+// or flush, so shutdown must not wait for AUTHSVC_SHUTDOWN_TIMEOUT (an
+// hour here).
+func TestShutdownWithNATSDown(t *testing.T) {
+	t.Parallel()
+	n := testkit.StartNATS(t)
+	n.Shutdown()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	logs := &syncBuffer{}
+	go func() {
+		done <- Run(ctx, Config{
+			NATSURL: n.URL, DatabaseURL: "postgres://127.0.0.1:1/x", DirectusURL: "http://127.0.0.1:1",
+			HTTPAddr: "127.0.0.1:0", ShutdownTimeout: time.Hour,
+			Logger: slog.New(slog.NewTextHandler(logs, nil)),
+		})
+	}()
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(logs.String(), "authsvc serving") {
+			return fmt.Errorf("not serving yet")
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("shutdown with NATS down waits for the shutdown timeout")
+	}
 }
