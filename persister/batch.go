@@ -21,7 +21,7 @@ func (p *persister) handleBatch(ctx, stop context.Context, msgs []jetstream.Msg)
 	good := make([]jetstream.Msg, 0, len(msgs))
 	ps := make([]contract.Position, 0, len(msgs))
 	for _, msg := range msgs {
-		pos, err := contract.DecodePosition(msg.Data())
+		pos, err := decode(msg.Data())
 		if err != nil {
 			p.deadLetter(ctx, msg, contract.ReasonUndecodable, err.Error())
 			continue
@@ -42,7 +42,7 @@ func (p *persister) handleBatch(ctx, stop context.Context, msgs []jetstream.Msg)
 func (p *persister) store(ctx, stop context.Context, msgs []jetstream.Msg, ps []contract.Position, checkSchema bool) {
 	gen := p.schemaGen.Load()
 	start := time.Now()
-	n, err := writeBatch(ctx, p.pool, ps)
+	n, err := writeBatch(ctx, p.pool, p.cfg.WritePath, ps)
 	if err == nil {
 		p.committed(msgs, n, start)
 		return
@@ -64,7 +64,7 @@ func (p *persister) store(ctx, stop context.Context, msgs []jetstream.Msg, ps []
 			return
 		}
 		start = time.Now()
-		n, err = writeBatch(ctx, p.pool, ps)
+		n, err = writeBatch(ctx, p.pool, p.cfg.WritePath, ps)
 		if err == nil {
 			p.committed(msgs, n, start)
 			return

@@ -37,6 +37,11 @@ type Config struct {
 	// FetchMaxWait is how long a batch waits to fill once its first message
 	// arrived (PERSISTER_FETCH_MAX_WAIT). Default 100ms.
 	FetchMaxWait time.Duration
+	// WritePath is how a batch is written (PERSISTER_WRITE_PATH): "unnest"
+	// (one INSERT … SELECT FROM unnest, default) or "copy" (COPY into a
+	// staging table, then INSERT … SELECT). Both are one transaction and
+	// ON CONFLICT (device_id, ts) DO NOTHING; docs/BENCHMARKS.md compares them.
+	WritePath string
 	// Writers is how many batches are written concurrently
 	// (PERSISTER_WRITERS). Default 2.
 	Writers int
@@ -110,6 +115,9 @@ func (c Config) withDefaults() Config {
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultBatchSize
 	}
+	if c.WritePath == "" {
+		c.WritePath = PathUnnest
+	}
 	if c.Writers == 0 {
 		c.Writers = DefaultWriters
 	}
@@ -147,6 +155,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.BatchSize < 1 || c.BatchSize > 100000:
 		return fmt.Errorf("PERSISTER_BATCH_SIZE %d: must be 1..100000", c.BatchSize)
+	case c.WritePath != PathUnnest && c.WritePath != PathCopy:
+		return fmt.Errorf("PERSISTER_WRITE_PATH %q: must be %s or %s", c.WritePath, PathUnnest, PathCopy)
 	case c.Writers < 1 || c.Writers > 64:
 		return fmt.Errorf("PERSISTER_WRITERS %d: must be 1..64", c.Writers)
 	case c.MaxAckPending < c.BatchSize*c.Writers:
@@ -189,11 +199,11 @@ func (c Config) String() string {
 		addr = c.Listener.Addr().String()
 	}
 	return fmt.Sprintf("NATS_URL=%s DATABASE_URL=%s HTTP_ADDR=%s PERSISTER_CONSUMER=%s PERSISTER_BATCH_SIZE=%d "+
-		"PERSISTER_FETCH_MAX_WAIT=%s PERSISTER_WRITERS=%d PERSISTER_MAX_ACK_PENDING=%d PERSISTER_ACK_WAIT=%s "+
+		"PERSISTER_FETCH_MAX_WAIT=%s PERSISTER_WRITE_PATH=%s PERSISTER_WRITERS=%d PERSISTER_MAX_ACK_PENDING=%d PERSISTER_ACK_WAIT=%s "+
 		"PERSISTER_BACKOFF_MIN=%s PERSISTER_BACKOFF_MAX=%s PERSISTER_VERIFY_INTERVAL=%s "+
 		"PERSISTER_REQUIRE_TIMESCALEDB=%t PERSISTER_CHUNK_INTERVAL=%s PERSISTER_SHUTDOWN_TIMEOUT=%s LOG_LEVEL=%s LOG_FORMAT=%s",
 		maskURL(c.NATSURL), maskURL(c.DatabaseURL), addr, c.Consumer, c.BatchSize,
-		c.FetchMaxWait, c.Writers, c.MaxAckPending, c.AckWait,
+		c.FetchMaxWait, c.WritePath, c.Writers, c.MaxAckPending, c.AckWait,
 		c.BackoffMin, c.BackoffMax, c.VerifyInterval,
 		c.RequireTimescaleDB, c.ChunkInterval, c.ShutdownTimeout, orDefault(c.LogLevel, "info"), orDefault(c.LogFormat, "text"))
 }
@@ -335,6 +345,7 @@ func newFlagSet(name string, getenv func(string) string) (flagConfig, *flag.Flag
 	str(&c.Consumer, "consumer", "PERSISTER_CONSUMER", DefaultConsumer, "durable consumer name on POSITIONS")
 	num(&c.BatchSize, "batch-size", "PERSISTER_BATCH_SIZE", DefaultBatchSize, "positions per transaction")
 	dur(&c.FetchMaxWait, "fetch-max-wait", "PERSISTER_FETCH_MAX_WAIT", DefaultFetchMaxWait, "how long a batch waits to fill")
+	str(&c.WritePath, "write-path", "PERSISTER_WRITE_PATH", PathUnnest, "unnest or copy")
 	num(&c.Writers, "writers", "PERSISTER_WRITERS", DefaultWriters, "batches written concurrently")
 	num(&c.MaxAckPending, "max-ack-pending", "PERSISTER_MAX_ACK_PENDING", DefaultMaxAckPending, "consumer max ack pending")
 	dur(&c.AckWait, "ack-wait", "PERSISTER_ACK_WAIT", DefaultAckWait, "consumer ack wait")

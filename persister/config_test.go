@@ -49,6 +49,7 @@ func TestValidateNamesTheSetting(t *testing.T) {
 		{"consumer", func(c *Config) { c.Consumer = "a.b" }, "PERSISTER_CONSUMER"},
 		{"batch", func(c *Config) { c.BatchSize = -1 }, "PERSISTER_BATCH_SIZE"},
 		{"writers", func(c *Config) { c.Writers = 100 }, "PERSISTER_WRITERS"},
+		{"write path", func(c *Config) { c.WritePath = "magic" }, "PERSISTER_WRITE_PATH"},
 		{"ack pending", func(c *Config) { c.BatchSize, c.MaxAckPending = 1000, 500 }, "PERSISTER_MAX_ACK_PENDING"},
 		{"ack wait", func(c *Config) { c.AckWait = time.Millisecond }, "PERSISTER_ACK_WAIT"},
 		{"backoff", func(c *Config) { c.BackoffMin, c.BackoffMax = time.Second, time.Millisecond }, "PERSISTER_BACKOFF_MAX"},

@@ -113,7 +113,7 @@ func (p *persister) refill(ctx context.Context, since time.Time) (int64, error) 
 			if err == nil && (md.Sequence.Stream >= last || md.NumPending == 0) {
 				done = true
 			}
-			if pos, err := contract.DecodePosition(msg.Data()); err == nil {
+			if pos, err := decode(msg.Data()); err == nil {
 				ps = append(ps, pos)
 			}
 		}
@@ -136,7 +136,7 @@ func (p *persister) refill(ctx context.Context, since time.Time) (int64, error) 
 func (p *persister) writeRetry(ctx context.Context, ps []contract.Position) (int64, error) {
 	for attempt := 1; ; attempt++ {
 		gen := p.schemaGen.Load()
-		n, err := writeBatch(ctx, p.pool, ps)
+		n, err := writeBatch(ctx, p.pool, p.cfg.WritePath, ps)
 		if err == nil {
 			return n, nil
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -32,11 +33,65 @@ const (
 		ON CONFLICT (device_id, ts) DO NOTHING`
 )
 
-// writeBatch writes positions in one transaction: COPY into a temporary
-// staging table, then INSERT … SELECT … ON CONFLICT (device_id, ts) DO
-// NOTHING. It returns the number of new rows; the others were already
-// there. Nothing is written when it returns an error.
-func writeBatch(ctx context.Context, pool *pgxpool.Pool, ps []contract.Position) (int64, error) {
+// Write paths (PERSISTER_WRITE_PATH). Both are one transaction per batch and
+// idempotent through ON CONFLICT (device_id, ts) DO NOTHING.
+const (
+	// PathUnnest sends the batch as one array per column in a single
+	// INSERT … SELECT FROM unnest(…): one round trip, a prepared statement.
+	PathUnnest = "unnest"
+	// PathCopy COPYs the batch into a temporary staging table, then
+	// INSERT … SELECT from it: five round trips, cheaper per row for very
+	// large batches.
+	PathCopy = "copy"
+)
+
+// insertUnnest is the single-statement write path. Its parameters are ten
+// arrays, so any batch size stays within the 65535-parameter limit.
+const insertUnnest = `INSERT INTO positions (device_id, ts, event_id, lat, lon, alt, speed, heading, sats, attrs)
+	SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::float8[], $5::float8[],
+		$6::real[], $7::real[], $8::real[], $9::smallint[], $10::jsonb[])
+	ON CONFLICT (device_id, ts) DO NOTHING`
+
+// writeBatch writes positions in one transaction by the given path. It
+// returns the number of new rows; the others were already there. Nothing
+// is written when it returns an error.
+func writeBatch(ctx context.Context, pool *pgxpool.Pool, path string, ps []contract.Position) (int64, error) {
+	if path == PathCopy {
+		return writeStaged(ctx, pool, ps)
+	}
+	return writeUnnest(ctx, pool, ps)
+}
+
+// writeUnnest is one statement, hence one implicit transaction.
+func writeUnnest(ctx context.Context, pool *pgxpool.Pool, ps []contract.Position) (int64, error) {
+	n := len(ps)
+	dev := make([]string, n)
+	ts := make([]time.Time, n)
+	event := make([]pgtype.UUID, n)
+	lat, lon := make([]float64, n), make([]float64, n)
+	alt, speed, heading := make([]*float64, n), make([]*float64, n), make([]*float64, n)
+	sats := make([]*int, n)
+	attrs := make([][]byte, n)
+	for i := range ps {
+		p := &ps[i]
+		dev[i], ts[i], lat[i], lon[i] = p.DeviceID, p.TS, p.Lat, p.Lon
+		if p.EventID != "" {
+			event[i] = parseUUID(p.EventID)
+		}
+		alt[i], speed[i], heading[i], sats[i] = p.Alt, p.Speed, p.Heading, p.Sats
+		if len(p.Attrs) > 0 {
+			attrs[i] = p.Attrs
+		}
+	}
+	tag, err := pool.Exec(ctx, insertUnnest, dev, ts, event, lat, lon, alt, speed, heading, sats, attrs)
+	if err != nil {
+		return 0, fmt.Errorf("insert batch: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// writeStaged is COPY into a staging table, then INSERT … SELECT.
+func writeStaged(ctx context.Context, pool *pgxpool.Pool, ps []contract.Position) (int64, error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin: %w", err)
