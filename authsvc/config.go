@@ -70,7 +70,8 @@ type Config struct {
 	// CacheSize caps each cache (sessions, event decisions) in entries,
 	// least recently used evicted first (AUTHSVC_CACHE_SIZE; default 100000).
 	CacheSize int
-	// Concurrency caps the requests handled at once per endpoint
+	// Concurrency caps the look-ups (cache misses) in flight per endpoint;
+	// cache hits and bad requests are answered inline
 	// (AUTHSVC_CONCURRENCY; default 512).
 	Concurrency int
 	// ShutdownTimeout bounds the graceful shutdown (AUTHSVC_SHUTDOWN_TIMEOUT;
@@ -141,7 +142,7 @@ func settings() []setting {
 		durationSetting("AUTHSVC_EVENT_TTL", "30s", "reuse of an allowed event decision (a removed member keeps access this long)", func(c *Config) *time.Duration { return &c.EventTTL }),
 		durationSetting("AUTHSVC_EVENT_DENY_TTL", "5s", "reuse of a forbidden or not_found decision", func(c *Config) *time.Duration { return &c.EventDenyTTL }),
 		intSetting("AUTHSVC_CACHE_SIZE", "100000", "entries per cache (sessions, event decisions)", func(c *Config) *int { return &c.CacheSize }),
-		intSetting("AUTHSVC_CONCURRENCY", "512", "requests handled at once per endpoint", func(c *Config) *int { return &c.Concurrency }),
+		intSetting("AUTHSVC_CONCURRENCY", "512", "look-ups (cache misses) in flight per endpoint", func(c *Config) *int { return &c.Concurrency }),
 		durationSetting("AUTHSVC_SHUTDOWN_TIMEOUT", "10s", "bound of the graceful shutdown", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
 	}
 	for i := range s {
