@@ -32,7 +32,7 @@ type config struct {
 	duration, burstEvery                          time.Duration
 	count, maxLen                                 int64
 	seed                                          uint64
-	spread, seedDB                                bool
+	spread, seedDB, seedOnly                      bool
 }
 
 func main() {
@@ -74,6 +74,7 @@ func parseFlags(args []string) (config, error) {
 	fs.Uint64Var(&c.seed, "seed", 1, "random seed: same seed, same devices, paces and bad entries")
 	fs.StringVar(&c.start, "start", "", "simulated clock start (RFC 3339); empty: the wall clock")
 	fs.BoolVar(&c.seedDB, "seed-db", true, "seed organizations, events, event_devices and demo users first")
+	fs.BoolVar(&c.seedOnly, "seed-only", false, "seed PostgreSQL, then exit without writing entries")
 	fs.StringVar(&c.seedSQL, "seed-sql", "", "Directus stand-in schema (default: deploy/seed/directus-standin.sql above the working directory)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -91,10 +92,13 @@ func parseFlags(args []string) (config, error) {
 
 func run(ctx context.Context, c config, log *slog.Logger) error {
 	sim := simulate.New(simulate.Options{Devices: c.devices, Seed: c.seed, BadFraction: c.bad})
-	if c.seedDB {
+	if c.seedDB || c.seedOnly {
 		if err := seed(ctx, c, sim, log); err != nil {
 			return err
 		}
+	}
+	if c.seedOnly {
+		return nil
 	}
 	opts, err := redis.ParseURL(c.redisURL)
 	if err != nil {

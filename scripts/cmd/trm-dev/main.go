@@ -34,7 +34,14 @@ func main() {
 	offset := fs.Int("http-port-offset", 0, "added to every worker's HTTP port")
 	jsMem := fs.Int64("js-max-memory", 256<<20, "JetStream memory limit, bytes")
 	jsStore := fs.Int64("js-max-store", 8<<30, "JetStream file store limit, bytes")
+	list := fs.Bool("list", false, "print each worker's name and HTTP base URL, then exit")
 	_ = fs.Parse(os.Args[1:])
+	if *list {
+		for _, w := range workers {
+			fmt.Printf("%s http://127.0.0.1:%d\n", w.name, w.port+*offset)
+		}
+		return
+	}
 
 	log := newLogger()
 	if err := run(ctx, log, *dataDir, *natsHost, *natsPort, *natsHTTP, *offset, *jsMem, *jsStore); err != nil {
