@@ -99,6 +99,16 @@ type Request struct {
 	Type  string `json:"type"`
 	Topic string `json:"topic"`
 	ID    string `json:"id,omitempty"`
+
+	// Replay marks a request about the client's replay of Topic rather
+	// than its live subscription: a subscribe with replay options, an
+	// unsubscribe with "replay":true, every TypeReplay control
+	// (replay.go).
+	Replay bool `json:"-"`
+	// ReplayOptions are the options of a replay subscribe.
+	ReplayOptions ReplayOptions `json:"-"`
+	// Control is the body of a TypeReplay message.
+	Control ReplayControl `json:"-"`
 }
 
 // MaxIDLength bounds the id a client may send (it is echoed back).
@@ -106,6 +116,9 @@ const MaxIDLength = 64
 
 // Encode returns the compact JSON of the request.
 func (r Request) Encode() []byte {
+	if r.Replay || r.Type == TypeReplay {
+		return r.encodeReplay()
+	}
 	b, _ := json.Marshal(r) // three strings cannot fail
 	return b
 }
@@ -115,6 +128,9 @@ func (r Request) Encode() []byte {
 type RequestError struct {
 	ID, Topic string
 	Message   string
+	// Replay is set when the request was about a replay (its error frame
+	// then carries "replay":true).
+	Replay bool
 }
 
 func (e *RequestError) Error() string { return e.Message }
@@ -126,6 +142,11 @@ func ParseRequest(data []byte) (Request, error) {
 		Type  *string `json:"type"`
 		Topic *string `json:"topic"`
 		ID    *string `json:"id"`
+		// Replay fields (replay.go).
+		Replay json.RawMessage `json:"replay"`
+		Action json.RawMessage `json:"action"`
+		To     json.RawMessage `json:"to"`
+		Speed  json.RawMessage `json:"speed"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&raw); err != nil {
@@ -149,14 +170,14 @@ func ParseRequest(data []byte) (Request, error) {
 		if len(topic) > 128 {
 			topic = "" // do not echo arbitrary long strings back
 		}
-		return Request{}, &RequestError{ID: r.ID, Topic: topic, Message: msg}
+		return Request{}, &RequestError{ID: r.ID, Topic: topic, Message: msg, Replay: r.Type == TypeReplay || raw.Replay != nil}
 	}
 	if raw.Type == nil {
 		return fail("missing type")
 	}
 	r.Type = *raw.Type
 	switch r.Type {
-	case TypeSubscribe, TypeUnsubscribe:
+	case TypeSubscribe, TypeUnsubscribe, TypeReplay:
 	default:
 		return fail(fmt.Sprintf("unknown type %q", shorten(r.Type)))
 	}
@@ -165,6 +186,9 @@ func ParseRequest(data []byte) (Request, error) {
 	}
 	if _, ok := ParseTopic(r.Topic); !ok {
 		return fail("topic must be event:<lowercase uuid>")
+	}
+	if msg := parseReplay(&r, raw.Replay, raw.Action, raw.To, raw.Speed); msg != "" {
+		return Request{}, &RequestError{ID: r.ID, Topic: r.Topic, Replay: true, Message: msg}
 	}
 	return r, nil
 }
@@ -182,6 +206,8 @@ type Error struct {
 	Topic   string
 	ID      string
 	Message string
+	// Replay marks an error about a replay request: "replay":true.
+	Replay bool
 }
 
 // AppendError appends an error frame:
@@ -190,6 +216,9 @@ func AppendError(b []byte, e Error) []byte {
 	b = append(b, `{"type":"error","code":`...)
 	b = appendString(b, string(e.Code))
 	b = appendTopicID(b, e.Topic, e.ID)
+	if e.Replay {
+		b = append(b, `,"replay":true`...)
+	}
 	b = append(b, `,"message":`...)
 	b = appendString(b, e.Message)
 	return append(b, '}')
@@ -268,6 +297,17 @@ type Frame struct {
 	Message   string            `json:"message,omitempty"`
 	Snapshot  []json.RawMessage `json:"snapshot,omitempty"`
 	Positions []json.RawMessage `json:"positions,omitempty"`
+
+	// Replay frames (replay.go): Replay is true on every frame about a
+	// replay; the others make its status (Frame.Status).
+	Replay bool            `json:"replay,omitempty"`
+	Action string          `json:"action,omitempty"`
+	From   string          `json:"from,omitempty"`
+	To     string          `json:"to,omitempty"`
+	Speed  json.RawMessage `json:"speed,omitempty"`
+	State  string          `json:"state,omitempty"`
+	At     string          `json:"at,omitempty"`
+	Wall   string          `json:"wall,omitempty"`
 }
 
 // ErrBadFrame is wrapped by DecodeFrame for data that is not a server frame.
@@ -281,7 +321,7 @@ func DecodeFrame(data []byte) (Frame, error) {
 		return Frame{}, fmt.Errorf("%w: %v", ErrBadFrame, err)
 	}
 	switch f.Type {
-	case TypeSubscribed, TypeUnsubscribed, TypePositions, TypeError:
+	case TypeSubscribed, TypeUnsubscribed, TypePositions, TypeError, TypeReplayState, TypeReplayEnd:
 		return f, nil
 	}
 	return Frame{}, fmt.Errorf("%w: unknown type %q", ErrBadFrame, f.Type)
@@ -290,7 +330,7 @@ func DecodeFrame(data []byte) (Frame, error) {
 // Items decodes the positions of a subscribed (snapshot) or positions frame.
 func (f Frame) Items() ([]contract.Position, error) {
 	raw := f.Positions
-	if f.Type == TypeSubscribed {
+	if f.Type == TypeSubscribed || f.Type == TypeReplayState {
 		raw = f.Snapshot
 	}
 	out := make([]contract.Position, 0, len(raw))
