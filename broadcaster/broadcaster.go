@@ -66,6 +66,9 @@ type server struct {
 	w        *writers
 	mel      *melody.Melody
 
+	replays       replayLimits // replay.go
+	replayMetrics *replayMetrics
+
 	streamReady atomic.Bool
 	base        context.Context // ends when shutdown starts
 	cancelBase  context.CancelFunc
@@ -116,6 +119,9 @@ func newServer(cfg Config) (*server, error) {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	srv.m = m
+	if srv.replayMetrics, err = newReplayMetrics(reg); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
 	srv.base, srv.cancelBase = context.WithCancel(context.Background())
 
 	ln := cfg.Listener

@@ -37,6 +37,9 @@ type subscription struct {
 	feed    *feed
 	t       *topic
 	live    bool // subscribed frame queued; re-authorization applies
+	// rp is set on a replay subscription, keyed replayKey(topic)
+	// (replay.go); re-authorization applies to it too.
+	rp *replay
 }
 
 // allow takes one token from the client's message bucket.
@@ -69,13 +72,19 @@ func (c *client) handle(data []byte) {
 			re = &ws.RequestError{Message: err.Error()}
 		}
 		c.srv.m.requests.WithLabelValues("invalid", string(ws.CodeBadRequest)).Inc()
-		c.sendError(ws.Error{Code: ws.CodeBadRequest, Topic: re.Topic, ID: re.ID, Message: re.Message})
+		c.sendError(ws.Error{Code: ws.CodeBadRequest, Topic: re.Topic, ID: re.ID, Message: re.Message, Replay: re.Replay})
 		return
 	}
-	switch req.Type {
-	case ws.TypeSubscribe:
+	switch {
+	case req.Type == ws.TypeReplay:
+		c.controlReplay(req)
+	case req.Type == ws.TypeSubscribe && req.Replay:
+		c.subscribeReplay(req)
+	case req.Type == ws.TypeUnsubscribe && req.Replay:
+		c.unsubscribeReplay(req)
+	case req.Type == ws.TypeSubscribe:
 		c.subscribe(req)
-	case ws.TypeUnsubscribe:
+	case req.Type == ws.TypeUnsubscribe:
 		c.unsubscribe(req)
 	}
 }
@@ -198,6 +207,9 @@ func (c *client) unsubscribe(req ws.Request) {
 // revoke ends a live subscription that re-authorization refused, with an
 // error frame for its topic.
 func (c *client) revoke(topic string, code ws.Code, msg string) {
+	if r := c.takeReplay(topic); r != nil {
+		r.stop(ws.AppendError(getBuf(160), ws.Error{Code: code, Topic: topic, Replay: true, Message: msg}), "revoked")
+	}
 	c.mu.Lock()
 	sub := c.subs[topic]
 	if sub == nil || !sub.live {
@@ -217,7 +229,7 @@ func (c *client) liveEvents() []string {
 	defer c.mu.Unlock()
 	out := make([]string, 0, len(c.subs))
 	for _, s := range c.subs {
-		if s.live {
+		if s.live || s.rp != nil {
 			out = append(out, s.eventID)
 		}
 	}
@@ -238,6 +250,9 @@ func (c *client) cleanup() {
 		}
 		if sub.live {
 			c.srv.m.subscriptions.Dec()
+		}
+		if sub.rp != nil {
+			sub.rp.stop(nil, "disconnect")
 		}
 	}
 }

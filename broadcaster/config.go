@@ -87,6 +87,9 @@ type Config struct {
 	// (BROADCASTER_SHUTDOWN_TIMEOUT). Default 10s.
 	ShutdownTimeout time.Duration
 
+	// Replay holds the settings of replays (replay_config.go).
+	Replay ReplayConfig
+
 	// Logger receives the log; nil discards it.
 	Logger *slog.Logger
 	// Registerer receives the metrics; nil uses a private registry (still
@@ -137,6 +140,7 @@ func (c Config) withDefaults() Config {
 	defDur(&c.WriteWait, 10*time.Second)
 	defDur(&c.SnapshotTimeout, 5*time.Second)
 	defDur(&c.ShutdownTimeout, 10*time.Second)
+	c.Replay = c.Replay.withDefaults()
 	return c
 }
 
@@ -177,6 +181,9 @@ func (c Config) Validate() error {
 		return errors.New("BROADCASTER_SNAPSHOT_TIMEOUT: must be positive")
 	case c.ShutdownTimeout <= 0:
 		return errors.New("BROADCASTER_SHUTDOWN_TIMEOUT: must be positive")
+	}
+	if err := c.Replay.validate(); err != nil {
+		return err
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
@@ -247,7 +254,7 @@ func (c Config) String() string {
 		c.CookieName, origins, c.AuthTimeout, c.ReauthInterval,
 		c.MaxConnsPerUser, c.MaxSubscriptions, c.MsgRate, c.MsgBurst,
 		c.ControlQueue, c.FrameMaxPositions, c.FrameMaxBytes, c.Writers,
-		c.PingPeriod, c.PongWait, c.WriteWait, c.SnapshotTimeout, c.ShutdownTimeout)
+		c.PingPeriod, c.PongWait, c.WriteWait, c.SnapshotTimeout, c.ShutdownTimeout) + " " + c.Replay.String()
 }
 
 // maskURL hides the password (and a token-only user) of every URL in a
@@ -328,6 +335,7 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	dur(&c.WriteWait, "write-wait", "BROADCASTER_WRITE_WAIT", "timeout of one WebSocket write")
 	dur(&c.SnapshotTimeout, "snapshot-timeout", "BROADCASTER_SNAPSHOT_TIMEOUT", "timeout of one JetStream snapshot")
 	dur(&c.ShutdownTimeout, "shutdown-timeout", "BROADCASTER_SHUTDOWN_TIMEOUT", "hard deadline of the shutdown")
+	c.Replay.register(fs, getenv, &errs)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}

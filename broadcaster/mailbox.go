@@ -39,6 +39,10 @@ type feed struct {
 	ready  bool    // its subscribed frame is queued; positions may follow
 	queued bool    // in mb.feeds
 	closed bool
+
+	// taken, set on replay feeds only, gets a non-blocking signal each
+	// time the writer takes positions of the feed (replay.go waits on it).
+	taken chan struct{}
 }
 
 func newFeed(mb *mailbox, topic string) *feed {
@@ -156,10 +160,32 @@ type snapItem struct {
 // closed meanwhile, or when the control queue overflowed (the client is
 // then closed).
 func (mb *mailbox) activate(f *feed, snap []snapItem, id string) (sent int, ok bool) {
+	return mb.activateWith(f, snap, false, func(b []byte, items [][]byte) []byte {
+		return ws.AppendSubscribed(b, f.topic, id, items)
+	})
+}
+
+// activateWith is activate with the frame built by frame (from a pooled
+// buffer and the snapshot items). With reset, f first forgets every device
+// (its pending positions and newest fix times): a replay's seek.
+func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func(b []byte, items [][]byte) []byte) (sent int, ok bool) {
 	mb.mu.Lock()
 	if f.closed || mb.closed || mb.closing != nil {
 		mb.mu.Unlock()
 		return 0, false
+	}
+	if reset {
+		clear(f.slots)
+		f.dirty, f.head0 = f.dirty[:0], 0
+		if f.queued {
+			f.queued = false
+			for i, g := range mb.feeds {
+				if g == f {
+					mb.feeds = append(mb.feeds[:i], mb.feeds[i+1:]...)
+					break
+				}
+			}
+		}
 	}
 	for _, it := range snap {
 		if int(it.idx) >= len(f.slots) {
@@ -183,8 +209,7 @@ func (mb *mailbox) activate(f *feed, snap []snapItem, id string) (sent int, ok b
 	}
 	f.dirty, f.head0 = f.dirty[:0], 0
 	f.ready = true
-	frame := ws.AppendSubscribed(getBuf(256+len(items)*200), f.topic, id, items)
-	if !mb.pushCtrlLocked(frame) {
+	if !mb.pushCtrlLocked(frame(getBuf(256+len(items)*200), items)) {
 		mb.mu.Unlock()
 		mb.overflow()
 		return 0, false
@@ -390,6 +415,12 @@ func (mb *mailbox) flush(scratch [][]byte, maxItems, maxBytes int, m *metrics) [
 			n++
 		}
 		f.head0 += n
+		if f.taken != nil {
+			select {
+			case f.taken <- struct{}{}:
+			default:
+			}
+		}
 		if f.head0 == len(f.dirty) {
 			f.dirty, f.head0 = f.dirty[:0], 0
 			f.queued = false

@@ -93,9 +93,21 @@ func (s *snapshotter) chunked(ctx context.Context, eventID string) ([]snapPositi
 // multiLast sends one batch direct get and collects its replies until the
 // end-of-batch status.
 func (s *snapshotter) multiLast(ctx context.Context, eventID string, subjects []string) ([]snapPosition, error) {
+	return s.multiLastUpTo(ctx, eventID, subjects, time.Time{})
+}
+
+// multiLastUpTo is multiLast among the messages stored at or before upTo
+// (zero: all), the "up_to_time" of the batch direct get. Replays use it
+// (replay_source.go).
+func (s *snapshotter) multiLastUpTo(ctx context.Context, eventID string, subjects []string, upTo time.Time) ([]snapPosition, error) {
+	var upToTime *time.Time
+	if !upTo.IsZero() {
+		upToTime = &upTo
+	}
 	req, err := json.Marshal(struct {
-		MultiLast []string `json:"multi_last"`
-	}{subjects})
+		MultiLast []string   `json:"multi_last"`
+		UpToTime  *time.Time `json:"up_to_time,omitempty"`
+	}{subjects, upToTime})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errSnapshot, err)
 	}

@@ -1,0 +1,621 @@
+package broadcaster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"trm-live/contract"
+	"trm-live/contract/auth"
+	"trm-live/contract/ws"
+)
+
+// Replays (docs/replay.md): a client watches again what an event left in
+// the POSITIONS stream, through the same WebSocket, authorization and
+// mailbox as live. Each replay is private to its client: its own consumer
+// (replay_source.go), its own feed in the client's mailbox (positions
+// frames marked "replay":true), and one goroutine, run, that owns the
+// replay's clock, paces the positions and applies the controls.
+//
+// Ownership: the session's read goroutine creates a replay and sends it
+// controls on ctl; run owns everything else (source, clock, device
+// indexes) and is the only producer of the replay's feed.
+
+// replayTick is the resolution of a replay's schedule: positions due
+// within one tick are delivered together at its end. At 60× it is 0.3 s of
+// race time; it bounds the pacing error it adds and divides the frames
+// (and their CPU) by the positions per tick.
+const replayTick = 5 * time.Millisecond
+
+// replayKey is the key of a client's replay of topic in client.subs, apart
+// from its live subscription of the same topic.
+func replayKey(topic string) string { return "replay|" + topic }
+
+// replay is one running replay.
+type replay struct {
+	srv     *server
+	c       *client
+	topic   string
+	eventID string
+	id      string // of the subscribe, echoed by replay_end
+	opts    ws.ReplayOptions
+	window  window
+	feed    *feed
+
+	ctl    chan ws.Request
+	ctx    context.Context
+	cancel context.CancelFunc
+	// endFrame, set before cancel, is queued when run ends (unsubscribed).
+	endMu    sync.Mutex
+	endFrame []byte
+
+	// Owned by run.
+	src     *source
+	srcDone bool    // src delivered everything
+	head    *srcPos // next position to deliver
+	devices map[string]int32
+	state   string
+	speed   ws.Speed
+	at      time.Time // replay clock at wall (or when paused / at max: now)
+	wall    time.Time
+}
+
+// replayMetrics of the broadcaster's replays, registered with the others.
+type replayMetrics struct {
+	active      prometheus.Gauge
+	consumers   prometheus.Gauge
+	started     *prometheus.CounterVec // by result
+	ended       *prometheus.CounterVec // by reason
+	positions   prometheus.Counter
+	pacingError prometheus.Histogram
+}
+
+func newReplayMetrics(reg prometheus.Registerer) (*replayMetrics, error) {
+	const ns = "broadcaster"
+	m := &replayMetrics{
+		active: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "replays",
+			Help: "Replays running on this instance."}),
+		consumers: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "replay_consumers",
+			Help: "JetStream consumers held by replays of this instance."}),
+		started: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_requests_total",
+			Help: "Replay subscribes by result: ok or an error code."}, []string{"result"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replays_ended_total",
+			Help: "Replays ended, by reason: end, unsubscribe, disconnect, revoked, error."}, []string{"reason"}),
+		positions: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_positions_total",
+			Help: "Positions handed to clients' mailboxes by replays (snapshots excluded)."}),
+		pacingError: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "replay_pacing_error_seconds",
+			Help:    "Lateness of a replayed position handed to the mailbox against its schedule (finite speeds).",
+			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .25, 1}}),
+	}
+	for _, c := range []prometheus.Collector{m.active, m.consumers, m.started, m.ended, m.positions, m.pacingError} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// replayLimits counts running replays per user and per instance.
+type replayLimits struct {
+	mu      sync.Mutex
+	perUser map[string]int
+	total   int
+}
+
+// acquire takes a slot, or says which limit is reached.
+func (l *replayLimits) acquire(user string, cfg ReplayConfig) (ws.Code, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.perUser == nil {
+		l.perUser = make(map[string]int)
+	}
+	switch {
+	case l.perUser[user] >= cfg.MaxPerUser:
+		return ws.CodeTooManySubscriptions, fmt.Sprintf("at most %d concurrent replays per user", cfg.MaxPerUser)
+	case l.total >= cfg.MaxPerInstance:
+		return ws.CodeUnavailable, "this server runs its maximum of replays; try again later"
+	}
+	l.perUser[user]++
+	l.total++
+	return "", ""
+}
+
+func (l *replayLimits) release(user string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.perUser[user]--; l.perUser[user] <= 0 {
+		delete(l.perUser, user)
+	}
+	l.total--
+}
+
+// subscribeReplay starts a replay of req.Topic for c. It runs on the
+// session's read goroutine; the snapshot is read by the replay's own
+// goroutine, which sends the subscribed frame.
+func (c *client) subscribeReplay(req ws.Request) {
+	srv := c.srv
+	eventID, _ := ws.ParseTopic(req.Topic)
+	key := replayKey(req.Topic)
+	fail := func(code ws.Code, msg string) {
+		srv.replayMetrics.started.WithLabelValues(string(code)).Inc()
+		srv.m.requests.WithLabelValues("replay", string(code)).Inc()
+		c.sendError(ws.Error{Code: code, Topic: req.Topic, ID: req.ID, Message: msg, Replay: true})
+	}
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return
+	case c.subs[key] != nil:
+		c.mu.Unlock()
+		fail(ws.CodeBadRequest, "a replay of this topic is already running on this connection")
+		return
+	case len(c.subs) >= srv.cfg.MaxSubscriptions:
+		c.mu.Unlock()
+		fail(ws.CodeTooManySubscriptions, fmt.Sprintf("at most %d subscriptions per connection", srv.cfg.MaxSubscriptions))
+		return
+	}
+	sub := &subscription{topic: req.Topic, eventID: eventID}
+	c.subs[key] = sub // reserve
+	c.mu.Unlock()
+	drop := func() {
+		c.mu.Lock()
+		if c.subs[key] == sub {
+			delete(c.subs, key)
+		}
+		c.mu.Unlock()
+	}
+	if code, msg := srv.replays.acquire(c.user.ID, srv.cfg.Replay); code != "" {
+		drop()
+		fail(code, msg)
+		return
+	}
+	release := func() { srv.replays.release(c.user.ID) }
+
+	ctx, cancel := context.WithTimeout(c.s.Request.Context(), srv.cfg.AuthTimeout+srv.cfg.SnapshotTimeout)
+	defer cancel()
+	decision, err := srv.auth.authorize(ctx, c.user, eventID, false)
+	switch {
+	case errors.Is(err, auth.ErrBadRequest):
+		drop()
+		release()
+		fail(ws.CodeBadRequest, "authorization refused the request")
+		return
+	case err != nil:
+		drop()
+		release()
+		srv.log.Warn("authorize replay", "user_id", c.user.ID, "event_id", eventID, "err", err)
+		fail(ws.CodeUnavailable, "authorization service unavailable; try again")
+		return
+	case decision == auth.Forbidden:
+		drop()
+		release()
+		fail(ws.CodeForbidden, "not a member of the event's organization")
+		return
+	case decision == auth.NotFound:
+		drop()
+		release()
+		fail(ws.CodeNotFound, "no such event")
+		return
+	}
+
+	o := req.ReplayOptions
+	first, last, lastSeq, ok, err := srv.retained(ctx, eventID)
+	switch {
+	case err != nil:
+		drop()
+		release()
+		srv.log.Warn("replay retained range", "event_id", eventID, "err", err)
+		fail(ws.CodeUnavailable, "position stream unavailable; try again")
+		return
+	case !ok:
+		drop()
+		release()
+		fail(ws.CodeNotFound, "no positions of this event are retained")
+		return
+	case o.From.After(last):
+		drop()
+		release()
+		fail(ws.CodeBadRequest, fmt.Sprintf("replay.from %s is after the event's last retained position (%s)",
+			o.From.Format(contract.TimeLayout), last.UTC().Format(contract.TimeLayout)))
+		return
+	case !o.To.IsZero() && o.To.Before(first):
+		drop()
+		release()
+		fail(ws.CodeBadRequest, fmt.Sprintf("replay.to %s is before the event's first retained position (%s)",
+			o.To.Format(contract.TimeLayout), first.UTC().Format(contract.TimeLayout)))
+		return
+	}
+
+	r := &replay{srv: srv, c: c, topic: req.Topic, eventID: eventID, id: req.ID, opts: o,
+		window:  window{eventID: eventID, lastSeq: lastSeq, to: o.To},
+		ctl:     make(chan ws.Request, 16),
+		devices: make(map[string]int32),
+		speed:   o.Speed,
+	}
+	if !o.To.IsZero() {
+		r.window.stopAt = o.To.Add(srv.cfg.Replay.Lateness)
+	}
+	r.feed = newFeed(c.mb, req.Topic)
+	r.feed.head = ws.AppendReplayPositionsHead(nil, req.Topic)
+	r.feed.taken = make(chan struct{}, 1)
+	r.ctx, r.cancel = context.WithCancel(srv.base)
+	c.mu.Lock()
+	if c.closed || c.subs[key] != sub {
+		c.mu.Unlock()
+		release()
+		return
+	}
+	sub.rp = r
+	c.mu.Unlock()
+	srv.replayMetrics.active.Inc()
+	srv.bg.Go(func() {
+		defer release()
+		defer srv.replayMetrics.active.Dec()
+		r.run()
+	})
+}
+
+// unsubscribeReplay ends c's replay of req.Topic with an unsubscribed frame.
+func (c *client) unsubscribeReplay(req ws.Request) {
+	r := c.takeReplay(req.Topic)
+	if r == nil {
+		c.srv.m.requests.WithLabelValues(req.Type, string(ws.CodeBadRequest)).Inc()
+		c.sendError(ws.Error{Code: ws.CodeBadRequest, Topic: req.Topic, ID: req.ID, Replay: true, Message: "no replay of this topic"})
+		return
+	}
+	r.stop(ws.AppendReplayUnsubscribed(getBuf(128), req.Topic, req.ID), "unsubscribe")
+	c.srv.m.requests.WithLabelValues(req.Type, "ok").Inc()
+}
+
+// controlReplay hands a control to c's replay of req.Topic.
+func (c *client) controlReplay(req ws.Request) {
+	c.mu.Lock()
+	var r *replay
+	if sub := c.subs[replayKey(req.Topic)]; sub != nil {
+		r = sub.rp
+	}
+	c.mu.Unlock()
+	if r == nil {
+		c.srv.m.requests.WithLabelValues(req.Type, string(ws.CodeBadRequest)).Inc()
+		c.sendError(ws.Error{Code: ws.CodeBadRequest, Topic: req.Topic, ID: req.ID, Replay: true, Message: "no replay of this topic"})
+		return
+	}
+	select {
+	case r.ctl <- req:
+	default:
+		c.sendError(ws.Error{Code: ws.CodeBadRequest, Topic: req.Topic, ID: req.ID, Replay: true, Message: "too many replay controls pending"})
+	}
+}
+
+// takeReplay removes and returns c's replay of topic, if any.
+func (c *client) takeReplay(topic string) *replay {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := replayKey(topic)
+	sub := c.subs[key]
+	if sub == nil || sub.rp == nil {
+		return nil
+	}
+	delete(c.subs, key)
+	return sub.rp
+}
+
+// stop ends the replay; frame (may be nil) is its last frame.
+func (r *replay) stop(frame []byte, reason string) {
+	r.endMu.Lock()
+	if r.endFrame == nil && frame != nil {
+		r.endFrame = frame
+	}
+	r.endMu.Unlock()
+	r.srv.replayMetrics.ended.WithLabelValues(reason).Inc()
+	r.cancel()
+}
+
+// run is the replay's goroutine: snapshot, pacing, controls, end.
+func (r *replay) run() {
+	srv := r.srv
+	defer func() {
+		if r.src != nil {
+			r.src.close(srv)
+		}
+		r.endMu.Lock()
+		frame := r.endFrame
+		r.endMu.Unlock()
+		r.c.mb.end(r.feed, frame)
+	}()
+	src, snap, err := r.openSource(r.ctx, r.opts.From)
+	if err != nil {
+		r.failed(err)
+		return
+	}
+	r.src = src
+	r.state, r.at, r.wall = ws.StatePlaying, r.opts.From, time.Now()
+	if _, ok := r.c.mb.activateWith(r.feed, r.snapItems(snap), false, func(b []byte, items [][]byte) []byte {
+		return ws.AppendReplaySubscribed(b, r.topic, r.id, r.status(), items)
+	}); !ok {
+		return
+	}
+	srv.replayMetrics.started.WithLabelValues("ok").Inc()
+	srv.m.requests.WithLabelValues("replay", "ok").Inc()
+	srv.log.Debug("replay started", "user_id", r.c.user.ID, "event_id", r.eventID, "speed", r.speed.String())
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		if r.head == nil && !r.srcDone {
+			select {
+			case p, ok := <-r.src.ch:
+				if !ok {
+					if r.src.err != nil {
+						r.failed(r.src.err)
+						return
+					}
+					r.srcDone = true
+					continue
+				}
+				r.head = &p
+			case req := <-r.ctl:
+				if !r.control(req) {
+					return
+				}
+				continue
+			case <-r.ctx.Done():
+				return
+			}
+		}
+		if r.head == nil {
+			// The source ended. Control frames overtake positions, so
+			// replay_end waits until the client took every position.
+			if r.c.mb.feedPending(r.feed) == 0 {
+				r.end()
+				return
+			}
+			select {
+			case <-r.feed.taken:
+			case req := <-r.ctl:
+				if !r.control(req) {
+					return
+				}
+			case <-r.ctx.Done():
+				return
+			}
+			continue
+		}
+		if r.state == ws.StatePaused {
+			select {
+			case req := <-r.ctl:
+				if !r.control(req) {
+					return
+				}
+			case <-r.ctx.Done():
+				return
+			}
+			continue
+		}
+		var due time.Time
+		if !r.speed.IsMax() {
+			due = r.due(r.head.ts)
+			// Under a millisecond ahead: deliver now rather than arm a
+			// timer for it (the schedule's own resolution is the ms).
+			// Otherwise wake at the next tick of the schedule, so that the
+			// positions due within one tick reach the mailbox together and
+			// leave in one frame rather than one frame each.
+			if d := time.Until(due); d > time.Millisecond {
+				since := due.Sub(r.wall)
+				wake := r.wall.Add((since + replayTick - 1) / replayTick * replayTick)
+				timer.Reset(time.Until(wake))
+				select {
+				case <-timer.C:
+				case req := <-r.ctl:
+					timer.Stop()
+					if !r.control(req) {
+						return
+					}
+					continue
+				case <-r.ctx.Done():
+					return
+				}
+			}
+		}
+		if !r.deliver(due) {
+			return
+		}
+	}
+}
+
+// end sends replay_end, unless the replay was unsubscribed meanwhile.
+func (r *replay) end() {
+	if r.c.takeReplay(r.topic) == nil {
+		return
+	}
+	r.stop(ws.AppendReplayEnd(getBuf(128), r.topic, r.id), "end")
+}
+
+// due is when a position with fix time ts (Unix ms) is due.
+func (r *replay) due(ts int64) time.Time {
+	return r.wall.Add(time.Duration(float64(time.UnixMilli(ts).Sub(r.at)) / float64(r.speed)))
+}
+
+// clock is the replay clock now.
+func (r *replay) clock() time.Time {
+	if r.state != ws.StatePlaying || r.speed.IsMax() {
+		return r.at
+	}
+	return r.at.Add(time.Duration(float64(time.Since(r.wall)) * float64(r.speed)))
+}
+
+func (r *replay) status() ws.ReplayStatus {
+	st := ws.ReplayStatus{From: r.opts.From, To: r.opts.To, Speed: r.speed, State: r.state, At: r.clock()}
+	if r.state == ws.StatePlaying && !r.speed.IsMax() {
+		st.At, st.Wall = r.at, r.wall
+	}
+	return st
+}
+
+// deliver puts r.head into the feed. A device whose previous position the
+// client has not taken yet makes it wait: as long as needed at "max"
+// (the client's reading rate bounds the speed), at most MaxLag otherwise,
+// after which the older position is replaced (drop-oldest, as live).
+// It returns false when the replay must end.
+func (r *replay) deliver(due time.Time) bool {
+	p := r.head
+	idx, ok := r.devices[p.device]
+	if !ok {
+		idx = int32(len(r.devices))
+		r.devices[p.device] = idx
+	}
+	var deadline <-chan time.Time
+	for {
+		res := r.c.mb.putReplay(r.feed, idx, p.ts, p.data, false)
+		if res != putBusy {
+			if res == putClosed {
+				return false
+			}
+			break
+		}
+		if deadline == nil && !r.speed.IsMax() {
+			t := time.NewTimer(r.srv.cfg.Replay.MaxLag)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-r.feed.taken:
+			continue
+		case <-deadline:
+			if r.c.mb.putReplay(r.feed, idx, p.ts, p.data, true) == putClosed {
+				return false
+			}
+			r.srv.m.positionsCoalesced.Inc()
+		case req := <-r.ctl:
+			// A control may drop or reschedule the head (seek, pause).
+			return r.control(req)
+		case <-r.ctx.Done():
+			return false
+		}
+		break
+	}
+	if !due.IsZero() {
+		// Positions before the replay clock's anchor arrived late in the
+		// stream: not a pacing miss.
+		if at := r.at.UnixMilli(); p.ts >= at {
+			r.srv.replayMetrics.pacingError.Observe(max(0, time.Since(due).Seconds()))
+		}
+	}
+	if r.speed.IsMax() {
+		r.at = time.UnixMilli(p.ts).UTC()
+	}
+	r.srv.replayMetrics.positions.Inc()
+	r.head = nil
+	return true
+}
+
+// control applies one control message; false means the replay must end.
+func (r *replay) control(req ws.Request) bool {
+	c := req.Control
+	switch c.Action {
+	case ws.ActionPause:
+		if r.state == ws.StatePlaying {
+			r.at, r.state = r.clock(), ws.StatePaused
+		}
+	case ws.ActionResume:
+		if r.state == ws.StatePaused {
+			r.state, r.wall = ws.StatePlaying, time.Now()
+		}
+	case ws.ActionSpeed:
+		r.at, r.wall, r.speed = r.clock(), time.Now(), c.Speed
+	case ws.ActionSeek:
+		return r.seek(req)
+	}
+	r.c.mb.control(ws.AppendReplayState(getBuf(256), r.topic, req.ID, c.Action, r.status(), false, nil))
+	return true
+}
+
+// seek restarts the replay at c.To with a new snapshot.
+func (r *replay) seek(req ws.Request) bool {
+	to := req.Control.To
+	if to.Before(r.opts.From) || (!r.opts.To.IsZero() && to.After(r.opts.To)) {
+		end := "the end of retained data"
+		if !r.opts.To.IsZero() {
+			end = r.opts.To.Format(contract.TimeLayout)
+		}
+		r.c.sendError(ws.Error{Code: ws.CodeBadRequest, Topic: r.topic, ID: req.ID, Replay: true,
+			Message: fmt.Sprintf("seek to %s is outside the replay (%s to %s)", to.Format(contract.TimeLayout),
+				r.opts.From.Format(contract.TimeLayout), end)})
+		return true
+	}
+	r.src.close(r.srv)
+	r.src, r.head = nil, nil
+	src, snap, err := r.openSource(r.ctx, to)
+	if err != nil {
+		r.failed(err)
+		return false
+	}
+	r.src, r.srcDone = src, false
+	r.at, r.wall = to, time.Now()
+	clear(r.devices)
+	_, ok := r.c.mb.activateWith(r.feed, r.snapItems(snap), true, func(b []byte, items [][]byte) []byte {
+		return ws.AppendReplayState(b, r.topic, req.ID, ws.ActionSeek, r.status(), true, items)
+	})
+	return ok
+}
+
+func (r *replay) snapItems(snap []srcPos) []snapItem {
+	items := make([]snapItem, len(snap))
+	for i, p := range snap {
+		idx, ok := r.devices[p.device]
+		if !ok {
+			idx = int32(len(r.devices))
+			r.devices[p.device] = idx
+		}
+		items[i] = snapItem{idx: idx, ts: p.ts, data: p.data}
+	}
+	return items
+}
+
+// failed ends the replay after a JetStream failure, with an error frame.
+func (r *replay) failed(err error) {
+	if r.ctx.Err() != nil {
+		return // ended meanwhile
+	}
+	r.srv.log.Warn("replay failed", "user_id", r.c.user.ID, "event_id", r.eventID, "err", err)
+	if r.c.takeReplay(r.topic) == nil {
+		return
+	}
+	r.stop(ws.AppendError(getBuf(160), ws.Error{Code: ws.CodeUnavailable, Topic: r.topic, ID: r.id, Replay: true,
+		Message: "replay interrupted: position stream unavailable; subscribe again"}), "error")
+}
+
+// putBusy: the device's previous position is still pending (putReplay).
+const putBusy putResult = 100
+
+// putReplay offers a replayed position. Unlike put, it may refuse with
+// putBusy when the device has a pending position and coalesce is false.
+func (mb *mailbox) putReplay(f *feed, idx int32, ts int64, data []byte, coalesce bool) putResult {
+	mb.mu.Lock()
+	if f.closed || mb.closed {
+		mb.mu.Unlock()
+		return putClosed
+	}
+	if int(idx) < len(f.slots) && f.slots[idx].pending && !coalesce {
+		mb.mu.Unlock()
+		return putBusy
+	}
+	mb.mu.Unlock()
+	return mb.put(f, idx, ts, data)
+}
+
+// feedPending is the number of positions of f not yet taken by the writer.
+func (mb *mailbox) feedPending(f *feed) int {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if f.closed || mb.closed {
+		return 0
+	}
+	return len(f.dirty) - f.head0
+}
