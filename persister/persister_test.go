@@ -22,6 +22,10 @@ import (
 // both copies) and a forced re-delivery of the whole stream.
 func TestEveryPositionExactlyOneRow(t *testing.T) {
 	t.Parallel()
+	forPaths(t, testEveryPositionExactlyOneRow)
+}
+
+func testEveryPositionExactlyOneRow(t *testing.T, path string) {
 	e := newEnv(t, true)
 	ps := positions(1500, 25, 0)
 	publish(t, e.js, ps)
@@ -29,7 +33,9 @@ func TestEveryPositionExactlyOneRow(t *testing.T) {
 	for i := 0; i < 200; i++ {
 		publishRaw(t, e.js, ps[i].Subject(), ps[i].Encode())
 	}
-	in := start(t, e.config(t))
+	cfg := e.config(t)
+	cfg.WritePath = path
+	in := start(t, cfg)
 	waitRows(t, e.pool, len(ps), 60*time.Second)
 	consumerIdle(t, e.js, persister.DefaultConsumer)
 	checkAllStored(t, e.pool, ps)
@@ -43,7 +49,6 @@ func TestEveryPositionExactlyOneRow(t *testing.T) {
 	in.stop()
 
 	// Forced re-delivery: a new consumer name replays the whole stream.
-	cfg := e.config(t)
 	cfg.Consumer = "persister_again"
 	in2 := start(t, cfg)
 	consumerIdle(t, e.js, cfg.Consumer)
@@ -151,6 +156,10 @@ func TestPoisonMessageInBatch(t *testing.T) {
 // and dead-lettered as unstorable; its batch neighbours are written.
 func TestUnstorablePositionDeadLettered(t *testing.T) {
 	t.Parallel()
+	forPaths(t, testUnstorablePositionDeadLettered)
+}
+
+func testUnstorablePositionDeadLettered(t *testing.T, path string) {
 	e := newEnv(t, true)
 	good := positions(30, 3, 0)
 	publish(t, e.js, good[:15])
@@ -163,6 +172,7 @@ func TestUnstorablePositionDeadLettered(t *testing.T) {
 
 	cfg := e.config(t)
 	cfg.FetchMaxWait = 500 * time.Millisecond
+	cfg.WritePath = path
 	in := start(t, cfg)
 	waitRows(t, e.pool, len(good), 30*time.Second)
 	consumerIdle(t, e.js, persister.DefaultConsumer)
@@ -261,4 +271,14 @@ func TestWaitsForStream(t *testing.T) {
 	publish(t, e.js, ps)
 	waitRows(t, e.pool, len(ps), 30*time.Second)
 	in.waitReady(t, true)
+}
+
+// forPaths runs a test once per write path.
+func forPaths(t *testing.T, test func(*testing.T, string)) {
+	for _, path := range []string{persister.PathUnnest, persister.PathCopy} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			test(t, path)
+		})
+	}
 }

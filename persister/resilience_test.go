@@ -88,8 +88,13 @@ func publishQuiet(js jetstream.JetStream, ps []contract.Position) error {
 // stream holds.
 func TestDropTableWhileFlowing(t *testing.T) {
 	t.Parallel()
+	forPaths(t, testDropTableWhileFlowing)
+}
+
+func testDropTableWhileFlowing(t *testing.T, path string) {
 	e := newEnv(t, true)
 	cfg := e.config(t)
+	cfg.WritePath = path
 	cfg.BatchSize = 50
 	cfg.VerifyInterval = time.Hour // the insert path must find it, not the ticker
 	in := start(t, cfg)
