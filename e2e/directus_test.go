@@ -30,6 +30,11 @@ func TestRealDirectusSessions(t *testing.T) {
 	ensureStreams(t, n)
 	st := startAuthStack(t, dir, n, d.URL, d.DatabaseURL, nil)
 
+	// The Directus behaviour the workers and the viewer rely on, on a
+	// throw-away session of the member (the same checks run against the
+	// dev binary in TestDevBinaryPipeline).
+	t.Run("contract", func(t *testing.T) { directusContract(t, d.URL, fx.Member.Email, fx.Member.Password) })
+
 	member := login(t, d.URL, fx.Member.Email, fx.Member.Password)
 	other := login(t, d.URL, fx.Other.Email, fx.Other.Password)
 

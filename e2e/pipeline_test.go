@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
@@ -29,7 +30,7 @@ import (
 // stand-in of testkit for sessions.
 type pipeline struct {
 	dir                                   string
-	nats                                  *testkit.NATS
+	natsURL                               string
 	js                                    jetstream.JetStream
 	rdb                                   *redis.Client
 	stream                                string
@@ -37,7 +38,7 @@ type pipeline struct {
 	pool                                  *pgxpool.Pool
 	dx                                    *directus.Server
 	demo                                  directus.User
-	eventID                               string
+	eventID, demoID                       string
 	bridge, persister, authsvc, broadcast *proc
 	addrs                                 map[string]string
 	wsURL                                 string
@@ -45,51 +46,56 @@ type pipeline struct {
 
 const demoEmail = "demo@trm-live.local" // seeded by the simulator
 
-func startPipeline(t *testing.T, devices int) *pipeline {
+// newBase gives a test its own Redis stream key and database, seeded by
+// the simulator: one organization, one event, every device assigned to it,
+// a demo member and an outsider. It runs before any worker starts, so the
+// bridge's first routing load already has the assignments. The seed run's
+// one entry goes to a stream nobody reads. The devices are the simulator's
+// first `devices` ones, as in every later run.
+func newBase(t *testing.T, devices int) *pipeline {
 	t.Helper()
 	p := &pipeline{dir: artifacts(t), addrs: map[string]string{}}
-	p.nats = testkit.StartNATS(t)
 	p.rdb = testkit.Redis(t)
 	p.stream = testkit.Unique("e2e:positions")
 	p.dbURL = testkit.Postgres(t)
 	p.pool = testkit.Pool(t, p.dbURL)
-
-	// The simulator seeds the Directus-side tables (one organization, one
-	// event, every device assigned to it, a demo member) before any worker
-	// starts, so the bridge's first routing load already has them. Its one
-	// entry goes to a stream nobody reads. The devices are the simulator's
-	// first `devices` ones, as in every later run.
 	p.simulate(t, "seed", "-count", "1", "-devices", strconv.Itoa(devices), "-stream", p.stream+":seed")
 	ctx := context.Background()
-	var demoID string
-	if err := p.pool.QueryRow(ctx, `SELECT id::text FROM directus_users WHERE email = $1`, demoEmail).Scan(&demoID); err != nil {
+	if err := p.pool.QueryRow(ctx, `SELECT id::text FROM directus_users WHERE email = $1`, demoEmail).Scan(&p.demoID); err != nil {
 		t.Fatalf("e2e: seeded demo user: %v", err)
 	}
 	if err := p.pool.QueryRow(ctx, `SELECT id::text FROM events ORDER BY id LIMIT 1`).Scan(&p.eventID); err != nil {
 		t.Fatalf("e2e: seeded event: %v", err)
 	}
+	return p
+}
+
+func startPipeline(t *testing.T, devices int) *pipeline {
+	t.Helper()
+	p := newBase(t, devices)
+	p.natsURL = testkit.StartNATS(t).URL
 	p.dx = directus.Start(t)
-	p.demo = p.dx.AddUser(directus.User{ID: demoID, Email: demoEmail, Password: "demo"})
+	p.demo = p.dx.AddUser(directus.User{ID: p.demoID, Email: demoEmail, Password: "demo"})
 
 	for _, w := range []string{"bridge", "persister", "authsvc", "broadcaster"} {
 		p.addrs[w] = freeAddr(t)
 	}
 	p.wsURL = "ws://" + p.addrs["broadcaster"] + ws.Path
 	p.bridge = startProc(t, p.dir, "bridge", bin(t, "bridge"), map[string]string{
-		"NATS_URL": p.nats.URL, "REDIS_URL": redisURL(t), "DATABASE_URL": p.dbURL, "HTTP_ADDR": p.addrs["bridge"],
+		"NATS_URL": p.natsURL, "REDIS_URL": redisURL(t), "DATABASE_URL": p.dbURL, "HTTP_ADDR": p.addrs["bridge"],
 		"BRIDGE_STREAMS": p.stream, "BRIDGE_CONSUMER": "e2e-bridge",
 		// A killed bridge's pending entries are claimed after 2 s (its
 		// restart also re-reads them itself).
 		"BRIDGE_CLAIM_MIN_IDLE": "2s", "BRIDGE_CLAIM_INTERVAL": "1s",
 	})
 	p.persister = startProc(t, p.dir, "persister", bin(t, "persister"), map[string]string{
-		"NATS_URL": p.nats.URL, "DATABASE_URL": p.dbURL, "HTTP_ADDR": p.addrs["persister"],
+		"NATS_URL": p.natsURL, "DATABASE_URL": p.dbURL, "HTTP_ADDR": p.addrs["persister"],
 	})
 	p.authsvc = startProc(t, p.dir, "authsvc", bin(t, "authsvc"), map[string]string{
-		"NATS_URL": p.nats.URL, "DATABASE_URL": p.dbURL, "DIRECTUS_URL": p.dx.URL, "HTTP_ADDR": p.addrs["authsvc"],
+		"NATS_URL": p.natsURL, "DATABASE_URL": p.dbURL, "DIRECTUS_URL": p.dx.URL, "HTTP_ADDR": p.addrs["authsvc"],
 	})
 	p.broadcast = startProc(t, p.dir, "broadcaster", bin(t, "broadcaster"), map[string]string{
-		"NATS_URL": p.nats.URL, "HTTP_ADDR": p.addrs["broadcaster"],
+		"NATS_URL": p.natsURL, "HTTP_ADDR": p.addrs["broadcaster"],
 	})
 	p.waitReady(t)
 	return p
@@ -198,7 +204,14 @@ func (p *pipeline) dlq(t *testing.T) (map[string]contract.Reason, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if p.js == nil {
-		p.js = p.nats.JetStream(t)
+		nc, err := nats.Connect(p.natsURL, nats.MaxReconnects(-1))
+		if err != nil {
+			t.Fatalf("e2e: connect %s: %v", p.natsURL, err)
+		}
+		t.Cleanup(nc.Close)
+		if p.js, err = jetstream.New(nc); err != nil {
+			t.Fatal(err)
+		}
 	}
 	s, err := p.js.Stream(ctx, streams.DLQ)
 	if err != nil {
