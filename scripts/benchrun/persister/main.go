@@ -1,0 +1,401 @@
+// Command persister benchmarks the persister worker (scripts/bench persister).
+//
+// It fills the POSITIONS stream of an embedded nats-server with N positions
+// (as the bridge publishes them: Encode() bytes with Nats-Msg-Id), then
+// measures on the same servers, in this order:
+//
+//  1. fetch: a bare JetStream fetch-and-ack of every message (a durable
+//     pull consumer, batches of -batch, no decoding, no database): the
+//     NATS ceiling;
+//  2. copy: a plain COPY of the same rows into an empty table of the
+//     positions shape, -batch rows per COPY: the database ceiling;
+//  3. persister: persister.Run draining the stream into an empty positions
+//     table (decode, staging COPY, INSERT … ON CONFLICT DO NOTHING, ack).
+//
+// It prints each rate and the ratio of the persister to the lower ceiling
+// (target ≥ 0.7). With -paths the persister runs once per write path
+// (PERSISTER_WRITE_PATH unnest, then copy), each into its own empty table.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"trm-live/contract"
+	"trm-live/contract/streams"
+	"trm-live/persister"
+	"trm-live/persister/migrate"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench persister:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	n, batch, writers, devices int
+	paths                      bool
+	path                       string
+	verbose                    bool
+	cpuprofile                 string
+}
+
+func run() error {
+	var o options
+	flag.IntVar(&o.n, "n", 1_000_000, "positions in the stream")
+	flag.IntVar(&o.batch, "batch", 1000, "batch size: persister PERSISTER_BATCH_SIZE, COPY rows per statement, fetch size")
+	flag.IntVar(&o.writers, "writers", persister.DefaultWriters, "persister PERSISTER_WRITERS")
+	flag.IntVar(&o.devices, "devices", 500, "distinct devices")
+	flag.StringVar(&o.path, "path", persister.PathUnnest, "persister PERSISTER_WRITE_PATH: unnest or copy")
+	flag.BoolVar(&o.paths, "paths", false, "run the persister once per write path (unnest, then copy); the ratio uses the first")
+	flag.BoolVar(&o.verbose, "v", false, "persister logs to stderr")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the persister phase to this file")
+	flag.Parse()
+
+	adminDSN := os.Getenv("BENCH_DATABASE_URL")
+	if adminDSN == "" {
+		return errors.New("BENCH_DATABASE_URL is not set: run through scripts/bench persister")
+	}
+	dataDir := os.Getenv("BENCH_DATA_DIR")
+	if dataDir == "" {
+		dataDir = os.TempDir()
+	}
+	ctx := context.Background()
+	fmt.Printf("persister benchmark: n=%d batch=%d writers=%d devices=%d GOMAXPROCS=%d\n", o.n, o.batch, o.writers, o.devices, runtime.GOMAXPROCS(0))
+
+	// NATS, embedded, file store under BENCH_DATA_DIR.
+	store := filepath.Join(dataDir, "persister-nats")
+	_ = os.RemoveAll(store)
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: store,
+		JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 16 << 30, NoLog: true, NoSigs: true})
+	if err != nil {
+		return err
+	}
+	ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(10*time.Second) || !ns.JetStreamEnabled() {
+		return errors.New("nats-server with JetStream not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		return err
+	}
+	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
+		return err
+	}
+
+	ps := generate(o.n, o.devices)
+	t0 := time.Now()
+	if err := fill(ctx, js, ps); err != nil {
+		return err
+	}
+	fmt.Printf("fill:      %9d msgs in %6.2fs  %9.0f msgs/s (PublishAsync with Msg-Id, not a ceiling)\n", o.n, time.Since(t0).Seconds(), rate(o.n, time.Since(t0)))
+
+	fetchRate, err := benchFetch(ctx, js, o)
+	if err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	copyRate, err := benchCopy(ctx, adminDSN, ps, o)
+	if err != nil {
+		return fmt.Errorf("copy: %w", err)
+	}
+	paths := []string{o.path}
+	if o.paths {
+		paths = []string{persister.PathUnnest, persister.PathCopy}
+	}
+	persRate := 0.0
+	for i, path := range paths {
+		r, err := benchPersister(ctx, adminDSN, ns.ClientURL(), path, fmt.Sprintf("bench_persister_%d", i), o)
+		if err != nil {
+			return fmt.Errorf("persister %s: %w", path, err)
+		}
+		if i == 0 {
+			persRate = r
+		}
+	}
+	ceiling, which := fetchRate, "fetch"
+	if copyRate < ceiling {
+		ceiling, which = copyRate, "copy"
+	}
+	fmt.Printf("ratio:     persister / %s = %.2f (target >= 0.70)\n", which, persRate/ceiling)
+	return nil
+}
+
+func rate(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
+
+// generate makes n distinct valid positions over devices at 1 Hz, two
+// thirds assigned to one event, half with every optional field.
+func generate(n, devices int) []contract.Position {
+	base := time.Date(2026, 5, 3, 8, 0, 0, 0, time.UTC)
+	out := make([]contract.Position, n)
+	for i := range out {
+		p := contract.Position{
+			DeviceID: fmt.Sprintf("35693803%07d", i%devices),
+			TS:       base.Add(time.Duration(i/devices) * time.Second),
+			Lat:      45.07 + float64(i%1000)/100000,
+			Lon:      7.68 + float64(i%997)/100000,
+		}
+		if i%3 != 0 {
+			p.EventID = "7c1e4b2a-9d3f-4e1a-8b7c-0a1b2c3d4e5f"
+		}
+		if i%2 == 0 {
+			alt, speed, heading, sats := 231.5, 88.2, float64(i%360), 11
+			p.Alt, p.Speed, p.Heading, p.Sats = &alt, &speed, &heading, &sats
+			p.Attrs = []byte(`{"io239":1}`)
+		}
+		out[i] = p
+	}
+	return out
+}
+
+func fill(ctx context.Context, js jetstream.JetStream, ps []contract.Position) error {
+	const window = 4096
+	futures := make([]jetstream.PubAckFuture, 0, window)
+	wait := func() error {
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return err
+			case <-time.After(30 * time.Second):
+				return errors.New("publish ack timeout")
+			}
+		}
+		futures = futures[:0]
+		return nil
+	}
+	for i := range ps {
+		f, err := js.PublishAsync(ps[i].Subject(), ps[i].Encode(), jetstream.WithMsgID(ps[i].MsgID()))
+		if err != nil {
+			return err
+		}
+		futures = append(futures, f)
+		if len(futures) == window {
+			if err := wait(); err != nil {
+				return err
+			}
+		}
+	}
+	return wait()
+}
+
+// benchFetch drains the stream with a bare durable pull consumer: Fetch of
+// -batch messages, Ack each, as the persister's consumer is configured.
+func benchFetch(ctx context.Context, js jetstream.JetStream, o options) (float64, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, streams.Positions, jetstream.ConsumerConfig{
+		Durable: "bench_fetch", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: persister.DefaultMaxAckPending,
+		AckWait: time.Minute, MaxDeliver: -1,
+	})
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	got := 0
+	for got < o.n {
+		b, err := cons.Fetch(o.batch, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return 0, err
+		}
+		for m := range b.Messages() {
+			_ = m.Ack()
+			got++
+		}
+		if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return 0, err
+		}
+	}
+	d := time.Since(start)
+	r := rate(got, d)
+	fmt.Printf("fetch:     %9d msgs in %6.2fs  %9.0f msgs/s (bare Fetch(%d) + Ack: NATS ceiling)\n", got, d.Seconds(), r, o.batch)
+	return r, nil
+}
+
+// freshDB (re)creates a database and applies the persister's migrations,
+// so the table has exactly the positions shape, keys and index.
+func freshDB(ctx context.Context, adminDSN, name string) (string, *pgxpool.Pool, error) {
+	conn, err := pgx.Connect(ctx, adminDSN)
+	if err != nil {
+		return "", nil, err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+		return "", nil, err
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", nil, err
+	}
+	cfg, err := pgx.ParseConfig(adminDSN)
+	if err != nil {
+		return "", nil, err
+	}
+	dsn := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return "", nil, err
+	}
+	if _, err := migrate.New(pool, migrate.Options{}).Apply(ctx); err != nil {
+		pool.Close()
+		return "", nil, err
+	}
+	return dsn, pool, nil
+}
+
+var columns = []string{"device_id", "ts", "event_id", "lat", "lon", "alt", "speed", "heading", "sats", "attrs"}
+
+func row(p *contract.Position) []any {
+	var event, sats, attrs any
+	if p.EventID != "" {
+		event = p.EventID
+	}
+	if p.Sats != nil {
+		sats = int16(*p.Sats)
+	}
+	if len(p.Attrs) > 0 {
+		attrs = []byte(p.Attrs)
+	}
+	f32 := func(v *float64) any {
+		if v == nil {
+			return nil
+		}
+		return float32(*v)
+	}
+	return []any{p.DeviceID, p.TS, event, p.Lat, p.Lon, f32(p.Alt), f32(p.Speed), f32(p.Heading), sats, attrs}
+}
+
+// benchCopy COPYs the rows into an empty positions table, -batch rows per
+// COPY statement, one connection: the database ceiling.
+func benchCopy(ctx context.Context, adminDSN string, ps []contract.Position, o options) (float64, error) {
+	_, pool, err := freshDB(ctx, adminDSN, "bench_persister_copy")
+	if err != nil {
+		return 0, err
+	}
+	defer pool.Close()
+	start := time.Now()
+	for i := 0; i < len(ps); i += o.batch {
+		chunk := ps[i:min(i+o.batch, len(ps))]
+		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"positions"}, columns, pgx.CopyFromSlice(len(chunk), func(j int) ([]any, error) {
+			return row(&chunk[j]), nil
+		})); err != nil {
+			return 0, err
+		}
+	}
+	d := time.Since(start)
+	r := rate(len(ps), d)
+	fmt.Printf("copy:      %9d rows in %6.2fs  %9.0f rows/s (plain COPY of %d rows per statement: database ceiling)\n", len(ps), d.Seconds(), r, o.batch)
+	return r, nil
+}
+
+// benchPersister runs the worker on an empty table until every position
+// is a row.
+func benchPersister(ctx context.Context, adminDSN, natsURL, path, db string, o options) (float64, error) {
+	dsn, pool, err := freshDB(ctx, adminDSN, db)
+	if err != nil {
+		return 0, err
+	}
+	// Start from an empty database: the persister applies its own schema.
+	if _, err := pool.Exec(ctx, "DROP TABLE positions; DROP TABLE "+migrate.BookkeepingTable); err != nil {
+		pool.Close()
+		return 0, err
+	}
+	pool.Close()
+
+	reg := prometheus.NewRegistry()
+	logger := slog.New(slog.DiscardHandler)
+	if o.verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	cfg := persister.Config{
+		NATSURL: natsURL, DatabaseURL: dsn, BatchSize: o.batch, Writers: o.writers, WritePath: path,
+		Consumer:      "persister_" + path, // each run drains the whole stream
+		MaxAckPending: max(persister.DefaultMaxAckPending, 4*o.batch*o.writers),
+		Logger:        logger, Registerer: reg,
+	}
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 0, err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- persister.Run(rctx, cfg) }()
+	var d time.Duration
+	for {
+		select {
+		case err := <-done:
+			cancel()
+			return 0, fmt.Errorf("Run returned early: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if inserted(reg) >= float64(o.n) {
+			d = time.Since(start)
+			break
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		return 0, err
+	}
+	r := rate(o.n, d)
+	if sum, cnt := histogram(reg, "persister_commit_seconds"); cnt > 0 {
+		bsum, _ := histogram(reg, "persister_batch_size")
+		fmt.Printf("           %d batches, mean %.0f positions, mean write+commit %.1f ms\n", int(cnt), bsum/cnt, 1000*sum/cnt)
+	}
+	fmt.Printf("persister: %9d rows in %6.2fs  %9.0f rows/s (write path %s, %d writers: decode, write, commit, ack)\n", o.n, d.Seconds(), r, path, o.writers)
+	return r, nil
+}
+
+func inserted(g prometheus.Gatherer) float64 {
+	mfs, err := g.Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "persister_rows_inserted_total" && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+func histogram(g prometheus.Gatherer, name string) (sum, count float64) {
+	mfs, err := g.Gather()
+	if err != nil {
+		return 0, 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			h := mf.GetMetric()[0].GetHistogram()
+			return h.GetSampleSum(), float64(h.GetSampleCount())
+		}
+	}
+	return 0, 0
+}
