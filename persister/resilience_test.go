@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -369,4 +370,30 @@ func TestNATSRestartAndConsumerDeleted(t *testing.T) {
 func publishRetry(t *testing.T, js jetstream.JetStream, ps []contract.Position) {
 	t.Helper()
 	testkit.Eventually(t, 30*time.Second, func() error { return publishQuiet(js, ps) })
+}
+
+// PostgreSQL down when the persister starts: it keeps running, not ready,
+// applies its schema when the database comes up, then writes everything.
+func TestPostgresDownAtStart(t *testing.T) {
+	t.Parallel()
+	pg := testkit.StartPostgres(t)
+	e := newEnvDSN(t, pg.NewDatabase(t), true)
+	ps := positions(300, 10, 0)
+	publish(t, e.js, ps)
+	pg.Stop()
+	in := start(t, e.config(t))
+	testkit.Eventually(t, 30*time.Second, func() error {
+		code, body, err := in.get("/readyz")
+		if err != nil {
+			return err
+		}
+		if code != 503 || !strings.Contains(body, "database") || !strings.Contains(body, "schema") {
+			return fmt.Errorf("/readyz %d %q, want 503 naming database and schema", code, body)
+		}
+		return nil
+	})
+	pg.Start()
+	waitRows(t, e.pool, len(ps), 60*time.Second)
+	checkAllStored(t, e.pool, ps)
+	in.waitReady(t, true)
 }
