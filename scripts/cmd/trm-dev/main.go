@@ -109,6 +109,8 @@ func run(ctx context.Context, log *slog.Logger, dataDir, host string, port, http
 				return natsURL
 			case "HTTP_ADDR":
 				return addr
+			case "DIRECTUS_URL": // the real Directus, or the dev origin's auth backend
+				return directusURL(offset)
 			}
 			return os.Getenv(k)
 		}
@@ -124,5 +126,7 @@ func run(ctx context.Context, log *slog.Logger, dataDir, host string, port, http
 		})
 		log.Info("worker started", "worker", w.name, "http", "http://"+addr)
 	}
+	// One browser origin: the viewer, /ws-live and Directus (origin.go).
+	g.Go(func() error { return runOrigin(gctx, log.With("component", "origin"), offset) })
 	return g.Wait()
 }

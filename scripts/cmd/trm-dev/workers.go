@@ -6,7 +6,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"trm-live/authsvc"
 	"trm-live/bridge"
+	"trm-live/broadcaster"
+	"trm-live/persister"
 )
 
 // worker is one trm-live worker run in the dev process. run gets the
@@ -31,5 +34,32 @@ var workers = []worker{
 		cfg.Logger, cfg.Registerer = log, reg
 		log.Info("starting", "config", cfg.String())
 		return bridge.Run(ctx, cfg)
+	}},
+	{name: "persister", port: 8082, run: func(ctx context.Context, env func(string) string, log *slog.Logger, reg *prometheus.Registry) error {
+		cfg, err := persister.LoadConfig(nil, env)
+		if err != nil {
+			return err
+		}
+		cfg.Logger, cfg.Registerer = log, reg
+		log.Info("starting", "config", cfg.String())
+		return persister.Run(ctx, cfg)
+	}},
+	{name: "authsvc", port: 8083, run: func(ctx context.Context, env func(string) string, log *slog.Logger, reg *prometheus.Registry) error {
+		cfg, err := authsvc.LoadConfig(nil, env)
+		if err != nil {
+			return err
+		}
+		cfg.Logger, cfg.Registerer = log, reg
+		log.Info("starting", "config", cfg.String())
+		return authsvc.Run(ctx, cfg)
+	}},
+	{name: "broadcaster", port: 8084, run: func(ctx context.Context, env func(string) string, log *slog.Logger, reg *prometheus.Registry) error {
+		cfg, err := broadcaster.LoadConfig(nil, env)
+		if err != nil {
+			return err
+		}
+		cfg.Logger, cfg.Registerer = log, reg
+		log.Info("starting", "config", cfg.String())
+		return broadcaster.Run(ctx, cfg)
 	}},
 }
