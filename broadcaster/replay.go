@@ -247,6 +247,7 @@ func (c *client) subscribeReplay(req ws.Request) {
 	c.mu.Lock()
 	if c.closed || c.subs[key] != sub {
 		c.mu.Unlock()
+		r.cancel()
 		release()
 		return
 	}

@@ -1,0 +1,604 @@
+// Command replay benchmarks replays over /ws-live (docs/replay.md).
+//
+// It records a race in an embedded nats-server's POSITIONS stream (500
+// devices × 2 h at 1 Hz = 3.6 M positions by default), runs the real
+// broadcaster as a child process (built from broadcaster/cmd/broadcaster)
+// against it with an authsvc stand-in that admits every bench cookie, then
+// measures:
+//
+//   - the raw ceiling: an ordered consumer reading the event's positions as
+//     fast as JetStream gives them, in this process;
+//   - one client replaying the whole race at "max": positions/s delivered
+//     (and its ratio to the ceiling);
+//   - ten clients replaying it at 100× at once: pacing error (receive time
+//     minus the time the server's announced schedule gives each position)
+//     p50/p99/max, and how many positions arrived (a client that falls
+//     MaxLag behind loses the oldest pending position of a device).
+//
+// Usage: scripts/bench replay [-devices 500] [-duration 2h] [-clients 10]
+// [-speed 100] [-reuse]
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"trm-live/contract"
+	"trm-live/contract/auth"
+	"trm-live/contract/streams"
+	"trm-live/contract/ws"
+)
+
+var (
+	devicesF  = flag.Int("devices", 500, "devices of the recorded race")
+	durationF = flag.Duration("duration", 2*time.Hour, "length of the recorded race (fix times), 1 Hz per device")
+	clientsF  = flag.Int("clients", 10, "clients replaying at once at -speed")
+	speedF    = flag.Float64("speed", 100, "speed of the concurrent replays")
+	skipMax   = flag.Bool("skip-max", false, "skip the single client at max speed")
+	reuseF    = flag.Bool("reuse", false, "reuse the race stored by a previous run with the same -devices and -duration")
+	maxLagF   = flag.Duration("max-lag", 0, "BROADCASTER_REPLAY_MAX_LAG for the broadcaster (0: its default)")
+)
+
+const eventID = "5e1a7c00-0000-4000-8000-00000000be9c"
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	if err := run(); err != nil {
+		log.Fatalf("bench replay: %v", err)
+	}
+}
+
+func run() error {
+	dataDir := os.Getenv("BENCH_DATA_DIR")
+	if dataDir == "" {
+		dataDir = filepath.Join(os.TempDir(), "trm-bench")
+	}
+	dir := filepath.Join(dataDir, "replay")
+	stamp := filepath.Join(dir, "race.txt")
+	want := fmt.Sprintf("%d devices %s", *devicesF, *durationF)
+	reuse := false
+	if *reuseF {
+		if b, err := os.ReadFile(stamp); err == nil && strings.HasPrefix(string(b), want+"\n") {
+			reuse = true
+		}
+	}
+	if !reuse {
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	fmt.Printf("replay bench: %s, %d cores, %s\n", want, runtime.NumCPU(), runtime.Version())
+
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "bench-replay", Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: filepath.Join(dir, "nats"), JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 20 << 30,
+		NoLog: true, NoSigs: true, MaxPayload: 1 << 20,
+	})
+	if err != nil {
+		return err
+	}
+	ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(30*time.Second) || !ns.JetStreamEnabled() {
+		return errors.New("nats-server with JetStream not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
+		return err
+	}
+
+	var first, last time.Time
+	total := *devicesF * int(*durationF/time.Second)
+	if reuse {
+		b, _ := os.ReadFile(stamp)
+		lines := strings.Split(string(b), "\n")
+		first, _ = time.Parse(time.RFC3339Nano, lines[1])
+		last, _ = time.Parse(time.RFC3339Nano, lines[2])
+		fmt.Printf("reusing the stored race: %d positions, fix times %s .. %s\n", total,
+			first.Format(contract.TimeLayout), last.Format(contract.TimeLayout))
+	} else {
+		first, last, err = record(ctx, js)
+		if err != nil {
+			return err
+		}
+		_ = os.WriteFile(stamp, []byte(want+"\n"+first.Format(time.RFC3339Nano)+"\n"+last.Format(time.RFC3339Nano)+"\n"), 0o644)
+	}
+
+	stopAuth, err := authStandIn(nc)
+	if err != nil {
+		return err
+	}
+	defer stopAuth()
+
+	ceiling, err := rawCeiling(ctx, js, first)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("raw ceiling: ordered consumer read %d positions in %s = %.0f positions/s\n",
+		ceiling.n, ceiling.d.Round(time.Millisecond), ceiling.rate())
+
+	b, err := startBroadcaster(dir, ns.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer b.stop()
+
+	from := first.Add(-time.Second) // empty snapshot: every position is replayed
+	if !*skipMax {
+		res, err := replayMax(b.addr, from, total)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("one client at max: %d of %d positions in %s = %.0f positions/s (%.2f × raw ceiling), broadcaster RSS peak %s\n",
+			res.n, total, res.d.Round(time.Millisecond), res.rate(), res.rate()/ceiling.rate(), b.peakRSS())
+	}
+
+	res, err := replayPaced(b.addr, from, total, *clientsF, *speedF)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d clients at %g×: %d of %d positions delivered (%.2f%%) in %s; pacing error p50 %s p99 %s max %s; %.0f positions/s in all\n",
+		*clientsF, *speedF, res.delivered, res.expected, 100*float64(res.delivered)/float64(res.expected),
+		res.d.Round(time.Millisecond), res.p50, res.p99, res.max, float64(res.delivered)/res.d.Seconds())
+	m := b.metrics()
+	fmt.Printf("broadcaster: replay_positions_total %s, positions_coalesced_total %s, server-side pacing error ≤ 50 ms: %s of %s; RSS peak %s\n",
+		m["broadcaster_replay_positions_total"], m["broadcaster_positions_coalesced_total"],
+		m[`broadcaster_replay_pacing_error_seconds_bucket{le="0.05"}`], m["broadcaster_replay_pacing_error_seconds_count"], b.peakRSS())
+	return nil
+}
+
+// record publishes the race: every device once per second of fix time,
+// the race ending a minute ago. No Nats-Msg-Id: dedup is the bridge's
+// concern, and a 3.6 M-id window would only slow the recording.
+func record(ctx context.Context, js jetstream.JetStream) (first, last time.Time, err error) {
+	seconds := int(*durationF / time.Second)
+	first = time.Now().UTC().Add(-*durationF - time.Minute).Truncate(time.Second)
+	total := seconds * *devicesF
+	start := time.Now()
+	pending := make([]jetstream.PubAckFuture, 0, 8192)
+	wait := func() error {
+		for _, f := range pending {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return err
+			case <-time.After(30 * time.Second):
+				return errors.New("publish ack timeout")
+			}
+		}
+		pending = pending[:0]
+		return nil
+	}
+	buf := make([]byte, 0, 256)
+	n := 0
+	for s := range seconds {
+		for d := range *devicesF {
+			ts := first.Add(time.Duration(s)*time.Second + time.Duration(d)*time.Millisecond)
+			p := contract.Position{DeviceID: fmt.Sprintf("dev-%04d", d), EventID: eventID, TS: ts,
+				Lat: 45 + float64(s)*1e-5, Lon: 7 + float64(d)*1e-4, Speed: ptr(80 + float64(d%40)), Sats: ptr(11)}
+			buf = p.AppendJSON(buf[:0])
+			f, err := js.PublishAsync(p.Subject(), bytes.Clone(buf))
+			if err != nil {
+				return first, last, err
+			}
+			pending = append(pending, f)
+			if len(pending) == cap(pending) {
+				if err := wait(); err != nil {
+					return first, last, err
+				}
+			}
+			last = ts
+			n++
+		}
+		if s%600 == 0 && s > 0 {
+			fmt.Printf("  recorded %d of %d positions (%.0f/s)\n", n, total, float64(n)/time.Since(start).Seconds())
+		}
+	}
+	if err := wait(); err != nil {
+		return first, last, err
+	}
+	fmt.Printf("recorded %d positions in %s (%.0f/s)\n", n, time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds())
+	return first, last, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+type rate struct {
+	n int
+	d time.Duration
+}
+
+func (r rate) rate() float64 { return float64(r.n) / r.d.Seconds() }
+
+// rawCeiling reads every position of the event with an ordered consumer,
+// as a replay's source does, without pacing, decoding or WebSocket.
+func rawCeiling(ctx context.Context, js jetstream.JetStream, first time.Time) (rate, error) {
+	start := first.Add(-contract.MaxFutureSkew)
+	cons, err := js.OrderedConsumer(ctx, streams.Positions, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{contract.EventSubject(eventID)},
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
+	})
+	if err != nil {
+		return rate{}, err
+	}
+	t0 := time.Now()
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return rate{}, err
+	}
+	defer it.Stop()
+	n := 0
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			return rate{}, err
+		}
+		n++
+		meta, err := msg.Metadata()
+		if err != nil {
+			return rate{}, err
+		}
+		if meta.NumPending == 0 {
+			return rate{n, time.Since(t0)}, nil
+		}
+	}
+}
+
+// authStandIn answers authsvc's contract: every cookie is an admin user of
+// its own name, every event exists.
+func authStandIn(nc *nats.Conn) (func(), error) {
+	svc, err := micro.AddService(nc, micro.Config{Name: auth.ServiceName, Version: auth.ServiceVersion, QueueGroup: auth.QueueGroup})
+	if err != nil {
+		return nil, err
+	}
+	err = svc.AddEndpoint("session", micro.HandlerFunc(func(r micro.Request) {
+		var req auth.SessionRequest
+		if err := json.Unmarshal(r.Data(), &req); err != nil || req.Cookie == "" {
+			_ = r.Error(auth.CodeUnauthorized, "no cookie", nil)
+			return
+		}
+		_ = r.RespondJSON(auth.User{ID: "bench-" + req.Cookie, Admin: true})
+	}), micro.WithEndpointSubject(auth.SessionSubject))
+	if err != nil {
+		return nil, err
+	}
+	err = svc.AddEndpoint("event", micro.HandlerFunc(func(r micro.Request) {
+		_ = r.RespondJSON(auth.EventResponse{Decision: auth.Allowed})
+	}), micro.WithEndpointSubject(auth.EventSubject))
+	if err != nil {
+		return nil, err
+	}
+	return func() { _ = svc.Stop() }, nil
+}
+
+// bcast is the broadcaster child process.
+type bcast struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+func startBroadcaster(dir, natsURL string) (*bcast, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(dir, "broadcaster")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/broadcaster")
+	build.Dir = filepath.Join(root, "broadcaster")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("build broadcaster: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "NATS_URL="+natsURL, "HTTP_ADDR="+addr, "LOG_LEVEL=warn",
+		"BROADCASTER_REPLAY_MAX_PER_USER=100", "BROADCASTER_REPLAY_MAX=1000", "BROADCASTER_MAX_CONNS_PER_USER=1000")
+	if *maxLagF > 0 {
+		cmd.Env = append(cmd.Env, "BROADCASTER_REPLAY_MAX_LAG="+maxLagF.String())
+	}
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	b := &bcast{cmd: cmd, addr: addr}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return b, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			b.stop()
+			return nil, errors.New("broadcaster not ready after 30s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (b *bcast) stop() {
+	_ = b.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = b.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = b.cmd.Process.Kill()
+	}
+}
+
+// peakRSS is the child's VmHWM.
+func (b *bcast) peakRSS() string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", b.cmd.Process.Pid))
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
+}
+
+// metrics scrapes the broadcaster's /metrics into name{labels} → value.
+func (b *bcast) metrics() map[string]string {
+	out := map[string]string{}
+	resp, err := http.Get("http://" + b.addr + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			out[line[:i]] = line[i+1:]
+		}
+	}
+	return out
+}
+
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.work above the working directory: run from the repository")
+		}
+		dir = parent
+	}
+}
+
+// client is one WebSocket viewer.
+type client struct {
+	conn *websocket.Conn
+	st   ws.ReplayStatus
+}
+
+func dial(addr, cookie string) (*client, error) {
+	h := http.Header{}
+	h.Set("Cookie", auth.DefaultCookieName+"="+cookie)
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, ReadBufferSize: 64 << 10}
+	conn, _, err := d.Dial("ws://"+addr+ws.Path, h)
+	if err != nil {
+		return nil, err
+	}
+	return &client{conn: conn}, nil
+}
+
+// subscribe starts a replay and reads its subscribed frame.
+func (c *client) subscribe(from time.Time, speed ws.Speed) error {
+	req := ws.Request{Type: ws.TypeSubscribe, Topic: ws.EventTopic(eventID), ID: "bench", Replay: true,
+		ReplayOptions: ws.ReplayOptions{From: from, Speed: speed}}
+	if err := c.conn.WriteMessage(websocket.TextMessage, req.Encode()); err != nil {
+		return err
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	_, data, err := c.conn.ReadMessage()
+	if err != nil {
+		return err
+	}
+	f, err := ws.DecodeFrame(data)
+	if err != nil {
+		return err
+	}
+	if f.Type != ws.TypeSubscribed {
+		return fmt.Errorf("subscribe: %s", data)
+	}
+	c.st, err = f.Status()
+	return err
+}
+
+var (
+	positionsHead = []byte(`{"type":"positions"`)
+	tsKey         = []byte(`"ts":"`)
+)
+
+// read consumes frames until replay_end, calling fn with the fix time of
+// every replayed position and the frame's receive time. Items are scanned,
+// not decoded: the reader must stay cheaper than the server it measures.
+func (c *client) read(fn func(ts, at time.Time)) error {
+	for {
+		_ = c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+		_, data, err := c.conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		at := time.Now()
+		if !bytes.HasPrefix(data, positionsHead) {
+			f, err := ws.DecodeFrame(data)
+			if err != nil {
+				return err
+			}
+			if f.Type == ws.TypeReplayEnd {
+				return nil
+			}
+			return fmt.Errorf("unexpected frame: %.200s", data)
+		}
+		for rest := data; ; {
+			i := bytes.Index(rest, tsKey)
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len(tsKey):]
+			ts, err := time.Parse(contract.TimeLayout, string(rest[:len(contract.TimeLayout)]))
+			if err != nil {
+				return fmt.Errorf("ts in %.200s: %v", data, err)
+			}
+			fn(ts, at)
+		}
+	}
+}
+
+func replayMax(addr string, from time.Time, total int) (rate, error) {
+	c, err := dial(addr, "max-client")
+	if err != nil {
+		return rate{}, err
+	}
+	defer c.conn.Close()
+	t0 := time.Now()
+	if err := c.subscribe(from, ws.SpeedMax); err != nil {
+		return rate{}, err
+	}
+	n := 0
+	lastReport := time.Now()
+	err = c.read(func(time.Time, time.Time) {
+		n++
+		if n%100000 == 0 && time.Since(lastReport) > 5*time.Second {
+			lastReport = time.Now()
+			fmt.Printf("  max: %d of %d (%.0f/s)\n", n, total, float64(n)/time.Since(t0).Seconds())
+		}
+	})
+	return rate{n, time.Since(t0)}, err
+}
+
+type pacedResult struct {
+	delivered, expected int
+	d                   time.Duration
+	p50, p99, max       time.Duration
+}
+
+func replayPaced(addr string, from time.Time, total, clients int, speed float64) (pacedResult, error) {
+	cs := make([]*client, clients)
+	for i := range cs {
+		c, err := dial(addr, fmt.Sprintf("paced-%d", i))
+		if err != nil {
+			return pacedResult{}, err
+		}
+		defer c.conn.Close()
+		cs[i] = c
+	}
+	// Each client keeps a histogram of lateness in 0.1 ms steps up to 10 s
+	// (memory: clients × 100k counters, whatever the race's size).
+	const step, buckets = 100 * time.Microsecond, 100000
+	hists := make([][]uint32, clients)
+	var delivered atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	t0 := time.Now()
+	for i, c := range cs {
+		hists[i] = make([]uint32, buckets+1)
+		wg.Go(func() {
+			if err := c.subscribe(from, ws.Speed(speed)); err != nil {
+				errs <- err
+				return
+			}
+			h := hists[i]
+			err := c.read(func(ts, at time.Time) {
+				delivered.Add(1)
+				due, _ := c.st.Due(ts)
+				late := max(0, at.Sub(due))
+				h[min(int(late/step), buckets)]++
+			})
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	d := time.Since(t0)
+	close(errs)
+	if err := <-errs; err != nil {
+		return pacedResult{}, err
+	}
+	sum := make([]uint64, buckets+1)
+	var n uint64
+	for _, h := range hists {
+		for i, v := range h {
+			sum[i] += uint64(v)
+			n += uint64(v)
+		}
+	}
+	quantile := func(q float64) time.Duration {
+		target := uint64(q * float64(n))
+		var acc uint64
+		for i, v := range sum {
+			acc += v
+			if acc > target {
+				return time.Duration(i+1) * step
+			}
+		}
+		return buckets * step
+	}
+	var worst time.Duration
+	for i := len(sum) - 1; i >= 0; i-- {
+		if sum[i] > 0 {
+			worst = time.Duration(i+1) * step
+			break
+		}
+	}
+	return pacedResult{delivered: int(delivered.Load()), expected: total * clients, d: d,
+		p50: quantile(0.5), p99: quantile(0.99), max: worst}, nil
+}
