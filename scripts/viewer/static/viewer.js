@@ -286,7 +286,7 @@
       const tr = document.createElement("tr");
       const p = d.last;
       const age = (now - Date.parse(p.ts)) / 1000;
-      const cells = [id, p.ts.replace("T", " ").replace("Z", ""), age < 3600 ? age.toFixed(1) + " s" : "old", p.speed != null ? p.speed.toFixed(1) : "–"];
+      const cells = [id, p.ts.slice(11, 23), age < 3600 ? age.toFixed(1) + " s" : "old", p.speed != null ? p.speed.toFixed(1) : "–"];
       cells.forEach((text, i) => {
         const td = document.createElement("td");
         if (i === 0) {

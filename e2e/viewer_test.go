@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"trm-live/testkit"
+)
+
+// viewerStats is window.trmViewer.stats() of the viewer page.
+type viewerStats struct {
+	Connection string  `json:"connection"`
+	User       *string `json:"user"`
+	Topic      string  `json:"topic"`
+	Devices    int     `json:"devices"`
+	Positions  int     `json:"positions"`
+	Rate       float64 `json:"rate"`
+	LastClose  *struct {
+		Code int `json:"code"`
+	} `json:"lastClose"`
+}
+
+func (c *chromium) stats(t *testing.T) viewerStats {
+	t.Helper()
+	var s viewerStats
+	if err := c.eval(`window.trmViewer ? window.trmViewer.stats() : null`, &s); err != nil {
+		t.Fatalf("viewer stats: %v", err)
+	}
+	return s
+}
+
+// loginInPage types the credentials into the viewer's login form and
+// submits it, as a person would.
+func (c *chromium) loginInPage(t *testing.T, email, password string) {
+	t.Helper()
+	testkit.Eventually(t, 30*time.Second, func() error {
+		var shown bool
+		if err := c.eval(`!!document.getElementById("login-view") && !document.getElementById("login-view").hidden`, &shown); err != nil {
+			return err
+		}
+		if !shown {
+			return errors.New("login form not shown")
+		}
+		return nil
+	})
+	js := fmt.Sprintf(`(() => {
+		document.getElementById("email").value = %q;
+		document.getElementById("password").value = %q;
+		document.getElementById("login-form").requestSubmit();
+		return true;
+	})()`, email, password)
+	if err := c.eval(js, nil); err != nil {
+		t.Fatalf("fill login form: %v", err)
+	}
+}
+
+// waitLive waits until the page follows topic with `devices` devices and
+// positions arriving.
+func (c *chromium) waitLive(t *testing.T, topic string, devices int) viewerStats {
+	t.Helper()
+	var s viewerStats
+	testkit.Eventually(t, 60*time.Second, func() error {
+		s = c.stats(t)
+		if s.Connection != "open" || s.Topic != topic || s.Devices != devices || s.Rate <= 0 {
+			return fmt.Errorf("viewer: %+v, want open on %s with %d devices and positions/s > 0", s, topic, devices)
+		}
+		var rows int
+		if err := c.eval(`document.querySelectorAll("#devices tbody tr").length`, &rows); err != nil {
+			return err
+		}
+		if rows != devices {
+			return fmt.Errorf("device table has %d rows, want %d", rows, devices)
+		}
+		return nil
+	})
+	return s
+}
+
+// TestViewerInChromium: the viewer page of the dev binary in headless
+// Chromium logs in through its form, follows the seeded event over
+// /ws-live and shows every simulated device with positions arriving; the
+// screenshot is kept under .data/e2e. Logging out returns to the form.
+func TestViewerInChromium(t *testing.T) {
+	t.Parallel()
+	const devices = 12
+	p, _, origin := startDevBinary(t, devices, nil)
+	startProc(t, p.dir, "simulate-run", bin(t, "simulate"), nil,
+		"-redis-url", redisURL(t), "-database-url", p.dbURL, "-seed-db=false", "-maxlen", "0",
+		"-stream", p.stream, "-devices", strconv.Itoa(devices), "-rate", "2", "-duration", "5m")
+
+	c := startChromium(t)
+	c.navigate(t, origin+"/")
+	c.loginInPage(t, demoEmail, devPassword)
+	s := c.waitLive(t, "event:"+p.eventID, devices)
+	if s.User == nil || *s.User != demoEmail {
+		t.Errorf("viewer shows user %v, want %s", s.User, demoEmail)
+	}
+	// A few seconds of trails make a readable picture; the assertions
+	// above are what the test checks.
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if s = c.stats(t); s.Positions < 8*devices {
+			return fmt.Errorf("%d positions shown so far", s.Positions)
+		}
+		return nil
+	})
+	c.screenshot(t, filepath.Join(p.dir, "viewer.png"))
+	t.Logf("viewer: %+v", s)
+
+	if err := c.eval(`document.getElementById("logout").click(), true`, nil); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 15*time.Second, func() error {
+		var shown bool
+		if err := c.eval(`!document.getElementById("login-view").hidden`, &shown); err != nil {
+			return err
+		}
+		if st := c.stats(t); !shown || st.Connection != "idle" {
+			return fmt.Errorf("after logout: login form shown %v, %+v", shown, st)
+		}
+		return nil
+	})
+}
