@@ -85,8 +85,11 @@ func (p *persister) store(ctx, stop context.Context, msgs []jetstream.Msg, ps []
 		if ctx.Err() != nil {
 			return
 		}
-		p.setDB(false, err)
+		p.setWriteFailing(true, err)
 		p.waitDB(stop)
+		// A database that answers pings but keeps refusing writes must not
+		// be hammered: pause with the same backoff as the Naks.
+		sleep(stop, backoff(p.cfg.BackoffMin, p.cfg.BackoffMax, int(p.writeFailures.Load())))
 	}
 }
 
@@ -96,6 +99,7 @@ func (p *persister) committed(msgs []jetstream.Msg, inserted int64, start time.T
 	p.m.rowsInserted.Add(float64(inserted))
 	p.m.duplicates.Add(float64(int64(len(msgs)) - inserted))
 	p.setDB(true, nil)
+	p.setWriteFailing(false, nil)
 	for _, msg := range msgs {
 		// Fire-and-forget: a lost ack means a redelivery, which the
 		// primary key absorbs.
@@ -113,6 +117,7 @@ func (p *persister) waitDB(stop context.Context) {
 			p.setDB(true, nil)
 			return
 		}
+		p.setDB(false, err)
 		if !sleep(stop, backoff(p.cfg.BackoffMin, p.cfg.BackoffMax, attempt)) {
 			return
 		}

@@ -211,7 +211,7 @@ func (p *persister) statsLoop(ctx context.Context) error {
 }
 
 func (p *persister) ready() bool {
-	return p.dbOK.Load() && p.schemaOK.Load() && p.consumerOK.Load() && p.nc.IsConnected()
+	return p.dbOK.Load() && !p.writeFailing.Load() && p.schemaOK.Load() && p.consumerOK.Load() && p.nc.IsConnected()
 }
 
 func b2f(b bool) float64 {

@@ -35,7 +35,10 @@ func (p *persister) readyz(w http.ResponseWriter, r *http.Request) {
 	if err := p.pool.Ping(ctx); err != nil {
 		problems = append(problems, "database: "+err.Error())
 	} else if !p.dbOK.Load() {
-		problems = append(problems, "database: last write or verification failed")
+		problems = append(problems, "database: last verification failed")
+	}
+	if p.writeFailing.Load() {
+		problems = append(problems, "database: writes failing, batches handed back")
 	}
 	if !p.schemaOK.Load() {
 		problems = append(problems, "schema: not verified or not repairable")

@@ -48,6 +48,11 @@ type persister struct {
 	mig  *migrate.Migrator
 
 	dbOK, schemaOK, consumerOK atomic.Bool
+	// writeFailing is true from a transient write failure to the next
+	// successful write: a database that answers pings but refuses writes
+	// (disk full, revoked grant) is not ready either.
+	writeFailing  atomic.Bool
+	writeFailures atomic.Int64 // consecutive transient write failures, for the writers' backoff
 
 	repairMu  sync.Mutex   // one repair at a time in this process
 	schemaGen atomic.Int64 // bumped after each Apply; a writer repairs only if none ran since it wrote
@@ -310,7 +315,8 @@ func (p *persister) verifyLoop(ctx context.Context) error {
 	}
 }
 
-// setDB records database health and logs the transitions only.
+// setDB records whether the database answers (ping, verification, a
+// write) and logs the transitions only.
 func (p *persister) setDB(ok bool, err error) {
 	if p.dbOK.Swap(ok) == ok {
 		return
@@ -318,7 +324,25 @@ func (p *persister) setDB(ok bool, err error) {
 	if ok {
 		p.log.Info("database reachable again")
 	} else {
-		p.log.Warn("database unreachable or erroring: not ready, messages handed back with backoff", "err", err)
+		p.log.Warn("database unreachable: not ready", "err", err)
+	}
+}
+
+// setWriteFailing records whether writes fail transiently and logs the
+// transitions only.
+func (p *persister) setWriteFailing(failing bool, err error) {
+	if failing {
+		p.writeFailures.Add(1)
+	} else {
+		p.writeFailures.Store(0)
+	}
+	if p.writeFailing.Swap(failing) == failing {
+		return
+	}
+	if failing {
+		p.log.Warn("database writes failing: not ready, batches handed back with backoff", "err", err)
+	} else {
+		p.log.Info("database writes succeed again")
 	}
 }
 

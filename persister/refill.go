@@ -138,6 +138,7 @@ func (p *persister) writeRetry(ctx context.Context, ps []contract.Position) (int
 		gen := p.schemaGen.Load()
 		n, err := writeBatch(ctx, p.pool, p.cfg.WritePath, ps)
 		if err == nil {
+			p.setWriteFailing(false, nil)
 			return n, nil
 		}
 		if ctx.Err() != nil {
@@ -160,7 +161,7 @@ func (p *persister) writeRetry(ctx context.Context, ps []contract.Position) (int
 			b, err := p.writeRetry(ctx, ps[h:])
 			return a + b, err
 		default:
-			p.setDB(false, err)
+			p.setWriteFailing(true, err)
 		}
 		if !sleep(ctx, backoff(p.cfg.BackoffMin, p.cfg.BackoffMax, attempt)) {
 			return 0, ctx.Err()

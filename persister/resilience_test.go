@@ -397,3 +397,44 @@ func TestPostgresDownAtStart(t *testing.T) {
 	checkAllStored(t, e.pool, ps)
 	in.waitReady(t, true)
 }
+
+// PostgreSQL answers pings but refuses every insert (as with a full disk):
+// not ready, batches handed back with backoff, nothing acknowledged; when
+// writes succeed again, everything is written once.
+func TestDatabaseRefusingWrites(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	in := start(t, e.config(t))
+	in.waitReady(t, true)
+	ctx := context.Background()
+	if _, err := e.pool.Exec(ctx, `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+		$$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100'; END $$;
+		CREATE TRIGGER refuse BEFORE INSERT ON positions FOR EACH ROW EXECUTE FUNCTION refuse()`); err != nil {
+		t.Fatal(err)
+	}
+	ps := positions(400, 8, 0)
+	publish(t, e.js, ps)
+	testkit.Eventually(t, 30*time.Second, func() error {
+		code, body, err := in.get("/readyz")
+		if err != nil {
+			return err
+		}
+		if code != 503 || !strings.Contains(body, "writes failing") {
+			return fmt.Errorf("/readyz %d %q, want 503 writes failing", code, body)
+		}
+		if got := in.metric(t, "persister_naks_total"); got < 1 {
+			return fmt.Errorf("naks %v", got)
+		}
+		return nil
+	})
+	if n, err := count(t, e.pool); err != nil || n != 0 {
+		t.Fatalf("%d rows (%v) while inserts are refused", n, err)
+	}
+	if _, err := e.pool.Exec(ctx, `DROP TRIGGER refuse ON positions`); err != nil {
+		t.Fatal(err)
+	}
+	waitRows(t, e.pool, len(ps), 60*time.Second)
+	consumerIdle(t, e.js, persister.DefaultConsumer)
+	checkAllStored(t, e.pool, ps)
+	in.waitReady(t, true)
+}
