@@ -39,6 +39,7 @@ require (
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/olahol/melody v1.1.4 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
@@ -55,3 +56,7 @@ replace trm-live/testkit => ../testkit
 require trm-live/persister v0.0.0
 
 replace trm-live/persister => ../persister
+
+require trm-live/broadcaster v0.0.0
+
+replace trm-live/broadcaster => ../broadcaster
