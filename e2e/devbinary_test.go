@@ -51,6 +51,13 @@ func freeOffset(t *testing.T) int {
 func startDevBinary(t *testing.T, devices int, extra map[string]string) (*pipeline, *proc, string) {
 	t.Helper()
 	p := newBase(t, devices)
+	dev, origin := startDevBinaryOn(t, p, extra)
+	return p, dev, origin
+}
+
+// startDevBinaryOn runs the dev binary on base's stream and database.
+func startDevBinaryOn(t *testing.T, p *pipeline, extra map[string]string) (*proc, string) {
+	t.Helper()
 	natsAddr := freeAddr(t)
 	_, natsPort, _ := net.SplitHostPort(natsAddr)
 	p.natsURL = "nats://" + natsAddr
@@ -82,7 +89,7 @@ func startDevBinary(t *testing.T, devices int, extra map[string]string) (*pipeli
 		}
 		return nil
 	})
-	return p, dev, "http://" + origin
+	return dev, "http://" + origin
 }
 
 // TestDevBinaryPipeline: the dev binary (all workers in one process, one

@@ -54,17 +54,24 @@ const demoEmail = "demo@trm-live.local" // seeded by the simulator
 // first `devices` ones, as in every later run.
 func newBase(t *testing.T, devices int) *pipeline {
 	t.Helper()
+	return newBaseOn(t, devices, testkit.Postgres(t))
+}
+
+// newBaseOn is newBase on a given database (the real Directus's).
+func newBaseOn(t *testing.T, devices int, dbURL string) *pipeline {
+	t.Helper()
 	p := &pipeline{dir: artifacts(t), addrs: map[string]string{}}
 	p.rdb = testkit.Redis(t)
 	p.stream = testkit.Unique("e2e:positions")
-	p.dbURL = testkit.Postgres(t)
+	p.dbURL = dbURL
 	p.pool = testkit.Pool(t, p.dbURL)
 	p.simulate(t, "seed", "-count", "1", "-devices", strconv.Itoa(devices), "-stream", p.stream+":seed")
 	ctx := context.Background()
 	if err := p.pool.QueryRow(ctx, `SELECT id::text FROM directus_users WHERE email = $1`, demoEmail).Scan(&p.demoID); err != nil {
 		t.Fatalf("e2e: seeded demo user: %v", err)
 	}
-	if err := p.pool.QueryRow(ctx, `SELECT id::text FROM events ORDER BY id LIMIT 1`).Scan(&p.eventID); err != nil {
+	if err := p.pool.QueryRow(ctx, `SELECT e.id::text FROM events e JOIN organizations o ON o.id = e.organization_id
+		WHERE o.name = 'Demo Racing Club' ORDER BY e.name LIMIT 1`).Scan(&p.eventID); err != nil {
 		t.Fatalf("e2e: seeded event: %v", err)
 	}
 	return p

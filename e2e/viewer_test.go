@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -123,4 +125,58 @@ func TestViewerInChromium(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestViewerWithDirectusReconnects: the dev binary in front of the real
+// Directus (DIRECTUS_URL: the origin proxies Directus's paths, authsvc calls
+// it, the workers share its database). A Directus user logs in through the
+// page's form; then the dev binary is restarted under the open page: the
+// page sees the socket close, reconnects with backoff, re-subscribes with
+// the same (still valid) session cookie, and positions flow again.
+func TestViewerWithDirectusReconnects(t *testing.T) {
+	t.Parallel()
+	const devices = 8
+	d := realDirectus(t)
+	a := directusAdmin(t, d)
+	p := newBaseOn(t, devices, d.DatabaseURL)
+	fx := a.newFixture(t, testkit.Unique("viewer"))
+	var org string
+	if err := p.pool.QueryRow(context.Background(), `SELECT organization_id::text FROM events WHERE id = $1`, p.eventID).Scan(&org); err != nil {
+		t.Fatal(err)
+	}
+	a.must(t, http.MethodPost, "/items/organization_users", map[string]any{"organization_id": org, "user_id": fx.Member.ID}, nil)
+
+	dev, origin := startDevBinaryOn(t, p, map[string]string{"DIRECTUS_URL": d.URL})
+	startProc(t, p.dir, "simulate-run", bin(t, "simulate"), nil,
+		"-redis-url", redisURL(t), "-database-url", p.dbURL, "-seed-db=false", "-maxlen", "0",
+		"-stream", p.stream, "-devices", strconv.Itoa(devices), "-rate", "2", "-duration", "5m")
+
+	c := startChromium(t)
+	c.navigate(t, origin+"/?event="+p.eventID)
+	c.loginInPage(t, fx.Member.Email, fx.Member.Password)
+	topic := "event:" + p.eventID
+	before := c.waitLive(t, topic, devices)
+
+	dev.Stop()
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if s := c.stats(t); s.Connection == "open" {
+			return fmt.Errorf("page still open: %+v", s)
+		}
+		return nil
+	})
+	dev.Start()
+	for name := range devPorts {
+		waitReady(t, dev, p.addrs[name], 60*time.Second)
+	}
+	testkit.Eventually(t, 60*time.Second, func() error {
+		s := c.stats(t)
+		if s.LastClose != nil && s.LastClose.Code == 4401 {
+			t.Fatalf("page was told its session ended after the restart: %+v", s)
+		}
+		if s.Connection != "open" || s.Topic != topic || s.Devices != devices || s.Positions < before.Positions+2*devices {
+			return fmt.Errorf("page after restart: %+v (had %d positions before)", s, before.Positions)
+		}
+		return nil
+	})
+	c.screenshot(t, filepath.Join(p.dir, "viewer-after-reconnect.png"))
 }
