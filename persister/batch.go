@@ -42,7 +42,7 @@ func (p *persister) handleBatch(ctx, stop context.Context, msgs []jetstream.Msg)
 func (p *persister) store(ctx, stop context.Context, msgs []jetstream.Msg, ps []contract.Position, checkSchema bool) {
 	gen := p.schemaGen.Load()
 	start := time.Now()
-	n, err := writeBatch(ctx, p.pool, p.cfg.WritePath, ps)
+	n, err := p.w.write(ctx, ps, false)
 	if err == nil {
 		p.committed(msgs, n, start)
 		return
@@ -64,7 +64,7 @@ func (p *persister) store(ctx, stop context.Context, msgs []jetstream.Msg, ps []
 			return
 		}
 		start = time.Now()
-		n, err = writeBatch(ctx, p.pool, p.cfg.WritePath, ps)
+		n, err = p.w.write(ctx, ps, false)
 		if err == nil {
 			p.committed(msgs, n, start)
 			return

@@ -37,10 +37,11 @@ type Config struct {
 	// FetchMaxWait is how long a batch waits to fill once its first message
 	// arrived (PERSISTER_FETCH_MAX_WAIT). Default 100ms.
 	FetchMaxWait time.Duration
-	// WritePath is how a batch is written (PERSISTER_WRITE_PATH): "unnest"
-	// (one INSERT … SELECT FROM unnest, default) or "copy" (COPY into a
-	// staging table, then INSERT … SELECT). Both are one transaction and
-	// ON CONFLICT (device_id, ts) DO NOTHING; docs/BENCHMARKS.md compares them.
+	// WritePath is how a batch is written (PERSISTER_WRITE_PATH): "auto"
+	// (COPY into positions, falling back to ON CONFLICT when the batch holds
+	// a stored position; default), "unnest" (one INSERT … SELECT FROM unnest
+	// … ON CONFLICT DO NOTHING) or "staging" (COPY into a staging table, then
+	// INSERT … SELECT … ON CONFLICT DO NOTHING). docs/BENCHMARKS.md compares them.
 	WritePath string
 	// Writers is how many batches are written concurrently
 	// (PERSISTER_WRITERS). Default 2.
@@ -116,7 +117,7 @@ func (c Config) withDefaults() Config {
 		c.BatchSize = DefaultBatchSize
 	}
 	if c.WritePath == "" {
-		c.WritePath = PathUnnest
+		c.WritePath = PathAuto
 	}
 	if c.Writers == 0 {
 		c.Writers = DefaultWriters
@@ -155,8 +156,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.BatchSize < 1 || c.BatchSize > 100000:
 		return fmt.Errorf("PERSISTER_BATCH_SIZE %d: must be 1..100000", c.BatchSize)
-	case c.WritePath != PathUnnest && c.WritePath != PathCopy:
-		return fmt.Errorf("PERSISTER_WRITE_PATH %q: must be %s or %s", c.WritePath, PathUnnest, PathCopy)
+	case c.WritePath != PathAuto && c.WritePath != PathUnnest && c.WritePath != PathStaging:
+		return fmt.Errorf("PERSISTER_WRITE_PATH %q: must be %s, %s or %s", c.WritePath, PathAuto, PathUnnest, PathStaging)
 	case c.Writers < 1 || c.Writers > 64:
 		return fmt.Errorf("PERSISTER_WRITERS %d: must be 1..64", c.Writers)
 	case c.MaxAckPending < c.BatchSize*c.Writers:
@@ -345,7 +346,7 @@ func newFlagSet(name string, getenv func(string) string) (flagConfig, *flag.Flag
 	str(&c.Consumer, "consumer", "PERSISTER_CONSUMER", DefaultConsumer, "durable consumer name on POSITIONS")
 	num(&c.BatchSize, "batch-size", "PERSISTER_BATCH_SIZE", DefaultBatchSize, "positions per transaction")
 	dur(&c.FetchMaxWait, "fetch-max-wait", "PERSISTER_FETCH_MAX_WAIT", DefaultFetchMaxWait, "how long a batch waits to fill")
-	str(&c.WritePath, "write-path", "PERSISTER_WRITE_PATH", PathUnnest, "unnest or copy")
+	str(&c.WritePath, "write-path", "PERSISTER_WRITE_PATH", PathAuto, "auto, unnest or staging")
 	num(&c.Writers, "writers", "PERSISTER_WRITERS", DefaultWriters, "batches written concurrently")
 	num(&c.MaxAckPending, "max-ack-pending", "PERSISTER_MAX_ACK_PENDING", DefaultMaxAckPending, "consumer max ack pending")
 	dur(&c.AckWait, "ack-wait", "PERSISTER_ACK_WAIT", DefaultAckWait, "consumer ack wait")

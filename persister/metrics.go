@@ -14,6 +14,7 @@ type metrics struct {
 	commitSeconds prometheus.Histogram
 	writeErrors   *prometheus.CounterVec
 	naks          prometheus.Counter
+	copyFallbacks prometheus.Counter
 	deadLetters   *prometheus.CounterVec
 	repairs       *prometheus.CounterVec
 	refills       prometheus.Counter
@@ -45,6 +46,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		naks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "persister_naks_total", Help: "Messages handed back with a delay because they could not be written or dead-lettered.",
 		}),
+		copyFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "persister_copy_fallbacks_total", Help: "Write path auto: COPYs that met an already stored position and were written with ON CONFLICT instead.",
+		}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "persister_dead_letters_total", Help: "Messages terminated and copied to POSITIONS_DLQ, by reason.",
 		}, []string{"reason"}),
@@ -68,7 +72,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.rowsInserted, m.duplicates, m.batchSize, m.commitSeconds, m.writeErrors,
-		m.naks, m.deadLetters, m.repairs, m.refills, m.refillRows, m.pending, m.ackPending, m.ready} {
+		m.naks, m.copyFallbacks, m.deadLetters, m.repairs, m.refills, m.refillRows, m.pending, m.ackPending, m.ready} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

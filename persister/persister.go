@@ -46,6 +46,7 @@ type persister struct {
 	js   jetstream.JetStream
 	pool *pgxpool.Pool
 	mig  *migrate.Migrator
+	w    *writer
 
 	dbOK, schemaOK, consumerOK atomic.Bool
 	// writeFailing is true from a transient write failure to the next
@@ -168,7 +169,8 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 		ChunkInterval:      cfg.ChunkInterval,
 		Logger:             cfg.Logger.With("component", "migrate"),
 	})
-	return &persister{cfg: cfg, log: log, m: m, nc: nc, js: js, pool: pool, mig: mig, runCtx: ctx}, nil
+	w := &writer{pool: pool, path: cfg.WritePath, fallbacks: m.copyFallbacks}
+	return &persister{cfg: cfg, log: log, m: m, nc: nc, js: js, pool: pool, mig: mig, w: w, runCtx: ctx}, nil
 }
 
 // close runs after intake stopped and in-flight batches finished: database

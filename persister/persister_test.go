@@ -59,6 +59,9 @@ func testEveryPositionExactlyOneRow(t *testing.T, path string) {
 	if got := in2.metric(t, "persister_duplicates_skipped_total"); got != float64(len(ps)+200) {
 		t.Fatalf("re-delivery skipped %v, want %d", got, len(ps)+200)
 	}
+	if got := in2.metric(t, "persister_copy_fallbacks_total"); (path == persister.PathAuto) != (got >= 1) {
+		t.Fatalf("path %s: %v COPY fallbacks", path, got)
+	}
 }
 
 // An operator's faulty flag survives the same position re-delivered.
@@ -275,7 +278,7 @@ func TestWaitsForStream(t *testing.T) {
 
 // forPaths runs a test once per write path.
 func forPaths(t *testing.T, test func(*testing.T, string)) {
-	for _, path := range []string{persister.PathUnnest, persister.PathCopy} {
+	for _, path := range []string{persister.PathAuto, persister.PathUnnest, persister.PathStaging} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
 			test(t, path)

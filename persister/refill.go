@@ -136,7 +136,7 @@ func (p *persister) refill(ctx context.Context, since time.Time) (int64, error) 
 func (p *persister) writeRetry(ctx context.Context, ps []contract.Position) (int64, error) {
 	for attempt := 1; ; attempt++ {
 		gen := p.schemaGen.Load()
-		n, err := writeBatch(ctx, p.pool, p.cfg.WritePath, ps)
+		n, err := p.w.write(ctx, ps, true)
 		if err == nil {
 			p.setWriteFailing(false, nil)
 			return n, nil

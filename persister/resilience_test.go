@@ -438,3 +438,31 @@ func TestDatabaseRefusingWrites(t *testing.T) {
 	checkAllStored(t, e.pool, ps)
 	in.waitReady(t, true)
 }
+
+// The primary key dropped out of band while positions (and re-deliveries)
+// flow: the COPY of write path auto must not store duplicates in a table
+// without its key. The key is found missing, re-created, and every
+// position is one row.
+func TestPrimaryKeyDroppedWhileFlowing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true)
+	cfg := e.config(t)
+	cfg.VerifyInterval = time.Hour // the write path must notice, not the ticker
+	in := start(t, cfg)
+	ps := positions(600, 6, 0)
+	publish(t, e.js, ps[:200])
+	waitRows(t, e.pool, 200, 30*time.Second)
+	if _, err := e.pool.Exec(context.Background(), "ALTER TABLE positions DROP CONSTRAINT positions_pkey"); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, e.js, ps[200:])
+	for i := 0; i < 100; i++ { // re-deliveries of stored positions
+		publishRaw(t, e.js, ps[i].Subject(), ps[i].Encode())
+	}
+	waitRows(t, e.pool, len(ps), 30*time.Second)
+	consumerIdle(t, e.js, persister.DefaultConsumer)
+	checkAllStored(t, e.pool, ps)
+	if got := in.metric(t, `persister_schema_repairs_total{kind="primary_key"}`); got != 1 {
+		t.Fatalf("primary key repairs %v, want 1", got)
+	}
+}

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"trm-live/contract"
 )
@@ -33,16 +35,22 @@ const (
 		ON CONFLICT (device_id, ts) DO NOTHING`
 )
 
-// Write paths (PERSISTER_WRITE_PATH). Both are one transaction per batch and
-// idempotent through ON CONFLICT (device_id, ts) DO NOTHING.
+// Write paths (PERSISTER_WRITE_PATH). Each writes a batch atomically and
+// idempotently: a position already in the table is never written again.
 const (
+	// PathAuto COPYs the batch straight into positions, the cheapest write
+	// there is. COPY has no ON CONFLICT: when the batch holds a position
+	// already stored (23505, a re-delivery), the COPY writes nothing and the
+	// batch is written by PathUnnest instead, as are the next batches until
+	// one has no duplicate. Default.
+	PathAuto = "auto"
 	// PathUnnest sends the batch as one array per column in a single
-	// INSERT … SELECT FROM unnest(…): one round trip, a prepared statement.
+	// INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING: one round trip,
+	// a prepared statement.
 	PathUnnest = "unnest"
-	// PathCopy COPYs the batch into a temporary staging table, then
-	// INSERT … SELECT from it: five round trips, cheaper per row for very
-	// large batches.
-	PathCopy = "copy"
+	// PathStaging COPYs the batch into a temporary staging table, then
+	// INSERT … SELECT … ON CONFLICT DO NOTHING from it, in one transaction.
+	PathStaging = "staging"
 )
 
 // insertUnnest is the single-statement write path. Its parameters are ten
@@ -52,14 +60,85 @@ const insertUnnest = `INSERT INTO positions (device_id, ts, event_id, lat, lon, 
 		$6::real[], $7::real[], $8::real[], $9::smallint[], $10::jsonb[])
 	ON CONFLICT (device_id, ts) DO NOTHING`
 
-// writeBatch writes positions in one transaction by the given path. It
-// returns the number of new rows; the others were already there. Nothing
-// is written when it returns an error.
-func writeBatch(ctx context.Context, pool *pgxpool.Pool, path string, ps []contract.Position) (int64, error) {
-	if path == PathCopy {
-		return writeStaged(ctx, pool, ps)
+// writer writes batches by the configured path. conflicts is PathAuto's
+// state: true after a COPY met a stored position, until a batch written
+// with ON CONFLICT had no duplicate.
+type writer struct {
+	pool      *pgxpool.Pool
+	path      string
+	conflicts atomic.Bool
+	fallbacks prometheus.Counter // COPYs that met a stored position
+}
+
+// write writes ps atomically and returns the number of new rows; the
+// others were already there. Nothing is written when it returns an error.
+// expectDuplicates (refill) skips the optimistic COPY.
+func (w *writer) write(ctx context.Context, ps []contract.Position, expectDuplicates bool) (int64, error) {
+	switch {
+	case w.path == PathStaging:
+		return writeStaged(ctx, w.pool, ps)
+	case w.path == PathUnnest, expectDuplicates:
+		return writeUnnest(ctx, w.pool, ps)
 	}
-	return writeUnnest(ctx, pool, ps)
+	if !w.conflicts.Load() {
+		n, err := writeCopy(ctx, w.pool, ps)
+		if !isUniqueViolation(err) {
+			return n, err
+		}
+		w.conflicts.Store(true)
+		w.fallbacks.Inc()
+	}
+	n, err := writeUnnest(ctx, w.pool, ps)
+	if err == nil && n == int64(len(ps)) {
+		w.conflicts.Store(false) // no duplicate in this batch: back to COPY
+	}
+	return n, err
+}
+
+// primaryKeyInPlace is true when positions has its primary key on
+// (device_id, ts). Asked after the COPY, inside its transaction: the COPY's
+// lock keeps the key from being dropped or added until the commit, so a
+// key present now was present for the whole COPY.
+const primaryKeyInPlace = `SELECT count(*) = 2 FROM pg_index i
+	JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+	WHERE i.indrelid = 'positions'::regclass AND i.indisprimary AND i.indnatts = 2
+	AND a.attname IN ('device_id', 'ts')`
+
+// errNoPrimaryKey makes a COPY into a table without its key a schema error
+// (as ON CONFLICT's 42P10 does): without the key, COPY would store
+// duplicates instead of failing.
+var errNoPrimaryKey = &pgconn.PgError{Code: "42P10", Message: "primary key (device_id, ts) of positions is missing"}
+
+// writeCopy COPYs into positions and commits only when the primary key
+// guarded the COPY. A stored position fails the whole COPY with 23505.
+func writeCopy(ctx context.Context, pool *pgxpool.Pool, ps []contract.Position) (int64, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // after Commit it is a no-op
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{"positions"}, columns, pgx.CopyFromSlice(len(ps), func(i int) ([]any, error) {
+		return row(&ps[i]), nil
+	}))
+	if err != nil {
+		return 0, fmt.Errorf("copy batch: %w", err)
+	}
+	var keyed bool
+	if err := tx.QueryRow(ctx, primaryKeyInPlace).Scan(&keyed); err != nil {
+		return 0, fmt.Errorf("check primary key: %w", err)
+	}
+	if !keyed {
+		return 0, fmt.Errorf("copy batch: %w", errNoPrimaryKey)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit batch: %w", err)
+	}
+	return n, nil
+}
+
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
 }
 
 // writeUnnest is one statement, hence one implicit transaction.

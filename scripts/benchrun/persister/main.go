@@ -14,7 +14,7 @@
 //
 // It prints each rate and the ratio of the persister to the lower ceiling
 // (target ≥ 0.7). With -paths the persister runs once per write path
-// (PERSISTER_WRITE_PATH unnest, then copy), each into its own empty table.
+// (PERSISTER_WRITE_PATH auto, unnest, staging), each into its own empty table.
 package main
 
 import (
@@ -63,8 +63,8 @@ func run() error {
 	flag.IntVar(&o.batch, "batch", 1000, "batch size: persister PERSISTER_BATCH_SIZE, COPY rows per statement, fetch size")
 	flag.IntVar(&o.writers, "writers", persister.DefaultWriters, "persister PERSISTER_WRITERS")
 	flag.IntVar(&o.devices, "devices", 500, "distinct devices")
-	flag.StringVar(&o.path, "path", persister.PathUnnest, "persister PERSISTER_WRITE_PATH: unnest or copy")
-	flag.BoolVar(&o.paths, "paths", false, "run the persister once per write path (unnest, then copy); the ratio uses the first")
+	flag.StringVar(&o.path, "path", persister.PathAuto, "persister PERSISTER_WRITE_PATH: auto, unnest or staging")
+	flag.BoolVar(&o.paths, "paths", false, "run the persister once per write path (auto, unnest, staging); the ratio uses the first")
 	flag.BoolVar(&o.verbose, "v", false, "persister logs to stderr")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the persister phase to this file")
 	flag.Parse()
@@ -123,7 +123,7 @@ func run() error {
 	}
 	paths := []string{o.path}
 	if o.paths {
-		paths = []string{persister.PathUnnest, persister.PathCopy}
+		paths = []string{persister.PathAuto, persister.PathUnnest, persister.PathStaging}
 	}
 	persRate := 0.0
 	for i, path := range paths {
