@@ -311,15 +311,16 @@ func TestSlowClient(t *testing.T) {
 	fast.waitLatest(t, topicOf(ev), want)
 	k.waitLatest(t, topicOf(ev), want)
 
-	// Fast: every position, in order (checked by the collector).
-	fast.mu.Lock()
-	for _, d := range devices {
-		if n := fast.count[topicOf(ev)][d]; n != rounds {
-			fast.mu.Unlock()
-			t.Fatalf("fast client got %d positions of %s, want %d", n, d, rounds)
-		}
+	// Fast: every position the instance fanned out, in order (checked by
+	// the collector). Only an overloaded instance coalesces before fan-out
+	// (counted apart); then every client misses those alike.
+	dropped := int(e.metric("broadcaster_fanout_coalesced_total"))
+	if got, want := fast.received(topicOf(ev)), rounds*len(devices)-dropped; got != want {
+		t.Fatalf("fast client got %d positions, want %d (%d published, %d coalesced before fan-out)", got, want, rounds*len(devices), dropped)
 	}
-	fast.mu.Unlock()
+	if dropped > 0 {
+		t.Logf("the instance fell behind: %d positions coalesced before fan-out", dropped)
+	}
 
 	// Slow: every control frame, in the order asked.
 	ctrl := k.waitControl(t, 7)

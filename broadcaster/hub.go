@@ -23,6 +23,7 @@ type hub struct {
 
 	mu     sync.Mutex
 	topics map[string]*topic // by event id
+	fanout sync.WaitGroup    // one fan-out goroutine per topic
 }
 
 // topic is one event's live fan-out.
@@ -34,6 +35,18 @@ type topic struct {
 
 	devMu   sync.Mutex
 	devices map[string]int32 // device id → index into each feed's slots
+
+	// Positions received and not yet fanned out, latest per device: the
+	// NATS callback adds, the fan-out goroutine takes the whole batch. When
+	// fan-out falls behind, a device's older position is replaced here
+	// (drop-oldest, as in the mailboxes), so memory stays bounded by the
+	// device count and the fan-out always works on the freshest data.
+	pmu     sync.Mutex
+	pending []snapItem
+	pendAt  []int32 // by device index: position in pending + 1; 0 = none
+	spare   []snapItem
+	kick    chan struct{} // cap 1
+	done    chan struct{} // closed when the topic closes
 }
 
 func newHub(nc *nats.Conn, snap *snapshotter, m *metrics, log *slog.Logger) *hub {
@@ -47,7 +60,8 @@ func (h *hub) attach(eventID string, f *feed) (*topic, error) {
 	defer h.mu.Unlock()
 	t := h.topics[eventID]
 	if t == nil {
-		t = &topic{h: h, eventID: eventID, devices: make(map[string]int32)}
+		t = &topic{h: h, eventID: eventID, devices: make(map[string]int32),
+			kick: make(chan struct{}, 1), done: make(chan struct{})}
 		empty := []*feed{}
 		t.feeds.Store(&empty)
 		sub, err := h.nc.Subscribe(contract.EventSubject(eventID), t.onMsg)
@@ -56,6 +70,7 @@ func (h *hub) attach(eventID string, f *feed) (*topic, error) {
 		}
 		t.sub = sub
 		h.topics[eventID] = t
+		h.fanout.Go(t.fanout)
 		h.m.topics.Set(float64(len(h.topics)))
 		h.log.Debug("topic opened", "event_id", eventID)
 	}
@@ -86,6 +101,7 @@ func (h *hub) detach(t *topic, f *feed) {
 	if err := t.sub.Unsubscribe(); err != nil {
 		h.log.Debug("unsubscribe", "event_id", t.eventID, "err", err)
 	}
+	close(t.done)
 	delete(h.topics, t.eventID)
 	h.m.topics.Set(float64(len(h.topics)))
 	h.log.Debug("topic closed", "event_id", t.eventID)
@@ -110,9 +126,9 @@ func (t *topic) index(device string) int32 {
 	return idx
 }
 
-// onMsg fans one position out to every feed of the topic. It runs on the
-// subscription's goroutine, one message at a time. The position is decoded
-// and encoded once; its bytes are shared by every client.
+// onMsg queues one position for fan-out. It runs on the subscription's
+// goroutine, one message at a time. The position is decoded and encoded
+// once; its bytes are shared by every client.
 func (t *topic) onMsg(msg *nats.Msg) {
 	m := t.h.m
 	m.messagesReceived.Inc()
@@ -129,21 +145,66 @@ func (t *topic) onMsg(msg *nats.Msg) {
 	t.deliver(t.index(device), p.TSMillis(), p.Encode())
 }
 
+// deliver queues a position for the fan-out goroutine, keeping only the
+// newest per device.
 func (t *topic) deliver(idx int32, ts int64, data []byte) {
-	var coalesced, stale int
-	for _, f := range *t.feeds.Load() {
-		switch f.mb.put(f, idx, ts, data) {
-		case putCoalesced:
-			coalesced++
-		case putStale:
-			stale++
+	t.pmu.Lock()
+	if int(idx) >= len(t.pendAt) {
+		t.pendAt = append(t.pendAt, make([]int32, int(idx)+1-len(t.pendAt))...)
+	}
+	coalesced := false
+	if at := t.pendAt[idx]; at > 0 {
+		if p := &t.pending[at-1]; ts > p.ts {
+			p.ts, p.data = ts, data
 		}
+		coalesced = true
+	} else {
+		t.pending = append(t.pending, snapItem{idx: idx, ts: ts, data: data})
+		t.pendAt[idx] = int32(len(t.pending))
 	}
-	if coalesced > 0 {
-		t.h.m.positionsCoalesced.Add(float64(coalesced))
+	t.pmu.Unlock()
+	if coalesced {
+		t.h.m.fanoutCoalesced.Inc()
+		return
 	}
-	if stale > 0 {
-		t.h.m.positionsStale.Add(float64(stale))
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// fanout is the topic's fan-out goroutine: it takes every queued position
+// as one batch and offers it to each feed under one mailbox lock. A client
+// that keeps up gets a batch of one at once; under load batches grow, and
+// the per-client cost is one lock per batch rather than per position.
+func (t *topic) fanout() {
+	for {
+		select {
+		case <-t.done:
+			return
+		case <-t.kick:
+		}
+		t.pmu.Lock()
+		batch := t.pending
+		t.pending = t.spare[:0]
+		for _, it := range batch {
+			t.pendAt[it.idx] = 0
+		}
+		t.pmu.Unlock()
+		var coalesced, stale int
+		for _, f := range *t.feeds.Load() {
+			c, s := f.mb.putBatch(f, batch)
+			coalesced += c
+			stale += s
+		}
+		if coalesced > 0 {
+			t.h.m.positionsCoalesced.Add(float64(coalesced))
+		}
+		if stale > 0 {
+			t.h.m.positionsStale.Add(float64(stale))
+		}
+		clear(batch)
+		t.spare = batch[:0]
 	}
 }
 
@@ -192,7 +253,11 @@ func (h *hub) close() {
 	defer h.mu.Unlock()
 	for id, t := range h.topics {
 		_ = t.sub.Unsubscribe()
+		close(t.done)
 		delete(h.topics, id)
 	}
 	h.m.topics.Set(0)
+	h.mu.Unlock()
+	h.fanout.Wait()
+	h.mu.Lock()
 }

@@ -129,6 +129,44 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 	return res
 }
 
+// putBatch offers several positions, at most one per device, to f under
+// one lock. It returns how many replaced a pending one and how many were
+// stale.
+func (mb *mailbox) putBatch(f *feed, items []snapItem) (coalesced, stale int) {
+	mb.mu.Lock()
+	if f.closed || mb.closed || mb.closing != nil {
+		mb.mu.Unlock()
+		return 0, 0
+	}
+	for _, it := range items {
+		if int(it.idx) >= len(f.slots) {
+			f.growSlots(int(it.idx) + 1)
+		}
+		sl := &f.slots[it.idx]
+		if it.ts <= sl.ts {
+			stale++
+			continue
+		}
+		sl.ts, sl.data = it.ts, it.data
+		if sl.pending {
+			coalesced++
+			continue
+		}
+		sl.pending = true
+		f.dirty = append(f.dirty, it.idx)
+		if f.ready && !f.queued {
+			f.queued = true
+			mb.feeds = append(mb.feeds, f)
+		}
+	}
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+	return coalesced, stale
+}
+
 func (f *feed) growSlots(n int) {
 	c := cap(f.slots)
 	if n <= c {

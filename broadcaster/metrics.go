@@ -12,6 +12,7 @@ type metrics struct {
 	positionsSent      prometheus.Counter
 	controlSent        prometheus.Counter
 	positionsCoalesced prometheus.Counter
+	fanoutCoalesced    prometheus.Counter
 	positionsStale     prometheus.Counter
 	messagesReceived   prometheus.Counter
 	messagesInvalid    prometheus.Counter
@@ -43,6 +44,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Control frames (subscribed, unsubscribed, error) written to clients."}),
 		positionsCoalesced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "positions_coalesced_total",
 			Help: "Pending positions replaced by a newer one of the same device before a slow client's writer was free."}),
+		fanoutCoalesced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "fanout_coalesced_total",
+			Help: "Positions replaced by a newer one of the same device before fan-out, because the topic's fan-out fell behind (overload: every client of the topic misses them)."}),
 		positionsStale: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "positions_stale_total",
 			Help: "Positions not delivered to a client because it already had a newer or equal one of that device."}),
 		messagesReceived: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "nats_messages_total",
@@ -68,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Slow-consumer errors of the broadcaster's NATS subscriptions (messages dropped by the client library)."}),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.subscriptions, m.topics, m.framesSent,
-		m.positionsSent, m.controlSent, m.positionsCoalesced, m.positionsStale, m.messagesReceived, m.messagesInvalid,
+		m.positionsSent, m.controlSent, m.positionsCoalesced, m.fanoutCoalesced, m.positionsStale, m.messagesReceived, m.messagesInvalid,
 		m.slowCloses, m.closes, m.requests, m.authLatency, m.snapshotLatency, m.snapshotPositions, m.natsDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
