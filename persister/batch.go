@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -162,13 +163,38 @@ func (p *persister) deadLetter(ctx context.Context, msg jetstream.Msg, reason co
 	_, err := p.js.PublishMsg(pctx, &nats.Msg{Subject: contract.DLQSubject, Data: msg.Data(), Header: h},
 		jetstream.WithMsgID(Worker+":"+streams.Positions+":"+seq))
 	if err != nil {
-		p.log.Warn("dead letter not published: message handed back", "err", err, "seq", seq, "reason", string(reason))
+		if n, ok := p.dlFailLog.allow(time.Now()); ok {
+			p.log.Warn("dead letter not published: message handed back", "err", err, "seq", seq, "reason", string(reason),
+				"not_logged_since_last", n)
+		}
 		p.nak(msg)
 		return
 	}
 	_ = msg.TermWithReason(string(reason)) //nolint:errcheck // the copy is safe; a lost Term redelivers into the same dead letter id
 	p.m.deadLetters.WithLabelValues(string(reason)).Inc()
-	p.log.Warn("message dead-lettered", "reason", string(reason), "seq", seq, "subject", msg.Subject(), "detail", headerValue(detail))
+	if n, ok := p.dlLog.allow(time.Now()); ok {
+		p.log.Warn("message dead-lettered", "reason", string(reason), "seq", seq, "subject", msg.Subject(),
+			"detail", headerValue(detail), "not_logged_since_last", n)
+	}
+}
+
+// limiter lets one log line through per second and counts the rest, so a
+// flood of bad messages costs one line a second, not one per message.
+type limiter struct {
+	mu      sync.Mutex
+	last    time.Time
+	dropped int
+}
+
+func (l *limiter) allow(now time.Time) (dropped int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.last) < time.Second {
+		l.dropped++
+		return 0, false
+	}
+	l.last, dropped, l.dropped = now, l.dropped, 0
+	return dropped, true
 }
 
 // headerValue makes s a single line of bounded length.

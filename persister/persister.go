@@ -58,6 +58,8 @@ type persister struct {
 	repairMu  sync.Mutex   // one repair at a time in this process
 	schemaGen atomic.Int64 // bumped after each Apply; a writer repairs only if none ran since it wrote
 
+	dlLog, dlFailLog limiter // dead-letter log lines, at most one a second each
+
 	runCtx       context.Context // parent of refills
 	refillMu     sync.Mutex      // guards refillCancel
 	refillCancel context.CancelFunc
