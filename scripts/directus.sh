@@ -18,7 +18,7 @@
 #                                   URL and the logins.
 #        scripts/directus.sh install   install only (warms the cache).
 #
-# Settings (env): TRM_DIRECTUS_VERSION (default 11.17.4; 12.4.0 works too, see
+# Settings (env): TRM_DIRECTUS_VERSION (default 11.17.4; shared DIRECTUS.md ran 12.4.0 the same way, this suite has not; see
 # docs/e2e.md), TRM_DIRECTUS_CACHE (default .data/directus).
 #
 # After directus_up these are exported:
