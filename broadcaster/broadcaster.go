@@ -81,6 +81,21 @@ type server struct {
 	handlers sync.WaitGroup // /ws-live handlers in flight (each holds a session)
 }
 
+// sendBufferListener sets the kernel send buffer of every accepted TCP
+// connection: what sits there cannot be coalesced any more.
+type sendBufferListener struct {
+	net.Listener
+	size int
+}
+
+func (l sendBufferListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(l.size)
+	}
+	return c, err
+}
+
 type reject struct {
 	code   int
 	reason string
@@ -131,6 +146,9 @@ func newServer(cfg Config) (*server, error) {
 		}
 	}
 	srv.ln = ln
+	if cfg.SocketSendBuffer > 0 {
+		srv.ln = sendBufferListener{ln, cfg.SocketSendBuffer}
+	}
 
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("broadcaster"),

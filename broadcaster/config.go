@@ -69,6 +69,13 @@ type Config struct {
 	// Defaults 500 and 128 KiB. A frame always holds at least one position.
 	FrameMaxPositions int
 	FrameMaxBytes     int
+	// SocketSendBuffer is the kernel send buffer of each WebSocket
+	// connection in bytes (BROADCASTER_SOCKET_SEND_BUFFER). Default 64 KiB;
+	// -1 keeps the operating system's autotuned buffer. Positions in the
+	// kernel buffer can no longer be coalesced, so a small buffer keeps a
+	// slow client's view fresh; a large one helps only raw throughput on
+	// long links.
+	SocketSendBuffer int
 	// Writers is the number of goroutines that build and queue frames
 	// (BROADCASTER_WRITERS). Default 2 × GOMAXPROCS.
 	Writers int
@@ -135,6 +142,7 @@ func (c Config) withDefaults() Config {
 	defInt(&c.FrameMaxPositions, 500)
 	defInt(&c.FrameMaxBytes, 128<<10)
 	defInt(&c.Writers, 2*runtime.GOMAXPROCS(0))
+	defInt(&c.SocketSendBuffer, 64<<10)
 	defDur(&c.PingPeriod, 30*time.Second)
 	defDur(&c.PongWait, 60*time.Second)
 	defDur(&c.WriteWait, 10*time.Second)
@@ -171,6 +179,8 @@ func (c Config) Validate() error {
 		return errors.New("BROADCASTER_FRAME_MAX_POSITIONS: must be at least 1")
 	case c.FrameMaxBytes < 1024:
 		return errors.New("BROADCASTER_FRAME_MAX_BYTES: must be at least 1024")
+	case c.SocketSendBuffer < -1 || c.SocketSendBuffer > 0 && c.SocketSendBuffer < 4096:
+		return errors.New("BROADCASTER_SOCKET_SEND_BUFFER: must be -1 (system default) or at least 4096")
 	case c.Writers < 1:
 		return errors.New("BROADCASTER_WRITERS: must be at least 1")
 	case c.PingPeriod <= 0 || c.PingPeriod >= c.PongWait:
@@ -248,12 +258,12 @@ func (c Config) String() string {
 	return fmt.Sprintf("NATS_URL=%s HTTP_ADDR=%s LOG_LEVEL=%s LOG_FORMAT=%s"+
 		" BROADCASTER_COOKIE_NAME=%s BROADCASTER_ALLOWED_ORIGINS=%s BROADCASTER_AUTH_TIMEOUT=%s BROADCASTER_REAUTH_INTERVAL=%s"+
 		" BROADCASTER_MAX_CONNS_PER_USER=%d BROADCASTER_MAX_SUBSCRIPTIONS=%d BROADCASTER_MSG_RATE=%g BROADCASTER_MSG_BURST=%d"+
-		" BROADCASTER_CONTROL_QUEUE=%d BROADCASTER_FRAME_MAX_POSITIONS=%d BROADCASTER_FRAME_MAX_BYTES=%d BROADCASTER_WRITERS=%d"+
+		" BROADCASTER_CONTROL_QUEUE=%d BROADCASTER_FRAME_MAX_POSITIONS=%d BROADCASTER_FRAME_MAX_BYTES=%d BROADCASTER_SOCKET_SEND_BUFFER=%d BROADCASTER_WRITERS=%d"+
 		" BROADCASTER_PING_PERIOD=%s BROADCASTER_PONG_WAIT=%s BROADCASTER_WRITE_WAIT=%s BROADCASTER_SNAPSHOT_TIMEOUT=%s BROADCASTER_SHUTDOWN_TIMEOUT=%s",
 		maskURL(c.NATSURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		c.CookieName, origins, c.AuthTimeout, c.ReauthInterval,
 		c.MaxConnsPerUser, c.MaxSubscriptions, c.MsgRate, c.MsgBurst,
-		c.ControlQueue, c.FrameMaxPositions, c.FrameMaxBytes, c.Writers,
+		c.ControlQueue, c.FrameMaxPositions, c.FrameMaxBytes, c.SocketSendBuffer, c.Writers,
 		c.PingPeriod, c.PongWait, c.WriteWait, c.SnapshotTimeout, c.ShutdownTimeout) + " " + c.Replay.String()
 }
 
@@ -329,6 +339,7 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	num(&c.ControlQueue, "control-queue", "BROADCASTER_CONTROL_QUEUE", "control frames queued per client before it is closed")
 	num(&c.FrameMaxPositions, "frame-max-positions", "BROADCASTER_FRAME_MAX_POSITIONS", "positions per frame")
 	num(&c.FrameMaxBytes, "frame-max-bytes", "BROADCASTER_FRAME_MAX_BYTES", "bytes per positions frame")
+	num(&c.SocketSendBuffer, "socket-send-buffer", "BROADCASTER_SOCKET_SEND_BUFFER", "kernel send buffer per connection in bytes; -1 = system default")
 	num(&c.Writers, "writers", "BROADCASTER_WRITERS", "frame-building goroutines")
 	dur(&c.PingPeriod, "ping-period", "BROADCASTER_PING_PERIOD", "WebSocket ping period")
 	dur(&c.PongWait, "pong-wait", "BROADCASTER_PONG_WAIT", "close after this long without a pong")

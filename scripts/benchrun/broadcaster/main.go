@@ -24,6 +24,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -59,7 +60,8 @@ var (
 	devicesF = flag.Int("devices", 500, "devices of the event")
 	ratesF   = flag.String("rates", "1,10", "positions per second per device")
 	duration = flag.Duration("duration", 10*time.Second, "measurement window of each run")
-	sweepF   = flag.String("sweep", "1000,2000,4000", "device counts at 10 Hz and the largest client count, for the highest rate with staleness p99 < 250 ms; empty skips")
+	sweepF   = flag.String("sweep", "50,100,200,350", "device counts at 10 Hz and the largest client count, for the highest rate with staleness p99 < 250 ms (the -devices run is added); empty skips")
+	rcvbufF  = flag.Int("rcvbuf", 64<<10, "SO_RCVBUF of each load client in bytes, 0 = system autotuning (see the docs)")
 	idleF    = flag.Int("idle", 2000, "idle connections for the per-connection memory; 0 skips")
 	natsURL  = flag.String("nats", "", "internal: NATS URL")
 	debugF   = flag.String("debug", "", "internal: address of the server role's /mem endpoint")
@@ -197,7 +199,8 @@ func coordinate() error {
 	if err := waitHTTP("http://"+c.rawAddr+"/ready", 30*time.Second); err != nil {
 		return fmt.Errorf("raw server not ready: %w", err)
 	}
-	fmt.Printf("broadcaster pid %d, raw server pid %d; %d devices, window %s per run\n\n", c.srvCmd.Process.Pid, c.rawCmd.Process.Pid, *devicesF, *duration)
+	fmt.Printf("broadcaster pid %d (profile: http://%s/debug/pprof/profile), raw server pid %d; %d devices, window %s per run\n\n",
+		c.srvCmd.Process.Pid, c.debugAddr, c.rawCmd.Process.Pid, *devicesF, *duration)
 
 	cs := ints(*clientsF)
 	rates := ints(*ratesF)
@@ -218,7 +221,8 @@ func coordinate() error {
 				return err
 			}
 			ceiling[fmt.Sprint(n, "/", per)] = r
-			fmt.Printf("raw ceiling  C=%-5d %2d pos/frame: %10.0f frames/s %11.0f positions/s\n", n, per, r.FramesPerSec, r.PositionsPerSec)
+			fmt.Printf("raw ceiling  C=%-5d %2d pos/frame: %10.0f frames/s %11.0f positions/s   load CPU %.2f cores, load average %s\n",
+				n, per, r.FramesPerSec, r.PositionsPerSec, r.LoadCPU, loadavg())
 		}
 	}
 	fmt.Println()
@@ -240,7 +244,9 @@ func coordinate() error {
 		n := slices.Max(cs)
 		fmt.Printf("\nsweep at C=%d, 10 Hz: highest offered rate with staleness p99 < 250 ms\n", n)
 		best := 0.0
-		for _, d := range append([]int{*devicesF}, sweep...) {
+		sweep = append(sweep, *devicesF)
+		slices.Sort(sweep)
+		for _, d := range slices.Compact(sweep) {
 			r, err := c.broadcastRun(n, d, 10)
 			if err != nil {
 				return err
@@ -263,8 +269,9 @@ func (c *coord) print(r result, n, devices, hz int, ceiling map[string]result) {
 	fmt.Printf("C=%-5d %4d dev × %2d Hz  offered %9.0f pos/s  delivered %9.0f pos/s (%.2f of batched ceiling)  %8.0f frames/s (%.2f of 1-pos ceiling) %5.1f pos/frame\n",
 		n, devices, hz, offered, r.PositionsPerSec, r.PositionsPerSec/fifty.PositionsPerSec, r.FramesPerSec, r.FramesPerSec/one.FramesPerSec,
 		r.PositionsPerSec/max(r.FramesPerSec, 1))
-	fmt.Printf("        latency p50 %4d ms p99 %5d ms   staleness p50 %4d ms p99 %5d ms   latest of every device: %d/%d clients   RSS %s\n",
-		r.LatP50, r.LatP99, r.StaleP50, r.StaleP99, r.Complete, r.Clients, mib(r.RSS))
+	fmt.Printf("        load average %s\n", loadavg())
+	fmt.Printf("        latency p50 %4d ms p99 %5d ms   staleness p50 %4d ms p99 %5d ms   latest of every device: %d/%d clients   RSS %s   CPU broadcaster %.2f load %.2f cores\n",
+		r.LatP50, r.LatP99, r.StaleP50, r.StaleP99, r.Complete, r.Clients, mib(r.RSS), r.ServerCPU, r.LoadCPU)
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
@@ -330,6 +337,8 @@ type result struct {
 	StaleP99        int     `json:"stale_p99_ms"`
 	Complete        int     `json:"complete"`
 	RSS             int64   `json:"-"`
+	ServerCPU       float64 `json:"-"` // broadcaster CPU seconds per second of the window
+	LoadCPU         float64 `json:"load_cpu"`
 }
 
 // load is a running -role load process.
@@ -341,7 +350,8 @@ type load struct {
 
 func startLoad(url string, n int, topic string, period time.Duration) (*load, error) {
 	self, _ := os.Executable()
-	cmd := exec.Command(self, "-role", "load", "-url", url, "-n", strconv.Itoa(n), "-topic", topic, "-period", period.String())
+	cmd := exec.Command(self, "-role", "load", "-url", url, "-n", strconv.Itoa(n), "-topic", topic, "-period", period.String(),
+		"-rcvbuf", strconv.Itoa(*rcvbufF))
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	outPipe, _ := cmd.StdoutPipe()
@@ -412,8 +422,10 @@ func (c *coord) broadcastRun(n, devices, hz int) (result, error) {
 	// Warm-up of one period, then the measured window.
 	last := c.publish(names, period, period)
 	l.send("GO")
+	cpu0, t0 := cpuSeconds(c.srvCmd.Process.Pid), time.Now()
 	last = c.publish(names, period, *duration)
 	l.send("END")
+	serverCPU := (cpuSeconds(c.srvCmd.Process.Pid) - cpu0) / time.Since(t0).Seconds()
 	final, _ := json.Marshal(last)
 	l.send("FINAL " + string(final))
 	line, err := l.expect("RESULT")
@@ -425,7 +437,34 @@ func (c *coord) broadcastRun(n, devices, hz int) (result, error) {
 		return result{}, err
 	}
 	r.RSS = rss(c.srvCmd.Process.Pid)
+	r.ServerCPU = serverCPU
 	return r, nil
+}
+
+// loadavg is the machine's 1-minute load average: other work on the
+// machine skews every figure.
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
+// cpuSeconds is the user+system CPU time of a process.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which ends with ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
 }
 
 // publish sends one position per device every period for d, each with the
@@ -527,6 +566,7 @@ func runServer() error {
 			runtime.ReadMemStats(&ms)
 			fmt.Fprintf(w, "%d %d %d\n", ms.HeapInuse, rss(os.Getpid()), runtime.NumGoroutine())
 		})
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		_ = http.ListenAndServe(*debugF, mux)
 	}()
 	reg := prometheus.NewRegistry()
@@ -636,6 +676,18 @@ func runLoad() error {
 	cls := make([]*lclient, *nF)
 	hdr := http.Header{}
 	dialer := websocket.Dialer{HandshakeTimeout: 30 * time.Second}
+	if *rcvbufF > 0 {
+		// A CPU-starved load generator would otherwise queue megabytes of
+		// old frames in its own kernel buffers, which no server can
+		// coalesce; a browser has its own CPU.
+		dialer.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetReadBuffer(*rcvbufF)
+			}
+			return c, err
+		}
+	}
 	var connected sync.WaitGroup
 	sem := make(chan struct{}, 64)
 	errs := make(chan error, *nF)
@@ -698,11 +750,13 @@ func runLoad() error {
 	fmt.Println("READY")
 
 	var start, stop time.Time
+	var cpuStart, loadCPU float64
 	var samplerDone chan struct{}
 	for in.Scan() {
 		line := in.Text()
 		switch {
 		case line == "GO":
+			cpuStart = cpuSeconds(os.Getpid())
 			frames.Store(0)
 			positions.Store(0)
 			start = time.Now()
@@ -716,12 +770,13 @@ func runLoad() error {
 		case line == "END":
 			counting.Store(false)
 			stop = time.Now()
+			loadCPU = (cpuSeconds(os.Getpid()) - cpuStart) / stop.Sub(start).Seconds()
 			if samplerDone != nil {
 				<-samplerDone
 			}
 			if *topicF == "raw" {
 				printResult(result{Clients: len(cls), FramesPerSec: float64(frames.Load()) / stop.Sub(start).Seconds(),
-					PositionsPerSec: float64(positions.Load()) / stop.Sub(start).Seconds()})
+					PositionsPerSec: float64(positions.Load()) / stop.Sub(start).Seconds(), LoadCPU: loadCPU})
 			}
 		case strings.HasPrefix(line, "FINAL "):
 			var final map[string]int64
@@ -741,7 +796,7 @@ func runLoad() error {
 			}
 			secs := stop.Sub(start).Seconds()
 			printResult(result{Clients: len(cls), FramesPerSec: float64(frames.Load()) / secs, PositionsPerSec: float64(positions.Load()) / secs,
-				LatP50: lat.pct(50), LatP99: lat.pct(99), StaleP50: stale.pct(50), StaleP99: stale.pct(99), Complete: complete})
+				LatP50: lat.pct(50), LatP99: lat.pct(99), StaleP50: stale.pct(50), StaleP99: stale.pct(99), Complete: complete, LoadCPU: loadCPU})
 		}
 	}
 	for _, c := range cls {
