@@ -60,3 +60,7 @@ replace trm-live/persister => ../persister
 require trm-live/broadcaster v0.0.0
 
 replace trm-live/broadcaster => ../broadcaster
+
+require trm-live/deploy/verify v0.0.0
+
+replace trm-live/deploy/verify => ../deploy/verify
