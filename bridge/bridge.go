@@ -95,6 +95,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
+	// No hidden retries: a retried XREADGROUP whose first reply was lost
+	// would leave that batch pending unseen. Every call is in a retry
+	// loop of ours that knows what to do.
+	ropts.MaxRetries = -1
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 

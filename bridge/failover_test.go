@@ -79,6 +79,7 @@ func TestRedisRestartMidRun(t *testing.T) {
 	e.add(0, n/2, devices)
 	cfg, reg := e.config("a")
 	cfg.Batch = 200
+	cfg.ClaimInterval = time.Hour // no safety net: the reader itself must recover
 	e.start(cfg)
 	testkit.Eventually(t, 30*time.Second, func() error {
 		if got := e.msgs(streams.Positions); got == 0 {

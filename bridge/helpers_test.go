@@ -189,18 +189,28 @@ func (e *env) xadd(fields map[string]any) string {
 // msgs is the number of messages in a JetStream stream (0 when missing).
 func (e *env) msgs(name string) uint64 {
 	e.t.Helper()
-	s, err := e.js.Stream(context.Background(), name)
+	n, err := e.msgsErr(name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+func (e *env) msgsErr(name string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := e.js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return 0
+		return 0, nil
 	}
 	if err != nil {
-		e.t.Fatalf("stream %s: %v", name, err)
+		return 0, fmt.Errorf("stream %s: %w", name, err)
 	}
-	info, err := s.Info(context.Background())
+	info, err := s.Info(ctx)
 	if err != nil {
-		e.t.Fatalf("stream info %s: %v", name, err)
+		return 0, fmt.Errorf("stream info %s: %w", name, err)
 	}
-	return info.State.Msgs
+	return info.State.Msgs, nil
 }
 
 // subjects counts the POSITIONS messages per subject matching filter.
@@ -234,7 +244,11 @@ func (e *env) pending() int64 {
 func (e *env) waitAll(want uint64, timeout time.Duration) {
 	e.t.Helper()
 	testkit.Eventually(e.t, timeout, func() error {
-		got, p := e.msgs(streams.Positions), e.pending()
+		got, err := e.msgsErr(streams.Positions)
+		if err != nil {
+			return err
+		}
+		p := e.pending()
 		if got != want || p != 0 {
 			return fmt.Errorf("POSITIONS has %d messages (want %d), %d entries pending", got, want, p)
 		}

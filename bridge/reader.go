@@ -30,6 +30,28 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 	if !b.ensureGroups(intake) {
 		return nil
 	}
+	// The next XREADGROUP runs while the previous batch is processed, so
+	// Redis round trips overlap with parsing and publishing.
+	batches := make(chan []redis.XStream, 1)
+	processed := make(chan struct{})
+	go func() {
+		defer close(processed)
+		for res := range batches {
+			for _, xs := range res {
+				si := b.streamIndex[xs.Stream]
+				for _, msg := range xs.Messages {
+					if b.handle(ctx, si, msg) != nil {
+						return // the pipeline is stopping
+					}
+				}
+			}
+		}
+	}()
+	defer func() {
+		close(batches)
+		<-processed
+	}()
+
 	n := len(b.cfg.Streams)
 	cursors := make([]string, n)
 	for i := range cursors {
@@ -71,6 +93,12 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 			if b.redisOK.Swap(false) {
 				b.log.Warn("redis read failed; retrying with backoff", "err", err)
 			}
+			// Redis may have delivered the batch whose reply was lost: it is
+			// pending under our name. Re-read our pending list (entries in
+			// flight are skipped by handle).
+			for i := range cursors {
+				cursors[i] = "0"
+			}
 			if sleep(intake, backoff(failures)) != nil {
 				return nil
 			}
@@ -95,15 +123,17 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 					cursors[si] = xs.Messages[len(xs.Messages)-1].ID
 				}
 			}
-			for _, msg := range xs.Messages {
-				if err := b.handle(ctx, si, msg); err != nil {
-					return nil // the pipeline is stopping
-				}
-			}
 		}
 		for si := range cursors {
 			if !seen[si] {
 				cursors[si] = newEntries
+			}
+		}
+		if len(res) > 0 {
+			select {
+			case batches <- res:
+			case <-processed:
+				return nil // the pipeline is stopping
 			}
 		}
 	}
