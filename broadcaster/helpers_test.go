@@ -77,6 +77,9 @@ func (a *fakeAuth) stop() {
 	a.mu.Unlock()
 	if svc != nil {
 		_ = svc.Stop()
+		// Stop drains asynchronously: a round trip makes sure the server
+		// has dropped the endpoints' interest before the test goes on.
+		_ = a.nc.Flush()
 	}
 }
 
