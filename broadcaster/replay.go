@@ -55,8 +55,10 @@ type replay struct {
 
 	// Owned by run.
 	src     *source
-	srcDone bool    // src delivered everything
-	head    *srcPos // next position to deliver
+	srcDone bool                  // src delivered everything
+	head    *srcPos               // next position to deliver
+	parked  map[int32][]parkedPos // by device index, oldest first
+	parkedN int
 	devices map[string]int32
 	state   string
 	speed   ws.Speed
@@ -366,6 +368,11 @@ func (r *replay) run() {
 					return
 				}
 				continue
+			case <-r.feed.taken:
+				if !r.unpark() {
+					return
+				}
+				continue
 			case <-r.ctx.Done():
 				return
 			}
@@ -373,25 +380,37 @@ func (r *replay) run() {
 		if r.head == nil {
 			// The source ended. Control frames overtake positions, so
 			// replay_end waits until the client took every position.
-			if r.c.mb.feedPending(r.feed) == 0 {
+			if len(r.parked) == 0 && r.c.mb.feedPending(r.feed) == 0 {
 				r.end()
 				return
 			}
+			timer.Reset(r.srv.cfg.Replay.MaxLag)
 			select {
 			case <-r.feed.taken:
+			case <-timer.C:
 			case req := <-r.ctl:
 				if !r.control(req) {
 					return
 				}
 			case <-r.ctx.Done():
+				return
+			}
+			timer.Stop()
+			if !r.unpark() {
 				return
 			}
 			continue
 		}
 		if r.state == ws.StatePaused {
+			// Positions parked before the pause were due before it: they
+			// still go as the client takes the previous ones.
 			select {
 			case req := <-r.ctl:
 				if !r.control(req) {
+					return
+				}
+			case <-r.feed.taken:
+				if !r.unpark() {
 					return
 				}
 			case <-r.ctx.Done():
@@ -399,29 +418,38 @@ func (r *replay) run() {
 			}
 			continue
 		}
-		var due time.Time
-		if !r.speed.IsMax() {
-			due = r.due(r.head.ts)
-			// Under a millisecond ahead: deliver now rather than arm a
-			// timer for it (the schedule's own resolution is the ms).
-			// Otherwise wake at the next tick of the schedule, so that the
-			// positions due within one tick reach the mailbox together and
-			// leave in one frame rather than one frame each.
-			if d := time.Until(due); d > time.Millisecond {
-				since := due.Sub(r.wall)
-				wake := r.wall.Add((since + replayTick - 1) / replayTick * replayTick)
-				timer.Reset(time.Until(wake))
-				select {
-				case <-timer.C:
-				case req := <-r.ctl:
-					timer.Stop()
-					if !r.control(req) {
-						return
-					}
-					continue
-				case <-r.ctx.Done():
+		if r.speed.IsMax() {
+			if !r.deliverMax() {
+				return
+			}
+			continue
+		}
+		due := r.due(r.head.ts)
+		// Under a millisecond ahead: deliver now rather than arm a timer
+		// for it (the schedule's own resolution is the ms). Otherwise wake
+		// at the next tick of the schedule, so that the positions due
+		// within one tick reach the mailbox together and leave in one frame
+		// rather than one frame each.
+		if d := time.Until(due); d > time.Millisecond {
+			since := due.Sub(r.wall)
+			wake := r.wall.Add((since + replayTick - 1) / replayTick * replayTick)
+			timer.Reset(time.Until(wake))
+			select {
+			case <-timer.C:
+			case req := <-r.ctl:
+				timer.Stop()
+				if !r.control(req) {
 					return
 				}
+				continue
+			case <-r.feed.taken:
+				timer.Stop()
+				if !r.unpark() {
+					return
+				}
+				continue
+			case <-r.ctx.Done():
+				return
 			}
 		}
 		if !r.deliver(due) {
@@ -459,59 +487,154 @@ func (r *replay) status() ws.ReplayStatus {
 	return st
 }
 
-// deliver puts r.head into the feed. A device whose previous position the
-// client has not taken yet makes it wait: as long as needed at "max"
-// (the client's reading rate bounds the speed), at most MaxLag otherwise,
-// after which the older position is replaced (drop-oldest, as live).
-// It returns false when the replay must end.
-func (r *replay) deliver(due time.Time) bool {
-	p := r.head
-	idx, ok := r.devices[p.device]
+// parkedPos is a position waiting for its device's previous one to be
+// taken by the client's writer.
+type parkedPos struct {
+	srcPos
+	due   time.Time
+	since time.Time // when it was parked
+}
+
+// maxParked bounds the positions parked by one replay (about 2 MB);
+// past it a device's oldest parked position is dropped, or its pending
+// one replaced, as the mailbox drops the oldest. MaxLag usually drops
+// first: it bounds a device's parked positions to about speed × fix rate
+// × MaxLag.
+const maxParked = 8192
+
+func (r *replay) index(device string) int32 {
+	idx, ok := r.devices[device]
 	if !ok {
 		idx = int32(len(r.devices))
-		r.devices[p.device] = idx
+		r.devices[device] = idx
 	}
-	var deadline <-chan time.Time
-	for {
-		res := r.c.mb.putReplay(r.feed, idx, p.ts, p.data, false)
-		if res != putBusy {
+	return idx
+}
+
+// deliver hands r.head, due at due, to the feed. The mailbox holds one
+// pending position per device; when the device's previous position is
+// still pending (a client reading slower than the schedule, for a moment
+// or for good), the new one is parked rather than replacing it, and the
+// replay goes on with the other devices. Parked positions go to the
+// mailbox, in order, as the writer takes the previous ones (unpark); one
+// parked longer than MaxLag replaces the pending one instead (drop-oldest,
+// as live). It returns false when the replay must end.
+func (r *replay) deliver(due time.Time) bool {
+	p := r.head
+	r.head = nil
+	idx := r.index(p.device)
+	if len(r.parked) > 0 {
+		if !r.unpark() {
+			return false
+		}
+		if q := r.parked[idx]; len(q) > 0 {
+			r.park(idx, p, due)
+			return true
+		}
+	}
+	switch r.c.mb.putReplay(r.feed, idx, p.ts, p.data, false) {
+	case putClosed:
+		return false
+	case putBusy:
+		r.park(idx, p, due)
+	case putStale: // a late arrival older than what the client has
+	default:
+		r.delivered(p.ts, due)
+	}
+	return true
+}
+
+func (r *replay) park(idx int32, p *srcPos, due time.Time) {
+	if r.parked == nil {
+		r.parked = make(map[int32][]parkedPos)
+	}
+	q := r.parked[idx]
+	if r.parkedN >= maxParked {
+		r.srv.m.positionsCoalesced.Inc()
+		if len(q) == 0 {
+			// Nothing of the device parked: replace its pending position.
+			if r.c.mb.putReplay(r.feed, idx, p.ts, p.data, true) != putClosed {
+				r.delivered(p.ts, due)
+			}
+			return
+		}
+		q = q[1:]
+		r.parkedN--
+	}
+	r.parked[idx] = append(q, parkedPos{srcPos: *p, due: due, since: time.Now()})
+	r.parkedN++
+}
+
+// unpark moves parked positions into the mailbox where their device's slot
+// is free, and forces those parked longer than MaxLag (replacing the
+// pending one). It returns false when the feed is closed.
+func (r *replay) unpark() bool {
+	maxLag := r.srv.cfg.Replay.MaxLag
+	for idx, q := range r.parked {
+		for len(q) > 0 {
+			pp := q[0]
+			force := time.Since(pp.since) > maxLag
+			res := r.c.mb.putReplay(r.feed, idx, pp.ts, pp.data, force)
 			if res == putClosed {
 				return false
 			}
-			break
+			if res == putBusy {
+				break
+			}
+			switch res {
+			case putCoalesced:
+				r.srv.m.positionsCoalesced.Inc()
+				r.delivered(pp.ts, pp.due)
+			case putQueued:
+				r.delivered(pp.ts, pp.due)
+			}
+			q = q[1:]
+			r.parkedN--
 		}
-		if deadline == nil && !r.speed.IsMax() {
-			t := time.NewTimer(r.srv.cfg.Replay.MaxLag)
-			defer t.Stop()
-			deadline = t.C
+		if len(q) == 0 {
+			delete(r.parked, idx)
+		} else {
+			r.parked[idx] = q
 		}
-		select {
-		case <-r.feed.taken:
-			continue
-		case <-deadline:
-			if r.c.mb.putReplay(r.feed, idx, p.ts, p.data, true) == putClosed {
+	}
+	return true
+}
+
+// delivered records a position handed to the mailbox.
+func (r *replay) delivered(ts int64, due time.Time) {
+	// Positions before the replay clock's anchor arrived late in the
+	// stream: not a pacing miss.
+	if !due.IsZero() && ts >= r.at.UnixMilli() {
+		r.srv.replayMetrics.pacingError.Observe(max(0, time.Since(due).Seconds()))
+	}
+	r.srv.replayMetrics.positions.Inc()
+}
+
+// deliverMax hands r.head to the feed at "max": when the device's previous
+// position is still pending it waits for the client's writer, so the
+// client's reading rate is the speed and nothing is dropped.
+func (r *replay) deliverMax() bool {
+	p := r.head
+	idx := r.index(p.device)
+	for {
+		switch r.c.mb.putReplay(r.feed, idx, p.ts, p.data, false) {
+		case putClosed:
+			return false
+		case putBusy:
+			select {
+			case <-r.feed.taken:
+				continue
+			case req := <-r.ctl:
+				// A control may drop or reschedule the head (seek, pause).
+				return r.control(req)
+			case <-r.ctx.Done():
 				return false
 			}
-			r.srv.m.positionsCoalesced.Inc()
-		case req := <-r.ctl:
-			// A control may drop or reschedule the head (seek, pause).
-			return r.control(req)
-		case <-r.ctx.Done():
-			return false
 		}
 		break
 	}
-	if !due.IsZero() {
-		// Positions before the replay clock's anchor arrived late in the
-		// stream: not a pacing miss.
-		if at := r.at.UnixMilli(); p.ts >= at {
-			r.srv.replayMetrics.pacingError.Observe(max(0, time.Since(due).Seconds()))
-		}
-	}
-	if r.speed.IsMax() {
-		r.at = time.UnixMilli(p.ts).UTC()
-	}
-	r.srv.replayMetrics.positions.Inc()
+	r.at = time.UnixMilli(p.ts).UTC()
+	r.delivered(p.ts, time.Time{})
 	r.head = nil
 	return true
 }
@@ -552,6 +675,8 @@ func (r *replay) seek(req ws.Request) bool {
 	}
 	r.src.close(r.srv)
 	r.src, r.head = nil, nil
+	clear(r.parked)
+	r.parkedN = 0
 	src, snap, err := r.openSource(r.ctx, to)
 	if err != nil {
 		r.failed(err)

@@ -91,7 +91,7 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 	}
 	srv.replayMetrics.consumers.Inc()
 	sctx, cancel := context.WithCancel(context.Background())
-	src := &source{js: srv.js, name: name, ch: make(chan srcPos, srv.cfg.Replay.Buffer), cancel: cancel,
+	src := &source{js: srv.js, name: name, ch: make(chan srcPos, min(srv.cfg.Replay.Buffer, 256)), cancel: cancel,
 		done: make(chan struct{}), invalid: srv.m.messagesInvalid.Inc}
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
 		close(src.ch)

@@ -3,7 +3,9 @@ package broadcaster
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -212,7 +214,10 @@ func (fr *frameReader) expect(typ string, code ws.Code) rframe {
 // parallel tests start, so the schedule is measured on a machine that is
 // not also busy with this package's other tests.
 func TestReplayPaced(t *testing.T) {
-	e, ev := newReplayEnv(t, nil)
+	// This test is about the schedule and the order: a hiccup of the
+	// machine must delay positions, not drop them (TestReplaySlowClient
+	// covers the drops).
+	e, ev := newReplayEnv(t, func(c *Config) { c.Replay.MaxLag = 5 * time.Second })
 	r := publishReplayRace(e, ev, 50, 600)
 	c := e.connect("c1")
 	fr := readFrames(t, c)
@@ -235,9 +240,9 @@ func TestReplayPaced(t *testing.T) {
 	}
 	k := newSeqCheck(t, r)
 	k.start(snap)
-	// The machine's own timer lateness while the replay runs (see
-	// schedProbe).
-	probe := startSchedProbe()
+	// How long this process's threads wait for a core while the replay
+	// runs (see runQueueWait).
+	wait0, wall0 := runQueueWait(t), time.Now()
 	// Read everything first (raw, time-stamped), then decode.
 	var got []rframe
 	for more := true; more; {
@@ -274,13 +279,18 @@ func TestReplayPaced(t *testing.T) {
 	if want := r.devices * (r.seconds - 3); k.n != want {
 		t.Fatalf("%d positions delivered, want %d", k.n, want)
 	}
-	noise := probe.stop()
+	starved := float64(runQueueWait(t)-wait0) / float64(time.Since(wall0))
 	slices.Sort(errs)
 	p50, p99, worst, early := errs[len(errs)/2], errs[len(errs)*99/100], errs[len(errs)-1], errs[0]
-	t.Logf("pacing error over %d positions at 60x: p50 %s p99 %s max %s min %s; timer lateness of the machine meanwhile: p99 %s",
-		len(errs), p50, p99, worst, early, noise)
-	if limit := 50*time.Millisecond + 3*noise; p99 >= limit {
-		t.Fatalf("pacing error p99 %s, want < 50ms + 3 × the machine's timer lateness p99 (%s) = %s", p99, noise, limit)
+	t.Logf("pacing error over %d positions at 60x: p50 %s p99 %s max %s min %s; threads waiting for a core meanwhile: %.2f on average",
+		len(errs), p50, p99, worst, early, starved)
+	switch {
+	case p99 < 50*time.Millisecond:
+	case starved > maxStarved:
+		t.Logf("p99 %s over 50ms, not asserted: the machine is saturated (on average %.2f of this process's threads waited for a core, limit %.2f)",
+			p99, starved, maxStarved)
+	default:
+		t.Fatalf("pacing error p99 %s, want < 50ms", p99)
 	}
 	if early < -2*time.Millisecond { // the status's wall is in ms
 		t.Fatalf("a position arrived %s before its schedule", -early)
@@ -646,44 +656,38 @@ func TestReplayDisconnect(t *testing.T) {
 	})
 }
 
-// schedProbe measures how late a plain 5 ms sleep wakes up on this machine
-// while a test runs. On an idle machine it is well under a millisecond; on
-// one whose cores are all taken by other processes it reaches tens or
-// hundreds of milliseconds, and no timed delivery can do better. The paced
-// replay test grants its 50 ms bound that lateness three times (pacer,
-// writer and reader each wait for a core), so it still fails when the
-// replay itself is late but not when the machine is.
-type schedProbe struct {
-	stopc chan struct{}
-	done  chan time.Duration
-}
+// maxStarved is the run-queue wait (runQueueWait per second of wall
+// time) past which TestReplayPaced does not assert its timing bound.
+const maxStarved = 0.3
 
-func startSchedProbe() *schedProbe {
-	p := &schedProbe{stopc: make(chan struct{}), done: make(chan time.Duration, 1)}
-	go func() {
-		var late []time.Duration
-		for {
-			select {
-			case <-p.stopc:
-				slices.Sort(late)
-				if len(late) == 0 {
-					p.done <- 0
-				} else {
-					p.done <- late[len(late)*99/100]
-				}
-				return
-			default:
-			}
-			start := time.Now()
-			time.Sleep(5 * time.Millisecond)
-			late = append(late, max(0, time.Since(start)-5*time.Millisecond))
+// runQueueWait is the time this process's threads have spent runnable but
+// waiting for a core (the second field of Linux's per-thread schedstat).
+// Pacing is real-time work: when other processes take the cores, every
+// handoff of the pipeline (consumer, pacer, writer, socket, reader) waits
+// its turn and no schedule can be kept; the test then reports its figures
+// without asserting the 50 ms bound. On a machine that is merely busy the
+// wait stays well under maxStarved and the bound holds. Where schedstat is
+// missing it returns 0, and the bound is always asserted.
+func runQueueWait(t testing.TB) time.Duration {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return 0
+	}
+	var sum time.Duration
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread ended
 		}
-	}()
-	return p
-}
-
-// stop ends the probe and returns the p99 lateness.
-func (p *schedProbe) stop() time.Duration {
-	close(p.stopc)
-	return <-p.done
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			continue
+		}
+		ns, err := strconv.ParseInt(f[1], 10, 64)
+		if err == nil {
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
 }
