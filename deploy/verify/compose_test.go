@@ -616,20 +616,27 @@ func checkServicePort(t *testing.T, c *composeFile, file, sname string, svc map[
 		return
 	}
 	if workerOf(svc) == "trm-dev" {
-		// The dev binary listens on its own loopback; a socat sidecar in its
-		// network namespace listens for Traefik.
+		// The dev binary listens on its own loopback only; a socat sidecar in
+		// its network namespace listens for Traefik.
 		for side, s := range c.services() {
 			if s["network_mode"] != "service:"+sname {
 				continue
 			}
+			listens, forwards := false, false
+			want := "TCP:127.0.0.1:" + devBroadcasterPort(t)
 			for _, arg := range asStrings(s["command"]) {
 				if rest, ok := strings.CutPrefix(arg, "TCP-LISTEN:"); ok {
-					if p, _, _ := strings.Cut(rest, ","); p == port {
-						return
-					}
+					p, _, _ := strings.Cut(rest, ",")
+					listens = listens || p == port
 				}
+				forwards = forwards || arg == want
 			}
-			t.Errorf("%s: router %s sends to port %s, which sidecar %s does not listen on", file, r.name, port, side)
+			if !listens {
+				t.Errorf("%s: router %s sends to port %s, which sidecar %s does not listen on", file, r.name, port, side)
+			}
+			if !forwards {
+				t.Errorf("%s: sidecar %s does not forward to %s, the broadcaster of trm-dev (scripts/cmd/trm-dev/workers.go)", file, side, want)
+			}
 			return
 		}
 		t.Errorf("%s: router %s: service %s runs trm-dev and has no sidecar listening for Traefik", file, r.name, sname)
@@ -710,4 +717,19 @@ func TestComposeStageProdShape(t *testing.T) {
 	if bridgeEnv["STREAM_REPLICAS"] != "3" {
 		t.Errorf("bridge STREAM_REPLICAS %q, want 3", bridgeEnv["STREAM_REPLICAS"])
 	}
+}
+
+// devBroadcasterPort reads the broadcaster's HTTP port from the dev
+// binary's workers list.
+func devBroadcasterPort(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), "scripts", "cmd", "trm-dev", "workers.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`name:\s*"broadcaster",\s*port:\s*(\d+)`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatal(`scripts/cmd/trm-dev/workers.go: no {name: "broadcaster", port: N} entry`)
+	}
+	return string(m[1])
 }

@@ -67,6 +67,7 @@ func init() {
 			}
 			return g(k)
 		}
+		g("DEV_HTTP_ADDR") // read by trm-dev itself: its browser origin
 		var errs []error
 		for _, w := range devWorkers {
 			if err := workerSpecs[w].load(env); err != nil {
