@@ -691,3 +691,56 @@ func runQueueWait(t testing.TB) time.Duration {
 	}
 	return sum
 }
+
+// TestReplaySlowClient: a client that reads one frame every 100 ms while
+// its replay runs at 100× loses positions the way live clients do (the
+// oldest pending position of a device, after MaxLag), yet receives every
+// device's positions in order, each device's last one, and replay_end.
+func TestReplaySlowClient(t *testing.T) {
+	t.Parallel()
+	e, ev := newReplayEnv(t, func(c *Config) {
+		c.Listener = slowListener{c.Listener}
+		c.FrameMaxPositions = 40
+		c.Replay.MaxLag = 100 * time.Millisecond
+	})
+	r := publishReplayRace(e, ev, 20, 200)
+	c, _, err := e.dial(dialOpt{cookie: "c1", rcvbuf: 4 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr := readFrames(t, c)
+	c.send(replaySubscribe(topicOf(ev), "slow", r.base.Add(-time.Second), time.Time{}, 100))
+	fr.expect(ws.TypeSubscribed, "")
+	last := map[string]time.Time{}
+	n := 0
+	for {
+		time.Sleep(100 * time.Millisecond) // the slow reader
+		f := fr.next()
+		if f.Type == ws.TypeReplayEnd {
+			break
+		}
+		if f.Type != ws.TypePositions || !f.Replay {
+			t.Fatalf("unexpected %+v", f.Frame)
+		}
+		for _, p := range items(t, f.Frame) {
+			if prev, ok := last[p.DeviceID]; ok && !p.TS.After(prev) {
+				t.Fatalf("device %s: %s after %s", p.DeviceID, p.TS.Format(contract.TimeLayout), prev.Format(contract.TimeLayout))
+			}
+			last[p.DeviceID] = p.TS
+			n++
+		}
+	}
+	if len(last) != r.devices {
+		t.Fatalf("%d devices seen, want %d", len(last), r.devices)
+	}
+	for d := range r.devices {
+		if got := last[r.device(d)]; !got.Equal(r.ts(r.seconds-1, d)) {
+			t.Fatalf("device %s ended at %s, want its last fix", r.device(d), got.Format(contract.TimeLayout))
+		}
+	}
+	dropped := e.metric("broadcaster_positions_coalesced_total")
+	t.Logf("slow client: %d of %d positions delivered, %v dropped", n, r.devices*r.seconds, dropped)
+	if n >= r.devices*r.seconds || dropped == 0 {
+		t.Fatalf("%d of %d delivered, %v dropped: the client was not slow enough to test dropping", n, r.devices*r.seconds, dropped)
+	}
+}
