@@ -93,7 +93,9 @@ func run() error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	fmt.Printf("replay bench: %s, %d cores, %s\n", want, runtime.NumCPU(), runtime.Version())
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("replay bench: %s, %d cores, %s, load average %s\n", want, runtime.NumCPU(), runtime.Version(),
+		strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
 
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "bench-replay", Host: "127.0.0.1", Port: -1, JetStream: true,
@@ -164,6 +166,16 @@ func run() error {
 		if err != nil {
 			return err
 		}
+		// The ceiling again, right after: the machine is shared and noisy;
+		// the better of the two is the ratio's denominator.
+		again, err := rawCeiling(ctx, js, first)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("raw ceiling again: %.0f positions/s\n", again.rate())
+		if again.rate() > ceiling.rate() {
+			ceiling = again
+		}
 		fmt.Printf("one client at max: %d of %d positions in %s = %.0f positions/s (%.2f × raw ceiling), broadcaster RSS peak %s\n",
 			res.n, total, res.d.Round(time.Millisecond), res.rate(), res.rate()/ceiling.rate(), b.peakRSS())
 	}
@@ -172,13 +184,18 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%d clients at %g×: %d of %d positions delivered (%.2f%%) in %s; pacing error p50 %s p99 %s max %s; %.0f positions/s in all\n",
+	need := float64(*devicesF) * *speedF * float64(*clientsF) // positions/s the schedule asks for
+	fmt.Printf("%d clients at %g×: %d of %d positions delivered (%.2f%%) in %s (schedule: %s); pacing error p50 %s p99 %s max %s;"+
+		" %.0f positions/s delivered in all, the schedule asks %.0f/s (%.2f × raw ceiling)\n",
 		*clientsF, *speedF, res.delivered, res.expected, 100*float64(res.delivered)/float64(res.expected),
-		res.d.Round(time.Millisecond), res.p50, res.p99, res.max, float64(res.delivered)/res.d.Seconds())
+		res.d.Round(time.Millisecond), time.Duration(float64(*durationF) / *speedF).Round(time.Millisecond),
+		res.p50, res.p99, res.max, float64(res.delivered)/res.d.Seconds(), need, need/ceiling.rate())
 	m := b.metrics()
 	fmt.Printf("broadcaster: replay_positions_total %s, positions_coalesced_total %s, server-side pacing error ≤ 50 ms: %s of %s; RSS peak %s\n",
 		m["broadcaster_replay_positions_total"], m["broadcaster_positions_coalesced_total"],
 		m[`broadcaster_replay_pacing_error_seconds_bucket{le="0.05"}`], m["broadcaster_replay_pacing_error_seconds_count"], b.peakRSS())
+	load, _ = os.ReadFile("/proc/loadavg")
+	fmt.Printf("load average at the end: %s\n", strings.Join(strings.Fields(string(load))[:3], " "))
 	return nil
 }
 
@@ -540,9 +557,23 @@ func replayPaced(addr string, from time.Time, total, clients int, speed float64)
 		defer c.conn.Close()
 		cs[i] = c
 	}
-	// Each client keeps a histogram of lateness in 0.1 ms steps up to 10 s
-	// (memory: clients × 100k counters, whatever the race's size).
-	const step, buckets = 100 * time.Microsecond, 100000
+	// Each client keeps a histogram of lateness: 0.1 ms steps up to 1 s,
+	// then 10 ms steps up to 100 s (memory: clients × 20k counters,
+	// whatever the race's size).
+	const fine, coarse, nFine, nCoarse = 100 * time.Microsecond, 10 * time.Millisecond, 10000, 10000
+	const buckets = nFine + nCoarse
+	bucketOf := func(late time.Duration) int {
+		if late < nFine*fine {
+			return int(late / fine)
+		}
+		return min(nFine+int((late-nFine*fine)/coarse), buckets)
+	}
+	upper := func(i int) time.Duration {
+		if i < nFine {
+			return time.Duration(i+1) * fine
+		}
+		return nFine*fine + time.Duration(i-nFine+1)*coarse
+	}
 	hists := make([][]uint32, clients)
 	var delivered atomic.Int64
 	var wg sync.WaitGroup
@@ -560,7 +591,7 @@ func replayPaced(addr string, from time.Time, total, clients int, speed float64)
 				delivered.Add(1)
 				due, _ := c.st.Due(ts)
 				late := max(0, at.Sub(due))
-				h[min(int(late/step), buckets)]++
+				h[bucketOf(late)]++
 			})
 			if err != nil {
 				errs <- err
@@ -587,15 +618,15 @@ func replayPaced(addr string, from time.Time, total, clients int, speed float64)
 		for i, v := range sum {
 			acc += v
 			if acc > target {
-				return time.Duration(i+1) * step
+				return upper(i)
 			}
 		}
-		return buckets * step
+		return upper(buckets)
 	}
 	var worst time.Duration
 	for i := len(sum) - 1; i >= 0; i-- {
 		if sum[i] > 0 {
-			worst = time.Duration(i+1) * step
+			worst = upper(i)
 			break
 		}
 	}
