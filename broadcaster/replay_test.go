@@ -769,3 +769,31 @@ func TestReplayPayloadTS(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayReauthorization: a member removed from the event's
+// organization loses a running replay like a live subscription: an error
+// frame with "replay":true, then nothing more of it, its consumer gone.
+func TestReplayReauthorization(t *testing.T) {
+	t.Parallel()
+	e, ev := newReplayEnv(t, func(c *Config) { c.ReauthInterval = time.Second })
+	r := publishReplayRace(e, ev, 2, 60)
+	c := e.connect("c1")
+	fr := readFrames(t, c)
+	c.send(replaySubscribe(topicOf(ev), "r", r.ts(1, 0), time.Time{}, 1)) // about a minute long
+	fr.expect(ws.TypeSubscribed, "")
+	e.auth.removeMember(ev, "u1")
+	for {
+		f := fr.next()
+		if f.Type == ws.TypePositions && f.Replay {
+			continue
+		}
+		if f.Type != ws.TypeError || f.Code != ws.CodeForbidden || !f.Replay || f.Topic != topicOf(ev) {
+			t.Fatalf("after removal got %+v, want forbidden for the replay", f.Frame)
+		}
+		break
+	}
+	if f, ok := fr.within(1500 * time.Millisecond); ok {
+		t.Fatalf("after the replay was revoked: %+v", f.Frame)
+	}
+	testkit.Eventually(t, 5*time.Second, func() error { return replayConsumersGone(e) })
+}
