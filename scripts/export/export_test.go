@@ -49,7 +49,7 @@ func (r *race) inRange(from, to time.Time, device string) []contract.Position {
 }
 
 func f64(v float64) *float64 { return &v }
-func iptr(v int) *int         { return &v }
+func iptr(v int) *int        { return &v }
 
 // publishRace starts a server and publishes `devices` devices × `seconds`
 // fixes of the event (1 Hz, fix times ending a minute ago), the same for
