@@ -49,6 +49,7 @@ type bridge struct {
 	items       chan *item    // published, awaiting ack; closed when producers end
 	acks        chan ackRef   // acked by JetStream (or to skip), awaiting XACK
 	inflight    *inflightSet  // entries between read and XACK, so a claim skips them
+	ackMu       sync.Mutex    // held by an XACK with its in-flight removal, and by a claim with its in-flight check
 
 	ensured  chan struct{} // closed once the streams exist
 	redisOK  atomic.Bool

@@ -75,7 +75,7 @@ func TestRedisRestartMidRun(t *testing.T) {
 	t.Parallel()
 	r := testkit.StartRedis(t)
 	e := newEnvWithRedis(t, r)
-	const n, devices = 20000, 100
+	const n, devices = 8000, 100
 	e.add(0, n/2, devices)
 	cfg, reg := e.config("a")
 	cfg.Batch = 200
@@ -108,14 +108,14 @@ func TestRedisRestartMidRun(t *testing.T) {
 func TestNATSRestartMidRun(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	const n, devices = 30000, 100
+	const n, devices = 15000, 100
 	e.add(0, n, devices)
 	cfg, reg := e.config("a")
 	cfg.Batch = 200
 	cfg.PublishTimeout = 2 * time.Second
 	e.start(cfg)
 	testkit.Eventually(t, 30*time.Second, func() error {
-		if got := e.msgs(streams.Positions); got < 2000 {
+		if got := e.msgs(streams.Positions); got < 1000 {
 			return fmt.Errorf("%d published", got)
 		}
 		return nil

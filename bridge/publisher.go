@@ -295,7 +295,14 @@ func (b *bridge) ackLoop(ctx context.Context) error {
 			return errCrash
 		}
 		for attempt := 0; ; attempt++ {
+			b.ackMu.Lock()
 			err := b.xack(ctx, byStream)
+			if err == nil {
+				for si, ids := range byStream {
+					b.inflight.remove(si, ids)
+				}
+			}
+			b.ackMu.Unlock()
 			if err == nil {
 				break
 			}
@@ -312,7 +319,6 @@ func (b *bridge) ackLoop(ctx context.Context) error {
 		}
 		b.m.acked.Add(float64(n))
 		for si, ids := range byStream {
-			b.inflight.remove(si, ids)
 			byStream[si] = ids[:0]
 		}
 		if closed {

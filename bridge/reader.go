@@ -194,10 +194,22 @@ func (b *bridge) claimLoop(intake, ctx context.Context) {
 			claimed, deleted := 0, 0
 			start := "0-0"
 			for intake.Err() == nil {
+				// Under ackMu, no XACK runs between the claim and the
+				// in-flight check: an entry of ours acked meanwhile would
+				// otherwise look claimable (pending in the reply, gone from
+				// the in-flight set) and be published twice.
+				b.ackMu.Lock()
 				msgs, next, deletedIDs, err := b.rdb.XAutoClaimWithDeleted(ctx, &redis.XAutoClaimArgs{
 					Stream: s, Group: b.cfg.Group, Consumer: b.cfg.Consumer,
 					MinIdle: b.cfg.ClaimMinIdle, Start: start, Count: int64(b.cfg.Batch),
 				}).Result()
+				fresh := msgs[:0]
+				for _, msg := range msgs {
+					if !b.inflight.contains(si, msg.ID) {
+						fresh = append(fresh, msg)
+					}
+				}
+				b.ackMu.Unlock()
 				if err != nil {
 					if !isNoGroup(err) && ctx.Err() == nil {
 						b.m.redisErrors.Inc()
@@ -215,10 +227,7 @@ func (b *bridge) claimLoop(intake, ctx context.Context) {
 					}
 				}
 				deleted += len(deletedIDs)
-				for _, msg := range msgs {
-					if b.inflight.contains(si, msg.ID) {
-						continue
-					}
+				for _, msg := range fresh {
 					b.m.claimed.Inc()
 					claimed++
 					if b.handle(ctx, si, msg) != nil {
