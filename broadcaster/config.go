@@ -66,7 +66,7 @@ type Config struct {
 	ControlQueue int
 	// FrameMaxPositions and FrameMaxBytes cap one positions frame
 	// (BROADCASTER_FRAME_MAX_POSITIONS, BROADCASTER_FRAME_MAX_BYTES).
-	// Defaults 500 and 128 KiB. A frame always holds at least one position.
+	// Defaults 500 and 32 KiB. A frame always holds at least one position.
 	FrameMaxPositions int
 	FrameMaxBytes     int
 	// SocketSendBuffer is the kernel send buffer of each WebSocket
@@ -140,9 +140,9 @@ func (c Config) withDefaults() Config {
 	defInt(&c.MsgBurst, 20)
 	defInt(&c.ControlQueue, 64)
 	defInt(&c.FrameMaxPositions, 500)
-	defInt(&c.FrameMaxBytes, 128<<10)
+	defInt(&c.FrameMaxBytes, 32<<10)
 	defInt(&c.Writers, 2*runtime.GOMAXPROCS(0))
-	defInt(&c.SocketSendBuffer, 64<<10)
+	defInt(&c.SocketSendBuffer, 16<<10)
 	defDur(&c.PingPeriod, 30*time.Second)
 	defDur(&c.PongWait, 60*time.Second)
 	defDur(&c.WriteWait, 10*time.Second)

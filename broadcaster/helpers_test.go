@@ -273,6 +273,15 @@ func (e *env) publish(eventID, device string, ts int64) []byte {
 	return p.Encode()
 }
 
+// tryPublish is publish that returns the error.
+func (e *env) tryPublish(eventID, device string, ts int64) error {
+	p := contract.Position{DeviceID: device, EventID: eventID, TS: time.UnixMilli(ts).UTC(), Lat: 45, Lon: 7}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := e.js.Publish(ctx, p.Subject(), p.Encode(), jetstream.WithMsgID(p.MsgID()))
+	return err
+}
+
 // publishAsync stores many positions quickly and waits for every ack.
 func (e *env) publishAsync(ps []contract.Position) {
 	e.t.Helper()

@@ -270,8 +270,8 @@ func (c *coord) print(r result, n, devices, hz int, ceiling map[string]result) {
 		n, devices, hz, offered, r.PositionsPerSec, r.PositionsPerSec/fifty.PositionsPerSec, r.FramesPerSec, r.FramesPerSec/one.FramesPerSec,
 		r.PositionsPerSec/max(r.FramesPerSec, 1))
 	fmt.Printf("        load average %s\n", loadavg())
-	fmt.Printf("        latency p50 %4d ms p99 %5d ms   staleness p50 %4d ms p99 %5d ms   latest of every device: %d/%d clients   RSS %s   CPU broadcaster %.2f load %.2f cores\n",
-		r.LatP50, r.LatP99, r.StaleP50, r.StaleP99, r.Complete, r.Clients, mib(r.RSS), r.ServerCPU, r.LoadCPU)
+	fmt.Printf("        latency p50 %4d ms p99 %5d ms   staleness p50 %4d ms p99 %5d ms   latest of every device: %d/%d clients (%d closed)   RSS %s   CPU broadcaster %.2f load %.2f cores\n",
+		r.LatP50, r.LatP99, r.StaleP50, r.StaleP99, r.Complete, r.Clients, r.Closed, mib(r.RSS), r.ServerCPU, r.LoadCPU)
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
@@ -336,6 +336,7 @@ type result struct {
 	StaleP50        int     `json:"stale_p50_ms"`
 	StaleP99        int     `json:"stale_p99_ms"`
 	Complete        int     `json:"complete"`
+	Closed          int     `json:"closed"` // connections that ended during the run
 	RSS             int64   `json:"-"`
 	ServerCPU       float64 `json:"-"` // broadcaster CPU seconds per second of the window
 	LoadCPU         float64 `json:"load_cpu"`
@@ -571,12 +572,20 @@ func runServer() error {
 	}()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return broadcaster.Run(ctx, broadcaster.Config{
-		NATSURL:         *natsURL,
-		HTTPAddr:        *addrF,
-		MaxConnsPerUser: 100000,
-		Registerer:      reg,
-	})
+	// BROADCASTER_* variables of the bench's environment apply, so settings
+	// can be compared: BROADCASTER_FRAME_MAX_BYTES=32768 scripts/bench broadcaster
+	cfg, err := broadcaster.LoadConfig(nil, os.Getenv)
+	if err != nil {
+		return err
+	}
+	cfg.NATSURL, cfg.HTTPAddr, cfg.Registerer = *natsURL, *addrF, reg
+	if os.Getenv("BROADCASTER_MAX_CONNS_PER_USER") == "" {
+		cfg.MaxConnsPerUser = 100000
+	}
+	if *role == "server" && os.Getenv("BENCH_PRINT_CONFIG") != "" {
+		fmt.Fprintln(os.Stderr, cfg.String())
+	}
+	return broadcaster.Run(ctx, cfg)
 }
 
 func signalContext() (context.Context, context.CancelFunc) {
@@ -656,10 +665,11 @@ func runRaw() error {
 
 // lclient is one WebSocket client of the load process.
 type lclient struct {
-	conn *websocket.Conn
-	mu   sync.Mutex
-	last []int64 // fix time held per device index
-	lat  []int32 // latency histogram, ms; the last bucket is "or more"
+	closed atomic.Bool
+	conn   *websocket.Conn
+	mu     sync.Mutex
+	last   []int64 // fix time held per device index
+	lat    []int32 // latency histogram, ms; the last bucket is "or more"
 }
 
 const latBuckets = 4096
@@ -730,6 +740,7 @@ func runLoad() error {
 			for {
 				_, data, err := conn.ReadMessage()
 				if err != nil {
+					lc.closed.Store(true)
 					return
 				}
 				now := time.Now().UnixMilli()
@@ -784,6 +795,12 @@ func runLoad() error {
 				return err
 			}
 			complete := waitFinal(cls, final, 20*time.Second)
+			closed := 0
+			for _, c := range cls {
+				if c != nil && c.closed.Load() {
+					closed++
+				}
+			}
 			for _, c := range cls {
 				if c == nil {
 					continue
@@ -796,7 +813,7 @@ func runLoad() error {
 			}
 			secs := stop.Sub(start).Seconds()
 			printResult(result{Clients: len(cls), FramesPerSec: float64(frames.Load()) / secs, PositionsPerSec: float64(positions.Load()) / secs,
-				LatP50: lat.pct(50), LatP99: lat.pct(99), StaleP50: stale.pct(50), StaleP99: stale.pct(99), Complete: complete, LoadCPU: loadCPU})
+				LatP50: lat.pct(50), LatP99: lat.pct(99), StaleP50: stale.pct(50), StaleP99: stale.pct(99), Complete: complete, Closed: closed, LoadCPU: loadCPU})
 		}
 	}
 	for _, c := range cls {
