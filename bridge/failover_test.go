@@ -3,6 +3,7 @@ package bridge_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -124,5 +125,45 @@ func TestNATSRestartMidRun(t *testing.T) {
 	e.waitAll(n, 90*time.Second)
 	if r := metric(t, reg, "bridge_publish_retries_total"); r == 0 {
 		t.Logf("no publish was re-sent: the restart fell between batches")
+	}
+}
+
+// PostgreSQL down after the first load: the last routing table stays in
+// use, positions keep flowing to their events, and the bridge stays ready.
+func TestPostgresDownKeepsLastRoutingTable(t *testing.T) {
+	t.Parallel()
+	pg := testkit.StartPostgres(t)
+	e := newEnv(t)
+	e.dsn = pg.NewDatabase(t)
+	testkit.SeedDirectusTables(t, e.dsn)
+	e.pool = testkit.Pool(t, e.dsn)
+	ev := e.seedEvent("kept")
+	e.assign(ev, "dev-000", nil, nil)
+	cfg, reg := e.config("a")
+	cfg.RoutingRefresh = 100 * time.Millisecond
+	run := e.start(cfg)
+	e.add(0, 10, 1)
+	e.waitAll(10, 30*time.Second)
+	e.pool.Close()
+	pg.Stop()
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if metric(t, reg, "bridge_routing_refresh_errors_total") == 0 {
+			return fmt.Errorf("no failed refresh yet")
+		}
+		return nil
+	})
+	e.add(10, 20, 1)
+	e.waitAll(20, 30*time.Second)
+	subj := contract.PositionSubject(ev, "dev-000")
+	if got := e.subjects(subj)[subj]; got != 20 {
+		t.Fatalf("%d of 20 positions routed to the event with PostgreSQL down", got)
+	}
+	resp, err := http.Get("http://" + run.addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/readyz %d with PostgreSQL down after a first load, want 200", resp.StatusCode)
 	}
 }
