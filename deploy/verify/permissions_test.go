@@ -46,6 +46,8 @@ func TestClusterPermissions(t *testing.T) {
 		// The broadcaster reads; it never writes positions or streams.
 		{"broadcaster", sub, "pos.>", false},
 		{"broadcaster", req, "$JS.API.DIRECT.GET.POSITIONS", false},
+		{"broadcaster", req, "$SRV.PING.authsvc", false},
+		{"broadcaster", req, "$SRV.STATS.authsvc", true},
 		{"broadcaster", pub, "pos.unassigned.dev-1", true},
 		{"broadcaster", pub, "dlq.positions", true},
 		{"broadcaster", req, "$JS.API.STREAM.DELETE.POSITIONS", true},
