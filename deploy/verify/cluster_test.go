@@ -222,7 +222,7 @@ type pipeline struct {
 	eventID  string
 	devices  []string
 	cookie   string
-	liveAddr []string // one per broadcaster
+	liveAddr []string          // one per broadcaster
 	http     map[string]string // worker -> address of /healthz, /readyz
 	base     time.Time
 	next     int // positions produced so far
