@@ -115,7 +115,9 @@ func run() error {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	// The recording keeps up to 8,192 publishes in flight; the default
+	// cap of 4,000 would stall it.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384))
 	if err != nil {
 		return err
 	}
