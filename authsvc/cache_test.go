@@ -1,6 +1,7 @@
 package authsvc
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -45,5 +46,49 @@ func TestCredentialKeySeparatesKinds(t *testing.T) {
 	b := credentialKey(credential{bearer: true, value: "tok"})
 	if a == b || a != credentialKey(credential{value: "tok"}) {
 		t.Fatal("credential keys must be stable and differ by kind")
+	}
+}
+
+func TestFlightCollapsesConcurrentCalls(t *testing.T) {
+	var f flight[int]
+	var joined atomic.Int64
+	release := make(chan struct{})
+	calls := 0
+	results := make(chan int, 10)
+	go func() {
+		v, _ := f.do("k", func() { joined.Add(1) }, func() (int, error) { calls++; <-release; return 42, nil })
+		results <- v
+	}()
+	// Wait until the first call is in flight, then pile on.
+	for {
+		f.mu.Lock()
+		n := len(f.calls)
+		f.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 9; i++ {
+		go func() {
+			v, _ := f.do("k", func() { joined.Add(1) }, func() (int, error) { calls++; return -1, nil })
+			results <- v
+		}()
+	}
+	for joined.Load() != 9 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for i := 0; i < 10; i++ {
+		if v := <-results; v != 42 {
+			t.Fatalf("result %d, want 42 from the one call", v)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("fn ran %d times, want 1", calls)
+	}
+	// The key is free again: the next call runs fn.
+	if v, _ := f.do("k", func() { t.Fatal("joined a finished call") }, func() (int, error) { return 7, nil }); v != 7 {
+		t.Fatalf("after the flight: %d", v)
 	}
 }

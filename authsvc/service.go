@@ -7,13 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
 
 	"trm-live/contract"
 	"trm-live/contract/auth"
@@ -43,8 +43,8 @@ type service struct {
 	members  *membership
 	sessions *cache[[sha256.Size]byte, sessionEntry]
 	events   *cache[eventKey, auth.Decision]
-	sfSess   singleflight.Group
-	sfEvent  singleflight.Group
+	sfSess   flight[sessionEntry]
+	sfEvent  flight[auth.Decision]
 	// Metric children by cache: [0] session, [1] event.
 	hits, misses, collapsed [2]prometheus.Counter
 	wg                      sync.WaitGroup
@@ -205,9 +205,7 @@ func (s *service) session(data []byte) stage {
 
 // resolveSession asks Directus, once for all identical concurrent requests.
 func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
-	leader := false
-	v, err, _ := s.sfSess.Do(string(key[:]), func() (any, error) {
-		leader = true
+	e, err := s.sfSess.do(string(key[:]), s.collapsed[0].Inc, func() (sessionEntry, error) {
 		// A look-up that finished just before this one started has
 		// already filled the cache.
 		if e, ok := s.sessions.get(key, s.cfg.Now()); ok {
@@ -218,7 +216,7 @@ func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
 		case err == nil:
 			data, err := json.Marshal(u)
 			if err != nil {
-				return nil, err
+				return sessionEntry{}, err
 			}
 			e := sessionEntry{data: data, ok: true}
 			s.sessions.put(key, e, s.cfg.Now().Add(s.cfg.SessionTTL))
@@ -231,16 +229,13 @@ func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
 			s.m.cacheEntries.WithLabelValues("session").Set(float64(s.sessions.len()))
 			return e, nil
 		default:
-			return nil, err // unavailable: never cached
+			return sessionEntry{}, err // unavailable: never cached
 		}
 	})
-	if !leader {
-		s.collapsed[0].Inc()
-	}
 	if err != nil {
 		return errorReply(auth.CodeUnavailable, "unavailable", "%v", err)
 	}
-	return sessionReply(v.(sessionEntry))
+	return sessionReply(e)
 }
 
 func sessionReply(e sessionEntry) reply {
@@ -288,16 +283,13 @@ func (s *service) event(data []byte) stage {
 // decideEvent queries the database, once for all identical concurrent
 // requests.
 func (s *service) decideEvent(key eventKey) reply {
-	req := auth.EventRequest{UserID: key.user, Admin: key.admin, EventID: key.event}
-	leader := false
-	v, err, _ := s.sfEvent.Do(req.UserID+"/"+req.EventID+fmt.Sprint(req.Admin), func() (any, error) {
-		leader = true
+	d, err := s.sfEvent.do(key.user+"/"+key.event+"/"+strconv.FormatBool(key.admin), s.collapsed[1].Inc, func() (auth.Decision, error) {
 		if d, ok := s.events.get(key, s.cfg.Now()); ok {
 			return d, nil
 		}
-		d, err := s.members.decide(s.base, req.UserID, req.Admin, req.EventID)
+		d, err := s.members.decide(s.base, key.user, key.admin, key.event)
 		if err != nil {
-			return nil, err // unavailable: never cached
+			return "", err // unavailable: never cached
 		}
 		ttl := s.cfg.EventTTL
 		if d != auth.Allowed {
@@ -305,16 +297,13 @@ func (s *service) decideEvent(key eventKey) reply {
 		}
 		s.events.put(key, d, s.cfg.Now().Add(ttl))
 		s.m.cacheEntries.WithLabelValues("event").Set(float64(s.events.len()))
-		s.log.Debug("event decided", "user_id", req.UserID, "event_id", req.EventID, "decision", d)
+		s.log.Debug("event decided", "user_id", key.user, "event_id", key.event, "decision", d)
 		return d, nil
 	})
-	if !leader {
-		s.collapsed[1].Inc()
-	}
 	if err != nil {
 		return errorReply(auth.CodeUnavailable, "unavailable", "%v", err)
 	}
-	return decisionReply(v.(auth.Decision))
+	return decisionReply(d)
 }
 
 // decisionReplies are the encoded event answers, made once.

@@ -249,12 +249,11 @@ func TestStartsWithDependenciesDown(t *testing.T) {
 	testkit.SeedDirectusTables(t, dsn)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
-			NATSURL: n.URL, DatabaseURL: dsn, DirectusURL: dir.URL, HTTPAddr: "127.0.0.1:0",
-			Logger: discardLogger(),
-		})
-	}()
+	cfg := Config{
+		NATSURL: n.URL, DatabaseURL: dsn, DirectusURL: dir.URL, HTTPAddr: "127.0.0.1:0",
+		Logger: discardLogger(),
+	}
+	go func() { done <- Run(ctx, cfg) }()
 	select {
 	case err := <-done:
 		t.Fatalf("Run returned with NATS down: %v", err)

@@ -23,11 +23,11 @@
 //   - GET /policies/me/globals: {"data":{"app_access","admin_access","enforce_tfa"}}.
 //   - GET /server/ping: "pong".
 //
-// Tests steer it: SetLatency (slowness), SetStatus (every route answers, say,
-// 503), Stop and Start (connection refused, then back on the same port), and
-// read what reached it: Calls and Requests record every request with its
-// exact Cookie and Authorization headers, so a test can assert that only the
-// session cookie arrived.
+// Tests steer it: SetLatency (slowness), Hold (requests wait until released),
+// SetStatus (every route answers, say, 503), Stop and Start (connection
+// refused, then back on the same port), and read what reached it: Calls and
+// Requests record every request with its exact Cookie and Authorization
+// headers, so a test can assert that only the session cookie arrived.
 //
 // Users live in memory. Their ids are plain UUIDs (NewID) that tests also
 // insert into directus_users and organization_users (InsertUsers).
@@ -113,6 +113,7 @@ type Server struct {
 	refresh  map[string]string // refresh token -> session id
 	latency  time.Duration
 	status   int
+	hold     chan struct{} // non-nil: requests wait until it is closed
 	requests []Request
 }
 
@@ -154,8 +155,10 @@ func (s *Server) Start() {
 	if err != nil {
 		s.tb.Fatalf("directus stand-in: listen %s: %v", s.addr, err)
 	}
-	s.addr = ln.Addr().String()
-	s.URL = "http://" + s.addr
+	if s.URL == "" {
+		s.addr = ln.Addr().String()
+		s.URL = "http://" + s.addr // kept across restarts
+	}
 	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 5 * time.Second}
 	go func(srv *http.Server) { _ = srv.Serve(ln) }(s.srv)
 }
@@ -178,6 +181,27 @@ func (s *Server) SetLatency(d time.Duration) {
 	s.mu.Lock()
 	s.latency = d
 	s.mu.Unlock()
+}
+
+// Hold makes every request that arrives from now on wait (after being
+// recorded) until release is called, or until its client gives up. Tests
+// use it to keep a look-up in flight while they pile identical ones on top.
+func (s *Server) Hold() (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.hold = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.hold == ch {
+				s.hold = nil
+			}
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
 }
 
 // SetStatus makes every route answer this status with a Directus-shaped
@@ -431,9 +455,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		Authorization: strings.Join(r.Header.Values("Authorization"), "; "),
 		Header:        r.Header.Clone(),
 	})
-	latency, status := s.latency, s.status
+	latency, status, hold := s.latency, s.status, s.hold
 	s.mu.Unlock()
 
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	if latency > 0 {
 		t := time.NewTimer(latency)
 		select {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 type answer struct {
@@ -120,4 +121,33 @@ func TestFieldsGlobalsAndFailures(t *testing.T) {
 	if a := get(t, s, "/users/me", bearer(at)); a.status != 200 {
 		t.Fatalf("session lost across restart: %+v", a)
 	}
+}
+
+func TestHold(t *testing.T) {
+	t.Parallel()
+	s := Start(t)
+	release := s.Hold()
+	done := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(s.URL + "/server/ping")
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	for s.Calls("/server/ping") == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case <-done:
+		t.Fatal("held request answered before release")
+	default:
+	}
+	release()
+	if code := <-done; code != 200 {
+		t.Fatalf("after release: %d", code)
+	}
+	release() // idempotent
 }
