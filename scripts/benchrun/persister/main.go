@@ -363,6 +363,7 @@ func benchPersister(ctx context.Context, adminDSN, natsURL, path, db string, o o
 	start := time.Now()
 	go func() { done <- persister.Run(rctx, cfg) }()
 	var d time.Duration
+	last, lastProgress := 0.0, time.Now()
 	for {
 		select {
 		case err := <-done:
@@ -370,9 +371,17 @@ func benchPersister(ctx context.Context, adminDSN, natsURL, path, db string, o o
 			return 0, fmt.Errorf("Run returned early: %v", err)
 		case <-time.After(20 * time.Millisecond):
 		}
-		if inserted(reg) >= float64(o.n) {
+		got := inserted(reg)
+		if got >= float64(o.n) {
 			d = time.Since(start)
 			break
+		}
+		if got > last {
+			last, lastProgress = got, time.Now()
+		} else if time.Since(lastProgress) > time.Minute {
+			cancel()
+			<-done
+			return 0, fmt.Errorf("no row written for a minute after %.0f rows: was the database or NATS restarted under the benchmark?", got)
 		}
 	}
 	cancel()
