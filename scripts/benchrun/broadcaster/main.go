@@ -60,7 +60,8 @@ var (
 	devicesF = flag.Int("devices", 500, "devices of the event")
 	ratesF   = flag.String("rates", "1,10", "positions per second per device")
 	duration = flag.Duration("duration", 10*time.Second, "measurement window of each run")
-	sweepF   = flag.String("sweep", "50,100,200,350", "device counts at 10 Hz and the largest client count, for the highest rate with staleness p99 < 250 ms (the -devices run is added); empty skips")
+	sweepF   = flag.String("sweep", "25,50,100,200,350", "device counts at 10 Hz and the largest client count, for the highest rate with staleness p99 < 250 ms (the -devices run is added); empty skips")
+	burstF   = flag.Int("burst", 10, "positions published back to back; bursts are spread evenly over the period")
 	rcvbufF  = flag.Int("rcvbuf", 64<<10, "SO_RCVBUF of each load client in bytes, 0 = system autotuning (see the docs)")
 	idleF    = flag.Int("idle", 2000, "idle connections for the per-connection memory; 0 skips")
 	natsURL  = flag.String("nats", "", "internal: NATS URL")
@@ -265,13 +266,21 @@ func coordinate() error {
 
 func (c *coord) print(r result, n, devices, hz int, ceiling map[string]result) {
 	one, fifty := ceiling[fmt.Sprint(n, "/1")], ceiling[fmt.Sprint(n, "/50")]
-	offered := float64(devices*hz) * float64(n)
+	offered := r.Published * float64(n)
 	fmt.Printf("C=%-5d %4d dev × %2d Hz  offered %9.0f pos/s  delivered %9.0f pos/s (%.2f of batched ceiling)  %8.0f frames/s (%.2f of 1-pos ceiling) %5.1f pos/frame\n",
 		n, devices, hz, offered, r.PositionsPerSec, r.PositionsPerSec/fifty.PositionsPerSec, r.FramesPerSec, r.FramesPerSec/one.FramesPerSec,
 		r.PositionsPerSec/max(r.FramesPerSec, 1))
 	fmt.Printf("        load average %s\n", loadavg())
-	fmt.Printf("        latency p50 %4d ms p99 %5d ms   staleness p50 %4d ms p99 %5d ms   latest of every device: %d/%d clients (%d closed)   RSS %s   CPU broadcaster %.2f load %.2f cores\n",
-		r.LatP50, r.LatP99, r.StaleP50, r.StaleP99, r.Complete, r.Clients, r.Closed, mib(r.RSS), r.ServerCPU, r.LoadCPU)
+	fmt.Printf("        latency p50 %s p99 %s   staleness p50 %4d ms p99 %5d ms   latest of every device: %d/%d clients (%d closed)   RSS %s   CPU broadcaster %.2f load %.2f cores\n",
+		msCap(r.LatP50), msCap(r.LatP99), r.StaleP50, r.StaleP99, r.Complete, r.Clients, r.Closed, mib(r.RSS), r.ServerCPU, r.LoadCPU)
+}
+
+// msCap prints a latency percentile; the histogram stops at 4.095 s.
+func msCap(ms int) string {
+	if ms >= latBuckets-1 {
+		return ">4095 ms"
+	}
+	return fmt.Sprintf("%4d ms", ms)
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
@@ -339,6 +348,7 @@ type result struct {
 	Closed          int     `json:"closed"` // connections that ended during the run
 	RSS             int64   `json:"-"`
 	ServerCPU       float64 `json:"-"` // broadcaster CPU seconds per second of the window
+	Published       float64 `json:"-"` // positions published per second (the publisher may fall short of the nominal rate)
 	LoadCPU         float64 `json:"load_cpu"`
 }
 
@@ -421,12 +431,13 @@ func (c *coord) broadcastRun(n, devices, hz int) (result, error) {
 		names[i] = fmt.Sprintf("d%05d", i)
 	}
 	// Warm-up of one period, then the measured window.
-	last := c.publish(names, period, period)
+	c.publish(names, period, period)
 	l.send("GO")
 	cpu0, t0 := cpuSeconds(c.srvCmd.Process.Pid), time.Now()
-	last = c.publish(names, period, *duration)
+	last, count := c.publish(names, period, *duration)
 	l.send("END")
-	serverCPU := (cpuSeconds(c.srvCmd.Process.Pid) - cpu0) / time.Since(t0).Seconds()
+	window := time.Since(t0).Seconds()
+	serverCPU := (cpuSeconds(c.srvCmd.Process.Pid) - cpu0) / window
 	final, _ := json.Marshal(last)
 	l.send("FINAL " + string(final))
 	line, err := l.expect("RESULT")
@@ -439,6 +450,7 @@ func (c *coord) broadcastRun(n, devices, hz int) (result, error) {
 	}
 	r.RSS = rss(c.srvCmd.Process.Pid)
 	r.ServerCPU = serverCPU
+	r.Published = float64(count) / window
 	return r, nil
 }
 
@@ -470,18 +482,20 @@ func cpuSeconds(pid int) float64 {
 
 // publish sends one position per device every period for d, each with the
 // publish time as fix time, and returns the last fix time per device.
-func (c *coord) publish(names []string, period, d time.Duration) map[string]int64 {
+func (c *coord) publish(names []string, period, d time.Duration) (map[string]int64, int) {
 	last := make(map[string]int64, len(names))
+	count := 0
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	end := time.Now().Add(d)
 	for time.Now().Before(end) {
-		// Spread the devices over the period in groups of 100, as real
+		// Spread the devices over the period in small bursts, as real
 		// trackers are spread.
-		groups := (len(names) + 99) / 100
+		b := max(1, *burstF)
+		groups := (len(names) + b - 1) / b
 		gap := period / time.Duration(groups+1)
-		for i := 0; i < len(names); i += 100 {
-			for _, name := range names[i:min(i+100, len(names))] {
+		for i := 0; i < len(names); i += b {
+			for _, name := range names[i:min(i+b, len(names))] {
 				ts := max(time.Now().UnixMilli(), c.lastTS[name]+1)
 				c.lastTS[name] = ts
 				p := contract.Position{DeviceID: name, EventID: c.eventID, TS: time.UnixMilli(ts).UTC(), Lat: 45.1, Lon: 7.6,
@@ -491,6 +505,7 @@ func (c *coord) publish(names []string, period, d time.Duration) map[string]int6
 					continue
 				}
 				last[name] = ts
+				count++
 			}
 			time.Sleep(gap)
 		}
@@ -501,7 +516,7 @@ func (c *coord) publish(names []string, period, d time.Duration) map[string]int6
 	case <-time.After(30 * time.Second):
 		log.Printf("publish acks still pending after 30s")
 	}
-	return last
+	return last, count
 }
 
 var (
