@@ -75,9 +75,9 @@ type options struct {
 
 func run() error {
 	var o options
-	flag.IntVar(&o.n, "n", 20000, "positions through the bridge and the persister per setup and run")
+	flag.IntVar(&o.n, "n", 50000, "positions through the bridge and the persister per setup and run")
 	flag.IntVar(&o.rawN, "raw-n", 50000, "raw async publishes per setup and run")
-	flag.IntVar(&o.alwaysN, "always-n", 3000, "positions and raw publishes on the single node with sync always (about 1,000/s: keep it small)")
+	flag.IntVar(&o.alwaysN, "always-n", 5000, "positions and raw publishes on the single node with sync always (about 1,000/s: keep it small)")
 	flag.IntVar(&o.runs, "runs", 3, "rounds over every setup, interleaved; each figure is the median")
 	flag.BoolVar(&o.quick, "quick", false, "only the two setups the ratio needs (single/default, R3/always)")
 	flag.Parse()
