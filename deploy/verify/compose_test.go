@@ -733,3 +733,57 @@ func devBroadcasterPort(t *testing.T) string {
 	}
 	return string(m[1])
 }
+
+// TestEnvExampleDefaults: a setting documented as "# NAME=value" in a
+// worker's env example claims value is the default. Setting it must not
+// change the worker's effective configuration.
+func TestEnvExampleDefaults(t *testing.T) {
+	t.Parallel()
+	dir := deployDir(t)
+	for _, w := range devWorkers {
+		spec := workerSpecs[w]
+		env := map[string]string{}
+		var documented map[string]bool
+		for _, f := range []string{"common", w} {
+			set, doc, err := readEnvFile(filepath.Join(dir, "env", f+".env.example"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fillSecrets(set)
+			for k, v := range set {
+				env[k] = v
+			}
+			if f == w {
+				documented = doc
+			}
+		}
+		env["NATS_URL"] = "nats://nats-1:4222"
+		base, err := spec.config(func(k string) string { return env[k] })
+		if err != nil {
+			t.Fatalf("%s: %v", w, err)
+		}
+		raw, err := os.ReadFile(filepath.Join(dir, "env", w+".env.example"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`(?m)^#\s*([A-Z][A-Z0-9_]*)=(\S+)\s*$`).FindAllStringSubmatch(string(raw), -1) {
+			name, val := m[1], m[2]
+			if _, set := env[name]; set || !documented[name] {
+				continue
+			}
+			cfg, err := spec.config(func(k string) string {
+				if k == name {
+					return val
+				}
+				return env[k]
+			})
+			if err != nil {
+				t.Errorf("env/%s.env.example: # %s=%s is refused: %v", w, name, val, err)
+				continue
+			}
+			if cfg.String() != base.String() {
+				t.Errorf("env/%s.env.example: # %s=%s is not the default:\n default: %s\n with it: %s", w, name, val, base, cfg)
+			}
+		}
+	}
+}

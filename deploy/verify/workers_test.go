@@ -14,6 +14,8 @@ import (
 // workerSpec loads one worker's configuration the way its main does.
 type workerSpec struct {
 	load func(getenv func(string) string) error
+	// config loads the effective configuration, for its String().
+	config func(getenv func(string) string) (fmt.Stringer, error)
 	once sync.Once
 	read map[string]bool
 }
@@ -39,19 +41,19 @@ var workerSpecs = map[string]*workerSpec{
 	"bridge": {load: func(g func(string) string) error {
 		_, err := bridge.LoadConfig(nil, g)
 		return err
-	}},
+	}, config: func(g func(string) string) (fmt.Stringer, error) { return bridge.LoadConfig(nil, g) }},
 	"persister": {load: func(g func(string) string) error {
 		_, err := persister.LoadConfig(nil, g)
 		return err
-	}},
+	}, config: func(g func(string) string) (fmt.Stringer, error) { return persister.LoadConfig(nil, g) }},
 	"authsvc": {load: func(g func(string) string) error {
 		_, err := authsvc.LoadConfig(nil, g)
 		return err
-	}},
+	}, config: func(g func(string) string) (fmt.Stringer, error) { return authsvc.LoadConfig(nil, g) }},
 	"broadcaster": {load: func(g func(string) string) error {
 		_, err := broadcaster.LoadConfig(nil, g)
 		return err
-	}},
+	}, config: func(g func(string) string) (fmt.Stringer, error) { return broadcaster.LoadConfig(nil, g) }},
 }
 
 func init() {
