@@ -198,12 +198,12 @@ func (srv *server) newMelody() *melody.Melody {
 	mel.Config.PongWait = srv.cfg.PongWait
 	mel.Config.WriteWait = srv.cfg.WriteWait
 	mel.Config.MessageBufferSize = credits + 1 // the extra slot is the close's
-	// Read buffer 0 reuses net/http's 4 KiB reader; write buffers come from
-	// a pool and are held only during a write, so an idle connection holds
-	// none.
+	// Buffer sizes 0 and no pool: gorilla reuses the 4 KiB reader and
+	// writer net/http already allocated for the connection (which stay
+	// referenced anyway), so a connection costs no further buffer, idle or
+	// busy. Larger frames go out with one writev (gorilla's fast path).
 	mel.Upgrader.ReadBufferSize = 0
-	mel.Upgrader.WriteBufferSize = 16 << 10
-	mel.Upgrader.WriteBufferPool = &sync.Pool{}
+	mel.Upgrader.WriteBufferSize = 0
 	mel.Upgrader.CheckOrigin = func(r *http.Request) bool { return originAllowed(r, srv.cfg.AllowedOrigins) }
 
 	mel.HandleConnect(srv.onConnect)
@@ -273,7 +273,9 @@ func (srv *server) serveWS(w http.ResponseWriter, r *http.Request) {
 	defer srv.handlers.Done()
 
 	keys := map[string]any{}
-	ctx, cancel := context.WithTimeout(r.Context(), srv.cfg.AuthTimeout)
+	// Not derived from r.Context(): a child would leave a children map on
+	// the request's context for the connection's lifetime (~1 KiB each).
+	ctx, cancel := context.WithTimeout(srv.base, srv.cfg.AuthTimeout)
 	user, err := srv.auth.session(ctx, credential(r, srv.cfg.CookieName))
 	cancel()
 	var c *client

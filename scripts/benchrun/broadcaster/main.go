@@ -533,6 +533,13 @@ func (c *coord) idleRun(n int) error {
 		return err
 	}
 	heap1, rss1, g1 := c.mem()
+	if p := os.Getenv("BENCH_HEAP_PROFILE"); p != "" {
+		if resp, err := http.Get("http://" + c.debugAddr + "/debug/pprof/heap"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			_ = os.WriteFile(p, b, 0o644)
+		}
+	}
 	l.finish()
 	fmt.Printf("idle connections: %d  broadcaster RSS %s → %s: %.1f KiB per connection; Go heap in use %.1f KiB, goroutines %.1f per connection\n\n",
 		n, mib(rss0), mib(rss1), float64(rss1-rss0)/1024/float64(n), float64(heap1-heap0)/1024/float64(n), float64(g1-g0)/float64(n))
@@ -583,6 +590,7 @@ func runServer() error {
 			fmt.Fprintf(w, "%d %d %d\n", ms.HeapInuse, rss(os.Getpid()), runtime.NumGoroutine())
 		})
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.Handle("/debug/pprof/heap", pprof.Handler("heap"))
 		_ = http.ListenAndServe(*debugF, mux)
 	}()
 	reg := prometheus.NewRegistry()
