@@ -56,6 +56,7 @@ var (
 	durationF = flag.Duration("duration", 2*time.Hour, "length of the recorded race (fix times), 1 Hz per device")
 	clientsF  = flag.Int("clients", 10, "clients replaying at once at -speed")
 	speedF    = flag.Float64("speed", 100, "speed of the concurrent replays")
+	pacedF    = flag.Duration("paced-range", 10*time.Minute, "fix-time range the concurrent replays play (from the race's start; 0 = all of it)")
 	skipMax   = flag.Bool("skip-max", false, "skip the single client at max speed")
 	reuseF    = flag.Bool("reuse", false, "reuse the race stored by a previous run with the same -devices and -duration")
 	maxLagF   = flag.Duration("max-lag", 0, "BROADCASTER_REPLAY_MAX_LAG for the broadcaster (0: its default)")
@@ -182,15 +183,25 @@ func run() error {
 			res.n, total, res.d.Round(time.Millisecond), res.rate(), res.rate()/ceiling.rate(), b.peakRSS())
 	}
 
-	res, err := replayPaced(b.addr, from, total, *clientsF, *speedF)
+	pacedTo, pacedTotal := time.Time{}, total
+	if *pacedF > 0 && *pacedF < *durationF {
+		// The last fix of the range is device 0 at second pacedF.
+		pacedTo = first.Add(*pacedF)
+		pacedTotal = *devicesF*int(*pacedF/time.Second) + 1
+	}
+	res, err := replayPaced(b.addr, from, pacedTo, pacedTotal, *clientsF, *speedF)
 	if err != nil {
 		return err
 	}
 	need := float64(*devicesF) * *speedF * float64(*clientsF) // positions/s the schedule asks for
-	fmt.Printf("%d clients at %g×: %d of %d positions delivered (%.2f%%) in %s (schedule: %s); pacing error p50 %s p99 %s max %s;"+
+	played := *durationF
+	if !pacedTo.IsZero() {
+		played = *pacedF
+	}
+	fmt.Printf("%d clients at %g× over %s of the race: %d of %d positions delivered (%.2f%%) in %s (schedule: %s); pacing error p50 %s p99 %s max %s;"+
 		" %.0f positions/s delivered in all, the schedule asks %.0f/s (%.2f × raw ceiling)\n",
-		*clientsF, *speedF, res.delivered, res.expected, 100*float64(res.delivered)/float64(res.expected),
-		res.d.Round(time.Millisecond), time.Duration(float64(*durationF) / *speedF).Round(time.Millisecond),
+		*clientsF, *speedF, played, res.delivered, res.expected, 100*float64(res.delivered)/float64(res.expected),
+		res.d.Round(time.Millisecond), time.Duration(float64(played) / *speedF).Round(time.Millisecond),
 		res.p50, res.p99, res.max, float64(res.delivered)/res.d.Seconds(), need, need/ceiling.rate())
 	m := b.metrics()
 	fmt.Printf("broadcaster: replay_positions_total %s, positions_coalesced_total %s, server-side pacing error ≤ 50 ms: %s of %s; RSS peak %s\n",
@@ -351,11 +362,17 @@ func startBroadcaster(dir, natsURL string) (*bcast, error) {
 	_ = ln.Close()
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "NATS_URL="+natsURL, "HTTP_ADDR="+addr, "LOG_LEVEL=warn",
-		"BROADCASTER_REPLAY_MAX_PER_USER=100", "BROADCASTER_REPLAY_MAX=1000", "BROADCASTER_MAX_CONNS_PER_USER=1000")
+		"BROADCASTER_REPLAY_MAX_PER_USER=100", "BROADCASTER_REPLAY_MAX=1000", "BROADCASTER_MAX_CONNS_PER_USER=1000",
+		// The race was recorded in minutes, its fix times spread over
+		// -duration: every position is "late" by up to -duration, and a
+		// replay with an end must read that far past it.
+		"BROADCASTER_REPLAY_LATENESS="+(*durationF+time.Hour).String())
 	if *maxLagF > 0 {
 		cmd.Env = append(cmd.Env, "BROADCASTER_REPLAY_MAX_LAG="+maxLagF.String())
 	}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	// The broadcaster goes with the benchmark, however that ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -457,10 +474,16 @@ func dial(addr, cookie string) (*client, error) {
 	return &client{conn: conn}, nil
 }
 
-// subscribe starts a replay and reads its subscribed frame.
+// subscribe starts a replay to the end of the data and reads its
+// subscribed frame.
 func (c *client) subscribe(from time.Time, speed ws.Speed) error {
+	return c.subscribeRange(from, time.Time{}, speed)
+}
+
+// subscribeRange starts a replay of [from, to] (to zero: to the end).
+func (c *client) subscribeRange(from, to time.Time, speed ws.Speed) error {
 	req := ws.Request{Type: ws.TypeSubscribe, Topic: ws.EventTopic(eventID), ID: "bench", Replay: true,
-		ReplayOptions: ws.ReplayOptions{From: from, Speed: speed}}
+		ReplayOptions: ws.ReplayOptions{From: from, To: to, Speed: speed}}
 	if err := c.conn.WriteMessage(websocket.TextMessage, req.Encode()); err != nil {
 		return err
 	}
@@ -549,7 +572,7 @@ type pacedResult struct {
 	p50, p99, max       time.Duration
 }
 
-func replayPaced(addr string, from time.Time, total, clients int, speed float64) (pacedResult, error) {
+func replayPaced(addr string, from, to time.Time, total, clients int, speed float64) (pacedResult, error) {
 	cs := make([]*client, clients)
 	for i := range cs {
 		c, err := dial(addr, fmt.Sprintf("paced-%d", i))
@@ -584,7 +607,7 @@ func replayPaced(addr string, from time.Time, total, clients int, speed float64)
 	for i, c := range cs {
 		hists[i] = make([]uint32, buckets+1)
 		wg.Go(func() {
-			if err := c.subscribe(from, ws.Speed(speed)); err != nil {
+			if err := c.subscribeRange(from, to, ws.Speed(speed)); err != nil {
 				errs <- err
 				return
 			}
