@@ -71,6 +71,7 @@ type mailbox struct {
 	scheduled bool
 	closing   []byte // close frame to send once ctrl is flushed
 	closed    bool   // nothing more is queued or sent
+	coalesced int64  // pending positions this client lost to newer ones
 }
 
 // sessionWriter is the part of *melody.Session the mailbox writes to.
@@ -113,6 +114,7 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 	sl.ts, sl.data = ts, data
 	if sl.pending {
 		res = putCoalesced
+		mb.coalesced++
 	} else {
 		sl.pending = true
 		f.dirty = append(f.dirty, idx)
@@ -150,6 +152,7 @@ func (mb *mailbox) putBatch(f *feed, items []snapItem) (coalesced, stale int) {
 		sl.ts, sl.data = it.ts, it.data
 		if sl.pending {
 			coalesced++
+			mb.coalesced++
 			continue
 		}
 		sl.pending = true
