@@ -8,6 +8,9 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/logging"
+
 	"trm-live/bridge"
 )
 
@@ -21,6 +24,7 @@ func main() {
 	}
 	cfg.Logger = cfg.NewLogger(os.Stderr).With("component", "bridge")
 	cfg.Logger.Info("starting", "config", cfg.String())
+	redis.SetLogger(&logging.VoidLogger{}) // the bridge logs each Redis outage once itself
 	if err := bridge.Run(ctx, cfg); err != nil {
 		cfg.Logger.Error("exit", "err", err)
 		stop()

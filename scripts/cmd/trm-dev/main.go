@@ -20,6 +20,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/logging"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -44,6 +46,9 @@ func main() {
 	}
 
 	log := newLogger()
+	// go-redis logs every failed dial on its own global logger; the bridge
+	// logs each Redis outage once itself.
+	redis.SetLogger(&logging.VoidLogger{})
 	if err := run(ctx, log, *dataDir, *natsHost, *natsPort, *natsHTTP, *offset, *jsMem, *jsStore); err != nil {
 		log.Error("exit", "err", err)
 		stop()
