@@ -64,6 +64,11 @@ func (a *fakeAuth) start(t testing.TB) {
 	if err := svc.AddEndpoint("event", micro.HandlerFunc(a.event), micro.WithEndpointSubject(auth.EventSubject)); err != nil {
 		t.Fatal(err)
 	}
+	// AddService subscribes asynchronously: a round trip makes sure the
+	// server routes requests to the endpoints before the test goes on.
+	if err := a.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	a.mu.Lock()
 	a.svc = svc
 	a.mu.Unlock()
