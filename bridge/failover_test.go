@@ -167,3 +167,30 @@ func TestPostgresDownKeepsLastRoutingTable(t *testing.T) {
 		t.Fatalf("/readyz %d with PostgreSQL down after a first load, want 200", resp.StatusCode)
 	}
 }
+
+// The consumer group deleted under a running bridge (as after a Redis
+// restart without its data): NOGROUP, the group is recreated from "0",
+// everything is re-read, and dedup keeps exactly one copy of each entry.
+func TestGroupDeletedIsRecreated(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n, devices = 1000, 10
+	e.add(0, n, devices)
+	cfg, reg := e.config("a")
+	e.start(cfg)
+	e.waitAll(n, 30*time.Second)
+	if err := e.rdb.XGroupDestroy(context.Background(), e.stream, e.group).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.add(n, 2*n, devices)
+	e.waitAll(2*n, 30*time.Second)
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if d := metric(t, reg, "bridge_publish_duplicates_total"); d != n {
+			return fmt.Errorf("%v duplicates, want %d (the first entries re-read from 0)", d, n)
+		}
+		return nil
+	})
+	if got := e.msgs(streams.Positions); got != 2*n {
+		t.Fatalf("POSITIONS has %d, want %d", got, 2*n)
+	}
+}
