@@ -38,7 +38,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -46,7 +45,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/redis/go-redis/v9"
 
-	"trm-live/contract"
 	"trm-live/contract/ws"
 	"trm-live/scripts/devauth"
 )
@@ -59,6 +57,13 @@ type scenario struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-role=viewers" {
+		if err := viewerMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench e2e viewers:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench e2e:", err)
 		os.Exit(1)
@@ -536,152 +541,84 @@ type workerStat struct {
 }
 
 type result struct {
-	s          scenario
-	lat        *hist
-	produced   int64 // in the window
-	sent       int64 // in the whole scenario
-	dbRows     int64
-	delivered  []float64 // per viewer: share of window positions received
-	workers    []workerStat
-	benchCPU   float64
-	window     time.Duration
-	connectDur time.Duration
-	errors     []string
+	s           scenario
+	lat         *hist
+	produced    int64 // in the window
+	sent        int64 // in the whole scenario
+	dbRows      int64
+	delivered   []float64 // per viewer: share of window positions received
+	workers     []workerStat
+	benchCPU    float64
+	window      time.Duration
+	connectDur  time.Duration
+	lateMax     time.Duration // how far the producer fell behind its schedule
+	closedEarly int           // viewer connections the server ended during the scenario
+	closeErr    string        // one of their close errors
+	errors      []string
 }
-
-// sendLog maps a position to the moment its XADD was sent: per tick (by
-// the ts string) and slice of the tick (by device index).
-type sendLog struct {
-	mu     sync.RWMutex
-	ticks  map[string]*tickSend
-	devIdx map[string]int
-	slices int
-}
-
-type tickSend struct {
-	sentAt   []int64 // unix ns per slice, 0 until sent
-	inWindow bool
-}
-
-func (l *sendLog) lookup(dev, ts []byte) (int64, bool) {
-	l.mu.RLock()
-	t := l.ticks[string(ts)]
-	i, ok := l.devIdx[string(dev)]
-	l.mu.RUnlock()
-	if t == nil || !ok || !t.inWindow {
-		return 0, false
-	}
-	at := atomic.LoadInt64(&t.sentAt[i*l.slices/len(l.devIdx)])
-	return at, at != 0
-}
-
-var (
-	keyDevice = []byte(`"device_id":"`)
-	keyTS     = []byte(`"ts":"`)
-)
 
 func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error) {
 	r := result{s: s, lat: newHist()}
 	fmt.Printf("\n== %s: %d devices at %g Hz (%g positions/s), %d viewers\n", s.Name, s.Devices, s.Hz, float64(s.Devices)*s.Hz, s.Viewers)
 
-	const slices = 10
-	log := &sendLog{ticks: map[string]*tickSend{}, devIdx: map[string]int{}, slices: slices}
-	for i, d := range e.db.devices[:s.Devices] {
-		log.devIdx[d] = i
-	}
-
-	// Viewers: log in (real session cookies from the dev backend), connect,
-	// subscribe.
+	// Viewers run in child processes of this binary (-role viewers), so the
+	// producer here keeps its pace however busy they are: up to 500
+	// viewers per process. Each logs its users in, connects and
+	// subscribes, then says "ready".
 	t0 := time.Now()
-	type viewer struct {
-		conn     *websocket.Conn
-		h        *hist
-		received int64
+	self, err := os.Executable()
+	if err != nil {
+		return r, err
 	}
-	viewers := make([]*viewer, s.Viewers)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 32)
-	var connErr atomic.Value
-	for i := range viewers {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c, err := connectViewer(ctx, e.directusURL, e.wsURL, e.users[i], e.db.eventID)
-			if err != nil {
-				connErr.Store(err)
-				return
+	var kids []*viewerProc
+	per := 500
+	for first := 0; first < s.Viewers; first += per {
+		n := min(per, s.Viewers-first)
+		k, err := startViewers(ctx, self, e, first, n)
+		if err != nil {
+			for _, k := range kids {
+				k.kill()
 			}
-			viewers[i] = &viewer{conn: c, h: newHist()}
-		}()
-	}
-	wg.Wait()
-	if err, _ := connErr.Load().(error); err != nil {
-		for _, v := range viewers {
-			if v != nil {
-				v.conn.Close()
-			}
+			return r, err
 		}
-		return r, fmt.Errorf("viewer: %w", err)
+		kids = append(kids, k)
+	}
+	defer func() {
+		for _, k := range kids {
+			k.kill()
+		}
+	}()
+	for _, k := range kids {
+		if err := k.waitReady(2 * time.Minute); err != nil {
+			return r, err
+		}
 	}
 	r.connectDur = time.Since(t0)
-	fmt.Printf("%d viewers logged in, connected and subscribed in %.1f s\n", s.Viewers, r.connectDur.Seconds())
-
-	var readers sync.WaitGroup
-	for _, v := range viewers {
-		readers.Add(1)
-		go func() {
-			defer readers.Done()
-			for {
-				_, data, err := v.conn.ReadMessage()
-				if err != nil {
-					return
-				}
-				now := time.Now().UnixNano()
-				if !bytes.HasPrefix(data, []byte(`{"type":"positions"`)) {
-					continue
-				}
-				off := 0
-				for {
-					i := bytes.Index(data[off:], keyDevice)
-					if i < 0 {
-						break
-					}
-					off += i + len(keyDevice)
-					j := bytes.IndexByte(data[off:], '"')
-					dev := data[off : off+j]
-					off += j
-					k := bytes.Index(data[off:], keyTS)
-					if k < 0 {
-						break
-					}
-					off += k + len(keyTS)
-					m := bytes.IndexByte(data[off:], '"')
-					ts := data[off : off+m]
-					off += m
-					if at, ok := log.lookup(dev, ts); ok {
-						v.h.add(time.Duration(now - at))
-						v.received++
-					}
-				}
-			}
-		}()
-	}
+	fmt.Printf("%d viewers (in %d processes) logged in, connected and subscribed in %.1f s\n", s.Viewers, len(kids), r.connectDur.Seconds())
 
 	// Producer: each tick's positions in ten slices spread over the tick,
-	// as unsynchronised trackers send; the send time of each slice is noted
-	// before its XADDs go out.
+	// as unsynchronised trackers send. Every entry carries its send time in
+	// attrs ({"sent":<unix ns>}, taken just before its slice's XADDs), which
+	// the pipeline passes through to the WebSocket item unchanged.
+	const slices = 10
 	tick := time.Duration(float64(time.Second) / s.Hz)
-	start := time.Now().Add(100 * time.Millisecond).Truncate(10 * time.Millisecond)
+	start := time.Now().Add(200 * time.Millisecond).Truncate(10 * time.Millisecond)
 	windowStart, windowEnd := start.Add(e.warmup), start.Add(e.warmup+e.duration)
+	for _, k := range kids {
+		if err := k.setWindow(windowStart, windowEnd); err != nil {
+			return r, err
+		}
+	}
 	var cpu0 map[string]int64
 	var self0 int64
+	procs := append([]*workerProc(nil), e.procs...)
+	for _, k := range kids {
+		procs = append(procs, k.proc)
+	}
 	sampleStop := make(chan struct{})
 	var sampler sync.WaitGroup
 	sampler.Add(1)
 	peaks := map[string]int64{}
-	var peakMu sync.Mutex
 	go func() {
 		defer sampler.Done()
 		t := time.NewTicker(500 * time.Millisecond)
@@ -691,16 +628,15 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 			case <-sampleStop:
 				return
 			case <-t.C:
-				peakMu.Lock()
-				for _, p := range e.procs {
+				for _, p := range procs {
 					peaks[p.name] = max(peaks[p.name], p.rss())
 				}
-				peakMu.Unlock()
 			}
 		}
 	}()
 	pipe := e.rdb.Pipeline()
 	var produced, sent int64
+	late := time.Duration(0)
 	for k := 0; ; k++ {
 		tickAt := start.Add(time.Duration(k) * tick)
 		if !tickAt.Before(windowEnd) {
@@ -708,64 +644,71 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 		}
 		if cpu0 == nil && !tickAt.Before(windowStart) {
 			cpu0 = map[string]int64{}
-			for _, p := range e.procs {
+			for _, p := range procs {
 				cpu0[p.name] = p.cpuTicks()
 			}
 			self0 = selfCPUTicks()
 		}
-		tsStr := tickAt.UTC().Format(contract.TimeLayout)
 		ts := strconv.FormatInt(tickAt.UnixMilli(), 10)
-		tsend := &tickSend{sentAt: make([]int64, slices), inWindow: !tickAt.Before(windowStart)}
-		log.mu.Lock()
-		log.ticks[tsStr] = tsend
-		log.mu.Unlock()
+		inWindow := !tickAt.Before(windowStart)
 		for sl := 0; sl < slices; sl++ {
 			at := tickAt.Add(time.Duration(sl) * tick / slices)
 			if d := time.Until(at); d > 0 {
 				time.Sleep(d)
+			} else if inWindow {
+				late = max(late, -d)
 			}
 			lo, hi := sl*s.Devices/slices, (sl+1)*s.Devices/slices
-			atomic.StoreInt64(&tsend.sentAt[sl], time.Now().UnixNano())
+			attrs := `{"sent":` + strconv.FormatInt(time.Now().UnixNano(), 10) + `}`
 			for i := lo; i < hi; i++ {
 				a := float64(k)/s.Hz/60*2*math.Pi + float64(i)
 				pipe.XAdd(ctx, &redis.XAddArgs{Stream: e.stream, Values: []string{
 					"device_id", e.db.devices[i], "ts", ts,
 					"lat", strconv.FormatFloat(45.62+0.01*math.Sin(a), 'f', 6, 64),
 					"lon", strconv.FormatFloat(9.28+0.014*math.Cos(a), 'f', 6, 64),
-					"speed", "180.5", "heading", "90", "sats", "11",
+					"speed", "180.5", "heading", "90", "sats", "11", "attrs", attrs,
 				}})
 			}
 			if _, err := pipe.Exec(ctx); err != nil {
 				return r, fmt.Errorf("xadd: %w", err)
 			}
 			sent += int64(hi - lo)
-			if tsend.inWindow {
+			if inWindow {
 				produced += int64(hi - lo)
 			}
 		}
 	}
 	windowDur := time.Since(windowStart)
-	for _, p := range e.procs {
+	r.lateMax = late
+	for _, p := range procs {
 		r.workers = append(r.workers, workerStat{name: p.name, cpu: float64(p.cpuTicks()-cpu0[p.name]) / 100 / windowDur.Seconds()})
 	}
 	r.benchCPU = float64(selfCPUTicks()-self0) / 100 / windowDur.Seconds()
 	r.window, r.produced, r.sent = windowDur, produced, sent
 
-	// Let the last positions arrive, then close the viewers.
+	// Let the last positions arrive, then collect the viewers' results.
 	time.Sleep(3 * time.Second)
-	for _, v := range viewers {
-		_ = v.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-		v.conn.Close()
-	}
-	readers.Wait()
 	close(sampleStop)
 	sampler.Wait()
 	for i := range r.workers {
 		r.workers[i].peakRSS = peaks[r.workers[i].name]
 	}
-	for _, v := range viewers {
-		r.lat.merge(v.h)
-		r.delivered = append(r.delivered, float64(v.received)/float64(max(produced, 1)))
+	for _, k := range kids {
+		vr, err := k.finish()
+		if err != nil {
+			return r, err
+		}
+		h := newHist()
+		copy(h.counts, vr.Counts)
+		h.n, h.max = vr.N, time.Duration(vr.MaxNS)
+		r.lat.merge(h)
+		for _, got := range vr.Received {
+			r.delivered = append(r.delivered, float64(got)/float64(max(produced, 1)))
+		}
+		r.closedEarly += vr.Closed
+		if vr.CloseErr != "" {
+			r.closeErr = vr.CloseErr
+		}
 	}
 
 	// Zero loss at the database: every position of the scenario is stored.
@@ -844,8 +787,8 @@ func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.Use
 
 func (r result) print() {
 	rate := float64(r.produced) / r.window.Seconds()
-	fmt.Printf("window %.1f s: %d positions XADDed (%.0f/s), %d viewer deliveries measured (%.0f/s)\n",
-		r.window.Seconds(), r.produced, rate, r.lat.n, float64(r.lat.n)/r.window.Seconds())
+	fmt.Printf("window %.1f s: %d positions XADDed (%.0f/s; producer at most %s behind schedule), %d viewer deliveries measured (%.0f/s)\n",
+		r.window.Seconds(), r.produced, rate, ms(r.lateMax), r.lat.n, float64(r.lat.n)/r.window.Seconds())
 	fmt.Printf("latency XADD → WebSocket receive: p50 %s  p99 %s  p99.9 %s  max %s\n",
 		ms(r.lat.quantile(0.5)), ms(r.lat.quantile(0.99)), ms(r.lat.quantile(0.999)), ms(r.lat.max))
 	d := append([]float64(nil), r.delivered...)
@@ -858,11 +801,14 @@ func (r result) print() {
 		mean /= float64(len(d))
 		fmt.Printf("share of window positions each viewer received: mean %.2f%%, min %.2f%%\n", 100*mean, 100*d[0])
 	}
+	if r.closedEarly > 0 {
+		fmt.Printf("viewer connections ended by the server during the scenario: %d (e.g. %s)\n", r.closedEarly, r.closeErr)
+	}
 	fmt.Printf("database: %d rows for %d positions sent in the scenario\n", r.dbRows, r.sent)
 	for _, w := range r.workers {
 		fmt.Printf("  %-12s CPU %5.1f%% of a core   peak RSS %6.1f MiB\n", w.name, 100*w.cpu, float64(w.peakRSS)/(1<<20))
 	}
-	fmt.Printf("  %-12s CPU %5.1f%% of a core (producer + %d viewers)\n", "bench", 100*r.benchCPU, r.s.Viewers)
+	fmt.Printf("  %-12s CPU %5.1f%% of a core (producer)\n", "bench", 100*r.benchCPU)
 	for _, e := range r.errors {
 		fmt.Println("ERROR:", e)
 	}
