@@ -24,10 +24,10 @@ type ReplayConfig struct {
 	// replay pulls continuously, paused or not, and deletes its consumer
 	// itself when it ends.
 	InactiveThreshold time.Duration
-	// Lateness is how long after its fix time a position may have been
-	// stored and still be replayed in a range with an end
+	// Lateness is how far out of fix-time order a position may arrive in
+	// the stream and still be replayed in a range with an end
 	// (BROADCASTER_REPLAY_LATENESS). Default 10m. The replay stops reading
-	// at a storage time past to + Lateness.
+	// at the first fix time after to + Lateness.
 	Lateness time.Duration
 	// MaxLag is how long, at a finite speed, a position may wait behind
 	// its device's previous one that a slow client has not taken yet,

@@ -53,8 +53,8 @@ type source struct {
 }
 
 // window bounds a source: it ends at the first of the stream's last
-// sequence when the replay started, a storage time after stopAt (zero:
-// none), or nothing left pending for the filter.
+// sequence when the replay started, a fix time after stopAt (zero: none),
+// or nothing left pending for the filter.
 type window struct {
 	eventID string
 	lastSeq uint64
@@ -169,13 +169,18 @@ func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w windo
 			s.err = fmt.Errorf("replay message metadata: %w", err)
 			return
 		}
-		if meta.Sequence.Stream > w.lastSeq || (!w.stopAt.IsZero() && meta.Timestamp.After(w.stopAt)) {
+		if meta.Sequence.Stream > w.lastSeq {
 			return
 		}
 		ev, device, ok := contract.ParseSubject(msg.Subject())
 		ts, valid := int64(0), false
 		if ok && ev == w.eventID {
 			ts, valid = payloadTS(msg.Data(), ev, device)
+		}
+		if valid && !w.stopAt.IsZero() && ts > w.stopAt.UnixMilli() {
+			// A fix Lateness past the range's end: what is still to come
+			// for the range would arrive that far out of order.
+			return
 		}
 		switch {
 		case !valid:

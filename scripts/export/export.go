@@ -42,9 +42,10 @@ type Options struct {
 	To time.Time
 	// Format is the output format. Required.
 	Format Format
-	// Lateness is how long after its fix time a position may have been
-	// stored and still be exported (trackers that buffer while offline).
-	// Zero means DefaultLateness.
+	// Lateness is how far out of fix-time order a position may arrive in
+	// the stream (trackers that buffered while offline, jitter between
+	// devices) and still be exported: the read stops at the first fix time
+	// after To + Lateness. Zero means DefaultLateness.
 	Lateness time.Duration
 	// Progress, when set, is called about every ProgressEvery and once at
 	// the end, on the exporting goroutine.

@@ -458,3 +458,33 @@ func TestParseTime(t *testing.T) {
 		}
 	}
 }
+
+// TestLatenessEndsTheRead: a position stored after positions more than
+// Lateness newer than the range's end is not waited for; with a larger
+// Lateness it is found. The race is stored a minute after its fix times
+// (as a bridge catching up on a backlog would): storage time is no end.
+func TestLatenessEndsTheRead(t *testing.T) {
+	t.Parallel()
+	r := publishRace(t, 2, 60)
+	base := r.all[0].TS
+	late := contract.Position{DeviceID: "late-dev", EventID: event, TS: base.Add(5500 * time.Millisecond), Lat: 1, Lon: 2}
+	if _, err := r.js.Publish(context.Background(), late.Subject(), late.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	from, to := base, base.Add(10*time.Second)
+	want := len(r.inRange(from, to, ""))
+	for _, tc := range []struct {
+		lateness time.Duration
+		want     int
+	}{{5 * time.Second, want}, {2 * time.Hour, want + 1}} {
+		out, st := run(t, r.js, export.Options{EventID: event, From: from, To: to, Format: export.NDJSON, Lateness: tc.lateness})
+		if got := bytes.Count(out, []byte("\n")); got != tc.want {
+			t.Fatalf("lateness %s: %d positions, want %d", tc.lateness, got, tc.want)
+		}
+		// The short lateness stops reading at fix time to + 5 s: about
+		// 15 s of the 60 s race were read, not all of it.
+		if tc.lateness == 5*time.Second && st.Scanned > int64(2*20) {
+			t.Fatalf("lateness %s: %d messages read, want the read to stop near to + lateness", tc.lateness, st.Scanned)
+		}
+	}
+}

@@ -12,9 +12,9 @@ import (
 	"trm-live/contract/streams"
 )
 
-// DefaultLateness is how long after its fix time a position may have been
-// stored and still be found by a range that ends at that fix time: the
-// reader stops once the stream's storage time passes To + Lateness.
+// DefaultLateness is how far out of fix-time order a position may arrive
+// in the stream and still be found by a range that ends at its fix time:
+// the reader stops at the first fix time after To + Lateness.
 const DefaultLateness = time.Hour
 
 // window is one read of the POSITIONS stream: the positions on subject
@@ -44,8 +44,12 @@ type scanStats struct {
 // the consumer starts at from − contract.MaxFutureSkew: the bridge refuses a
 // fix time more than that ahead of its clock, so no position with a fix time
 // at or after from was stored earlier. It stops at the first of: the
-// stream's last sequence at start, a storage time after to + lateness, or no
-// message pending for the filter.
+// stream's last sequence at start, a fix time after to + lateness (the
+// stream is in arrival order, which follows fix order but for trackers
+// that buffered and for jitter between devices: lateness is how far out of
+// order a position may arrive and still be found), or no message pending
+// for the filter. Storage time is no end: a bridge catching up on a Redis
+// backlog stores an hour of fixes in a minute.
 func scan(ctx context.Context, js jetstream.JetStream, w window, fn func(contract.Position) error, tick func(scanStats)) (scanStats, error) {
 	var st scanStats
 	if w.lastSeq == 0 {
@@ -87,11 +91,16 @@ func scan(ctx context.Context, js jetstream.JetStream, w window, fn func(contrac
 		if err != nil {
 			return st, fmt.Errorf("message metadata: %w", err)
 		}
-		if meta.Sequence.Stream > w.lastSeq || (!stopAt.IsZero() && meta.Timestamp.After(stopAt)) {
+		if meta.Sequence.Stream > w.lastSeq {
 			return st, nil
 		}
 		st.scanned++
 		p, err := contract.DecodePosition(msg.Data())
+		if err == nil && !stopAt.IsZero() && p.TS.After(stopAt) {
+			// A fix lateness past the range's end: what is still to come
+			// for the range would arrive that far out of order.
+			return st, nil
+		}
 		if err != nil {
 			st.malformed++
 		} else if !p.TS.Before(w.from) && (w.to.IsZero() || !p.TS.After(w.to)) {

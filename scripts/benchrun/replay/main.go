@@ -362,11 +362,7 @@ func startBroadcaster(dir, natsURL string) (*bcast, error) {
 	_ = ln.Close()
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "NATS_URL="+natsURL, "HTTP_ADDR="+addr, "LOG_LEVEL=warn",
-		"BROADCASTER_REPLAY_MAX_PER_USER=100", "BROADCASTER_REPLAY_MAX=1000", "BROADCASTER_MAX_CONNS_PER_USER=1000",
-		// The race was recorded in minutes, its fix times spread over
-		// -duration: every position is "late" by up to -duration, and a
-		// replay with an end must read that far past it.
-		"BROADCASTER_REPLAY_LATENESS="+(*durationF+time.Hour).String())
+		"BROADCASTER_REPLAY_MAX_PER_USER=100", "BROADCASTER_REPLAY_MAX=1000", "BROADCASTER_MAX_CONNS_PER_USER=1000")
 	if *maxLagF > 0 {
 		cmd.Env = append(cmd.Env, "BROADCASTER_REPLAY_MAX_LAG="+maxLagF.String())
 	}

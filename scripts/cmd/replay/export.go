@@ -39,7 +39,7 @@ func parseExportArgs(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&format, "format", "", "ndjson, csv or gpx, required")
 	fs.StringVar(&a.natsURL, "nats", natsDefault, "NATS server URL (env NATS_URL)")
 	fs.StringVar(&a.out, "o", "", "output file (default stdout)")
-	fs.DurationVar(&a.opts.Lateness, "lateness", export.DefaultLateness, "how long after its fix time a position may have been stored and still count")
+	fs.DurationVar(&a.opts.Lateness, "lateness", export.DefaultLateness, "how far out of fix-time order a position may arrive and still count (the read stops at a fix time after --to + this)")
 	fs.BoolVar(&a.quiet, "q", false, "no progress on stderr")
 	if err := fs.Parse(args); err != nil {
 		return a, err
