@@ -485,17 +485,22 @@ func cpuSeconds(pid int) float64 {
 func (c *coord) publish(names []string, period, d time.Duration) (map[string]int64, int) {
 	last := make(map[string]int64, len(names))
 	count := 0
-	tick := time.NewTicker(period)
-	defer tick.Stop()
-	end := time.Now().Add(d)
-	for time.Now().Before(end) {
-		// Spread the devices over the period in small bursts, as real
-		// trackers are spread.
-		b := max(1, *burstF)
-		groups := (len(names) + b - 1) / b
-		gap := period / time.Duration(groups+1)
-		for i := 0; i < len(names); i += b {
-			for _, name := range names[i:min(i+b, len(names))] {
+	start := time.Now()
+	end := start.Add(d)
+	b := max(1, *burstF)
+	groups := (len(names) + b - 1) / b
+	gap := period / time.Duration(groups)
+	// Spread the devices over the period in small bursts, as real
+	// trackers are spread, on an absolute schedule: a late burst is sent at
+	// once and does not shift the ones after it.
+	for k := 0; ; k++ {
+		periodStart := start.Add(time.Duration(k) * period)
+		if !periodStart.Before(end) {
+			break
+		}
+		for g := 0; g < groups; g++ {
+			time.Sleep(time.Until(periodStart.Add(time.Duration(g) * gap)))
+			for _, name := range names[g*b : min((g+1)*b, len(names))] {
 				ts := max(time.Now().UnixMilli(), c.lastTS[name]+1)
 				c.lastTS[name] = ts
 				p := contract.Position{DeviceID: name, EventID: c.eventID, TS: time.UnixMilli(ts).UTC(), Lat: 45.1, Lon: 7.6,
@@ -507,10 +512,9 @@ func (c *coord) publish(names []string, period, d time.Duration) (map[string]int
 				last[name] = ts
 				count++
 			}
-			time.Sleep(gap)
 		}
-		<-tick.C
 	}
+	time.Sleep(time.Until(end))
 	select {
 	case <-c.js.PublishAsyncComplete():
 	case <-time.After(30 * time.Second):
@@ -738,7 +742,18 @@ func runLoad() error {
 			defer release()
 			h := hdr.Clone()
 			h.Set("Cookie", fmt.Sprintf("directus_session_token=bench-%d", i))
-			conn, _, err := dialer.Dial(*urlF, h)
+			// Like a browser, retry with backoff on 1013 (authsvc slow or
+			// down) and on "unavailable".
+			var conn *websocket.Conn
+			var err error
+			for attempt := 0; attempt < 8; attempt++ {
+				if attempt > 0 {
+					time.Sleep(time.Duration(attempt) * 250 * time.Millisecond)
+				}
+				if conn, err = dialSubscribe(&dialer, h); err == nil {
+					break
+				}
+			}
 			if err != nil {
 				errs <- err
 				connected.Done()
@@ -746,15 +761,6 @@ func runLoad() error {
 			}
 			lc := &lclient{conn: conn}
 			cls[i] = lc
-			if *topicF != "" && *topicF != "raw" {
-				_ = conn.WriteMessage(websocket.TextMessage, ws.Request{Type: ws.TypeSubscribe, Topic: *topicF}.Encode())
-				_, data, err := conn.ReadMessage()
-				if err != nil || !strings.Contains(string(data[:min(40, len(data))]), `"subscribed"`) {
-					errs <- fmt.Errorf("subscribe: %v %.80s", err, data)
-					connected.Done()
-					return
-				}
-			}
 			connected.Done()
 			release()
 			if *topicF == "" {
@@ -845,6 +851,26 @@ func runLoad() error {
 		}
 	}
 	return nil
+}
+
+// dialSubscribe connects and, unless idle or raw, subscribes to the topic.
+func dialSubscribe(dialer *websocket.Dialer, h http.Header) (*websocket.Conn, error) {
+	conn, _, err := dialer.Dial(*urlF, h)
+	if err != nil {
+		return nil, err
+	}
+	if *topicF == "" || *topicF == "raw" {
+		return conn, nil
+	}
+	_ = conn.WriteMessage(websocket.TextMessage, ws.Request{Type: ws.TypeSubscribe, Topic: *topicF}.Encode())
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, data, err := conn.ReadMessage()
+	_ = conn.SetReadDeadline(time.Time{})
+	if err != nil || !bytes.Contains(data[:min(40, len(data))], []byte(`"subscribed"`)) {
+		conn.Close()
+		return nil, fmt.Errorf("subscribe: %v %.80s", err, data)
+	}
+	return conn, nil
 }
 
 func printResult(r result) {
