@@ -356,19 +356,29 @@ func TestComposeWorkerSettings(t *testing.T) {
 	}
 }
 
-// checkNATSUser: on the cluster every server URL a worker uses names its own
-// user of deploy/nats/accounts.conf with that user's password variable.
+// checkNATSUser: on the cluster a worker connects as its own user of
+// deploy/nats/accounts.conf, with that user's password variable, to the
+// "nats" alias every node carries (one URL: the client tries every address
+// the alias resolves to and learns the rest from the cluster).
 func checkNATSUser(t *testing.T, c *composeFile, sname, worker, natsURL string) {
 	t.Helper()
-	urls := strings.Split(natsURL, ",")
-	if len(urls) != 3 {
-		t.Errorf("compose.yml: service %s: NATS_URL lists %d servers, want the 3 nodes", sname, len(urls))
+	want := fmt.Sprintf("nats://%s:%s@nats:4222", worker, c.vars[PasswordEnv(worker)])
+	if natsURL != want {
+		t.Errorf("compose.yml: service %s: NATS_URL %q, want user %s with ${%s} at nats:4222", sname, redactURL(natsURL), worker, PasswordEnv(worker))
 	}
-	want := fmt.Sprintf("nats://%s:%s@", worker, c.vars[PasswordEnv(worker)])
-	for _, u := range urls {
-		if !strings.HasPrefix(u, want) {
-			t.Errorf("compose.yml: service %s: NATS_URL server %q does not use user %s with ${%s}", sname, redactURL(u), worker, PasswordEnv(worker))
+	nodes := 0
+	for name, svc := range c.services() {
+		if !strings.HasPrefix(name, "nats-") {
+			continue
 		}
+		nodes++
+		aliases := asStrings(asMap(asMap(svc["networks"])["nats"])["aliases"])
+		if !slices.Contains(aliases, "nats") {
+			t.Errorf("compose.yml: NATS node %s lacks the network alias nats", name)
+		}
+	}
+	if nodes != 3 {
+		t.Errorf("compose.yml: %d NATS nodes, want 3", nodes)
 	}
 }
 
