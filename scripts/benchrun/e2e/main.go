@@ -109,7 +109,8 @@ func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	fmt.Printf("e2e benchmark, %s, %d cores (GOMAXPROCS %d)\n", time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), runtime.GOMAXPROCS(0))
+	started, load0 := time.Now().UTC(), loadavg()
+	fmt.Printf("e2e benchmark, %s, %d cores (GOMAXPROCS %d), load average %s\n", started.Format(time.RFC3339), runtime.NumCPU(), runtime.GOMAXPROCS(0), load0)
 	binDir := filepath.Join(dataDir, "e2e-bin")
 	t0 := time.Now()
 	if err := buildWorkers(root, binDir); err != nil {
@@ -216,11 +217,27 @@ func run() error {
 	if err := os.MkdirAll(filepath.Dir(*svgPath), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(*svgPath, plotSVG(results, floor), 0o644); err != nil {
+	note := fmt.Sprintf("%s, %d cores; load average %s at start, %s at end (other processes included)",
+		started.Format("2006-01-02 15:04 MST"), runtime.NumCPU(), load0, loadavg())
+	if err := os.WriteFile(*svgPath, plotSVG(results, floor, note), 0o644); err != nil {
 		return err
 	}
-	fmt.Printf("latency plot: %s\n", *svgPath)
+	fmt.Printf("latency plot: %s\nload average at the end: %s\n", *svgPath, loadavg())
 	return nil
+}
+
+// loadavg is the 1, 5 and 15 min load averages: how busy the machine was
+// with everything, this benchmark included.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func repoRoot() (string, error) {

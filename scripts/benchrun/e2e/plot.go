@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"html"
 	"math"
 	"time"
 )
@@ -11,10 +12,10 @@ import (
 // deliveries slower than a latency (the complementary cumulative
 // distribution), both axes logarithmic: the median sits at 0.5, p99 at
 // 0.01, p99.9 at 0.001, so the tail is as readable as the body.
-func plotSVG(results []result, floor *hist) []byte {
+func plotSVG(results []result, floor *hist, note string) []byte {
 	curves := len(results) + 1
 	const w, left, right, top, plotH = 940, 100, 40, 40, 360
-	h := top + plotH + 50 + 20*curves
+	h := top + plotH + 70 + 20*curves
 	pw, ph := float64(w-left-right), float64(plotH)
 	lo, hi := 0.1, 1000.0 // ms
 	for _, r := range results {
@@ -77,11 +78,12 @@ func plotSVG(results []result, floor *hist) []byte {
 		b.WriteString("\"/>\n")
 	}
 	for i, r := range results {
-		label := fmt.Sprintf("%s: %d devices × %g Hz, %d viewers — p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.0f ms (%d deliveries)",
-			r.s.Name, r.s.Devices, r.s.Hz, r.s.Viewers, msf(r.lat.quantile(0.5)), msf(r.lat.quantile(0.99)), msf(r.lat.quantile(0.999)), msf(r.lat.max), r.lat.n)
+		label := fmt.Sprintf("%s (%d × %g Hz, %d viewers): p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.0f ms",
+			r.s.Name, r.s.Devices, r.s.Hz, r.s.Viewers, msf(r.lat.quantile(0.5)), msf(r.lat.quantile(0.99)), msf(r.lat.quantile(0.999)), msf(r.lat.max))
 		curve(r.lat, colors[i%len(colors)], label, i, "")
 	}
 	curve(floor, "#777", fmt.Sprintf("floor: one Redis XADD → XREADGROUP round trip, p50 %.2f ms, p99 %.2f ms", msf(floor.quantile(0.5)), msf(floor.quantile(0.99))), len(results), `stroke-dasharray="5,4"`)
+	fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#555">%s</text>`+"\n", left, top+plotH+58+20*(len(results)+1), html.EscapeString(note))
 	b.WriteString("</svg>\n")
 	return b.Bytes()
 }
