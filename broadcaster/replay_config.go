@@ -26,8 +26,10 @@ type ReplayConfig struct {
 	InactiveThreshold time.Duration
 	// Lateness is how far out of fix-time order a position may arrive in
 	// the stream and still be replayed in a range with an end
-	// (BROADCASTER_REPLAY_LATENESS). Default 10m. The replay stops reading
-	// at the first fix time after to + Lateness.
+	// (BROADCASTER_REPLAY_LATENESS). Default 1m. The replay stops reading
+	// at the first fix time after to + Lateness, and replay_end waits for
+	// that read: with 500 devices at 1 Hz a minute is 30,000 messages to
+	// scan, ten minutes were 300,000 (seconds of silence before the end).
 	Lateness time.Duration
 	// MaxLag is how long, at a finite speed, a position may wait behind
 	// its device's previous one that a slow client has not taken yet,
@@ -54,7 +56,7 @@ func (r ReplayConfig) withDefaults() ReplayConfig {
 		r.InactiveThreshold = 30 * time.Second
 	}
 	if r.Lateness == 0 {
-		r.Lateness = 10 * time.Minute
+		r.Lateness = time.Minute
 	}
 	if r.MaxLag == 0 {
 		r.MaxLag = 250 * time.Millisecond

@@ -483,7 +483,7 @@ func (c *client) subscribeRange(from, to time.Time, speed ws.Speed) error {
 	if err := c.conn.WriteMessage(websocket.TextMessage, req.Encode()); err != nil {
 		return err
 	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Minute))
 	_, data, err := c.conn.ReadMessage()
 	if err != nil {
 		return err
@@ -509,7 +509,7 @@ var (
 // not decoded: the reader must stay cheaper than the server it measures.
 func (c *client) read(fn func(ts, at time.Time)) error {
 	for {
-		_ = c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+		_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Minute))
 		_, data, err := c.conn.ReadMessage()
 		if err != nil {
 			return err
