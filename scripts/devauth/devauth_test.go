@@ -73,11 +73,28 @@ func TestSessionLifecycle(t *testing.T) {
 	if w := do(t, s, "GET", "/users/me", "", cookie, "192.0.2.7:4000"); w.Code != 403 {
 		t.Fatalf("non-loopback client: %d", w.Code)
 	}
+	w = do(t, s, "POST", "/auth/refresh", `{"mode":"session"}`, cookie, lo)
+	var refreshed string
+	for _, c := range w.Result().Cookies() {
+		if c.Name == CookieName {
+			refreshed = c.Value
+		}
+	}
+	if w.Code != 200 || refreshed == "" {
+		t.Fatalf("refresh: %d %s", w.Code, w.Body)
+	}
+	if w := do(t, s, "GET", "/users/me", "", refreshed, lo); w.Code != 200 {
+		t.Fatalf("refreshed cookie: %d", w.Code)
+	}
 	if w := do(t, s, "POST", "/auth/logout", `{"mode":"session"}`, cookie, lo); w.Code != 204 {
 		t.Fatalf("logout: %d", w.Code)
 	}
 	if w := do(t, s, "GET", "/users/me", "", cookie, lo); w.Code != 401 || !strings.Contains(w.Body.String(), "INVALID_CREDENTIALS") {
 		t.Fatalf("after logout: %d %s", w.Code, w.Body)
+	}
+	// The refreshed cookie shares the session: logout revoked it too.
+	if w := do(t, s, "GET", "/users/me", "", refreshed, lo); w.Code != 401 {
+		t.Fatalf("refreshed cookie after logout: %d", w.Code)
 	}
 	c2, _ := s.Login("demo@example.com", "pw")
 	now = now.Add(SessionTTL + time.Second)
