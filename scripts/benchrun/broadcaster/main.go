@@ -60,7 +60,7 @@ var (
 	devicesF = flag.Int("devices", 500, "devices of the event")
 	ratesF   = flag.String("rates", "1,10", "positions per second per device")
 	duration = flag.Duration("duration", 10*time.Second, "measurement window of each run")
-	sweepF   = flag.String("sweep", "25,50,100,200,350", "device counts at 10 Hz and the largest client count, for the highest rate with staleness p99 < 250 ms (the -devices run is added); empty skips")
+	sweepF   = flag.String("sweep", "50,100,200", "device counts at 10 Hz and the largest client count, for the highest rate with staleness p99 < 250 ms (the -devices run is added); empty skips")
 	burstF   = flag.Int("burst", 10, "positions published back to back; bursts are spread evenly over the period")
 	rcvbufF  = flag.Int("rcvbuf", 64<<10, "SO_RCVBUF of each load client in bytes, 0 = system autotuning (see the docs)")
 	idleF    = flag.Int("idle", 2000, "idle connections for the per-connection memory; 0 skips")
