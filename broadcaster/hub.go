@@ -2,6 +2,7 @@ package broadcaster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -23,7 +24,8 @@ type hub struct {
 
 	mu     sync.Mutex
 	topics map[string]*topic // by event id
-	fanout sync.WaitGroup    // one fan-out goroutine per topic
+	closed bool
+	fanout sync.WaitGroup // one fan-out goroutine per topic
 }
 
 // topic is one event's live fan-out.
@@ -58,6 +60,9 @@ func newHub(nc *nats.Conn, snap *snapshotter, m *metrics, log *slog.Logger) *hub
 func (h *hub) attach(eventID string, f *feed) (*topic, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.closed {
+		return nil, errors.New("shutting down")
+	}
 	t := h.topics[eventID]
 	if t == nil {
 		t = &topic{h: h, eventID: eventID, devices: make(map[string]int32),
@@ -250,7 +255,7 @@ func (h *hub) resync(ctx context.Context) {
 // close drops every NATS subscription.
 func (h *hub) close() {
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.closed = true
 	for id, t := range h.topics {
 		_ = t.sub.Unsubscribe()
 		close(t.done)
@@ -258,6 +263,5 @@ func (h *hub) close() {
 	}
 	h.m.topics.Set(0)
 	h.mu.Unlock()
-	h.fanout.Wait()
-	h.mu.Lock()
+	h.fanout.Wait() // the fan-out goroutines have returned
 }
