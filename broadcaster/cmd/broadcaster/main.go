@@ -17,7 +17,7 @@ func main() {
 	cfg, err := broadcaster.LoadConfig(os.Args[1:], os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "broadcaster:", err)
-		os.Exit(2)
+		os.Exit(1)
 	}
 	cfg.Logger = cfg.NewLogger(os.Stderr)
 	if err := broadcaster.Run(ctx, cfg); err != nil {
