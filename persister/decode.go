@@ -104,7 +104,9 @@ func (s *scanner) float() (float64, bool) {
 	return f, err == nil
 }
 
-func (s *scanner) optFloat(key string) (*float64, bool) {
+// optFloat reads an optional number into *dst and returns dst, or nil
+// when the key is absent.
+func (s *scanner) optFloat(key string, dst *float64) (*float64, bool) {
 	if !s.lit(key) {
 		return nil, true
 	}
@@ -112,7 +114,15 @@ func (s *scanner) optFloat(key string) (*float64, bool) {
 	if !ok {
 		return nil, false
 	}
-	return &f, true
+	*dst = f
+	return dst, true
+}
+
+// optional holds the optional numbers of one position: one allocation
+// instead of four.
+type optional struct {
+	alt, speed, heading float64
+	sats                int
 }
 
 // object reads a JSON object's extent by balancing braces outside strings;
@@ -187,25 +197,32 @@ func decodeFast(data []byte) (contract.Position, bool) {
 	if p.Lon, ok = s.float(); !ok {
 		return p, false
 	}
-	if p.Alt, ok = s.optFloat(`,"alt":`); !ok {
-		return p, false
+	var o *optional // allocated only when an optional number may follow
+	if rest := data[s.i:]; len(rest) > 0 && rest[0] == ',' && !bytes.HasPrefix(rest, []byte(`,"attrs":`)) {
+		o = new(optional)
 	}
-	if p.Speed, ok = s.optFloat(`,"speed":`); !ok {
-		return p, false
-	}
-	if p.Heading, ok = s.optFloat(`,"heading":`); !ok {
-		return p, false
-	}
-	if s.lit(`,"sats":`) {
-		tok, ok := s.number()
-		if !ok {
+	if o != nil {
+		if p.Alt, ok = s.optFloat(`,"alt":`, &o.alt); !ok {
 			return p, false
 		}
-		n, err := strconv.Atoi(string(tok)) // a fraction or exponent fails, as json does for an int
-		if err != nil {
+		if p.Speed, ok = s.optFloat(`,"speed":`, &o.speed); !ok {
 			return p, false
 		}
-		p.Sats = &n
+		if p.Heading, ok = s.optFloat(`,"heading":`, &o.heading); !ok {
+			return p, false
+		}
+		if s.lit(`,"sats":`) {
+			tok, ok := s.number()
+			if !ok {
+				return p, false
+			}
+			n, err := strconv.Atoi(string(tok)) // a fraction or exponent fails, as json does for an int
+			if err != nil {
+				return p, false
+			}
+			o.sats = n
+			p.Sats = &o.sats
+		}
 	}
 	if s.lit(`,"attrs":`) {
 		if p.Attrs, ok = s.object(); !ok {

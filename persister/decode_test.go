@@ -16,7 +16,8 @@ func samples() [][]byte {
 		TS: time.Date(2026, 5, 3, 10, 0, 0, 123e6, time.UTC), Lat: -45.07312, Lon: 179.99999,
 		Alt: &alt, Speed: &speed, Heading: &heading, Sats: &sats, Attrs: []byte(`{"io239":1,"s":"}{\"","a":[1,{"b":null}]}`)}
 	bare := contract.Position{DeviceID: "d", TS: time.Date(2026, 5, 3, 10, 0, 0, 0, time.UTC), Lat: 0, Lon: 0}
-	out := [][]byte{full.Encode(), bare.Encode()}
+	attrsOnly := contract.Position{DeviceID: "d", TS: time.Date(2026, 5, 3, 10, 0, 0, 0, time.UTC), Lat: 1, Lon: 2, Attrs: []byte(`{"a":1}`)}
+	out := [][]byte{full.Encode(), bare.Encode(), attrsOnly.Encode()}
 	for _, s := range []string{
 		`{"device_id":"d","ts":"2026-05-03T10:00:00.000Z","lat":1,"lon":2}` + "\n",                  // trailing newline
 		`{"device_id":"d","ts":"2026-05-03T12:00:00.5+02:00","lat":1e1,"lon":-0.0}`,                 // offset, exponent
@@ -65,6 +66,11 @@ func TestDecodeMatchesContract(t *testing.T) {
 		checkSame(t, data)
 		if _, ok := decodeFast(data); ok {
 			fast++
+		}
+	}
+	for _, data := range samples()[:3] {
+		if _, ok := decodeFast(data); !ok {
+			t.Fatalf("fast path refused Encode output %s", data)
 		}
 	}
 	if fast < 3 {

@@ -117,9 +117,7 @@ func writeCopy(ctx context.Context, pool *pgxpool.Pool, ps []contract.Position) 
 		return 0, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // after Commit it is a no-op
-	n, err := tx.CopyFrom(ctx, pgx.Identifier{"positions"}, columns, pgx.CopyFromSlice(len(ps), func(i int) ([]any, error) {
-		return row(&ps[i]), nil
-	}))
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{"positions"}, columns, newCopyRows(ps))
 	if err != nil {
 		return 0, fmt.Errorf("copy batch: %w", err)
 	}
@@ -179,9 +177,7 @@ func writeStaged(ctx context.Context, pool *pgxpool.Pool, ps []contract.Position
 	if _, err := tx.Exec(ctx, createStage); err != nil {
 		return 0, fmt.Errorf("create staging table: %w", err)
 	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stageTable}, columns, pgx.CopyFromSlice(len(ps), func(i int) ([]any, error) {
-		return row(&ps[i]), nil
-	})); err != nil {
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stageTable}, columns, newCopyRows(ps)); err != nil {
 		return 0, fmt.Errorf("copy batch: %w", err)
 	}
 	tag, err := tx.Exec(ctx, insertFromStage)
@@ -195,27 +191,39 @@ func writeStaged(ctx context.Context, pool *pgxpool.Pool, ps []contract.Position
 }
 
 // row is the COPY row of one position, in the order of columns.
-func row(p *contract.Position) []any {
-	var event any
-	if p.EventID != "" {
-		event = parseUUID(p.EventID)
-	}
-	var sats any
-	if p.Sats != nil {
-		sats = int16(*p.Sats) // Validate bounds sats to 0..255
-	}
-	var attrs any
-	if len(p.Attrs) > 0 {
-		attrs = []byte(p.Attrs)
-	}
-	return []any{p.DeviceID, p.TS, event, p.Lat, p.Lon, f32(p.Alt), f32(p.Speed), f32(p.Heading), sats, attrs}
+// copyRows is the COPY source of a batch, in the order of columns. It
+// reuses one row and hands pgx pointers into the positions (a nil pointer
+// is NULL), so a row costs no allocation; pgx encodes each row before it
+// asks for the next.
+type copyRows struct {
+	ps    []contract.Position
+	i     int
+	row   [10]any
+	event pgtype.UUID
+	attrs []byte
 }
 
-func f32(v *float64) any {
-	if v == nil {
-		return nil
+func newCopyRows(ps []contract.Position) *copyRows { return &copyRows{ps: ps} }
+
+func (r *copyRows) Next() bool { r.i++; return r.i <= len(r.ps) }
+
+func (r *copyRows) Err() error { return nil }
+
+func (r *copyRows) Values() ([]any, error) {
+	p := &r.ps[r.i-1]
+	r.row[0], r.row[1], r.row[2] = &p.DeviceID, &p.TS, nil
+	if p.EventID != "" {
+		r.event = parseUUID(p.EventID)
+		r.row[2] = &r.event
 	}
-	return float32(*v)
+	r.row[3], r.row[4] = &p.Lat, &p.Lon
+	r.row[5], r.row[6], r.row[7], r.row[8] = p.Alt, p.Speed, p.Heading, p.Sats
+	r.row[9] = nil
+	if len(p.Attrs) > 0 {
+		r.attrs = p.Attrs
+		r.row[9] = &r.attrs
+	}
+	return r.row[:], nil
 }
 
 // parseUUID turns a validated lowercase 8-4-4-4-12 UUID into its bytes.
