@@ -36,13 +36,16 @@ var errCrash = errors.New("bridge: simulated crash")
 // publish; the completer waits for each PubAck in order and re-sends
 // failures; the acker batches XACKs. sem bounds the publishes in flight.
 type bridge struct {
-	cfg    Config
-	log    *slog.Logger
-	m      *metrics
-	rdb    *redis.Client
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	router *router
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+	rdb *redis.Client
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	// jsLegacy serves the loss check's regular (leader-answered) gets.
+	jsLegacy nats.JetStreamContext
+	watch    *lossWatch
+	router   *router
 
 	streamIndex map[string]int
 	sem         chan struct{} // one token per publish awaiting its ack
@@ -115,18 +118,21 @@ func Run(ctx context.Context, cfg Config) error {
 	defer pool.Close()
 
 	log := cfg.Logger
+	watch := newLossWatch()
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("trm-bridge "+cfg.Consumer),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			watch.disconnected()
 			if err != nil {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
+			watch.check()
 		}),
 	)
 	if err != nil {
@@ -143,8 +149,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
+	jsLegacy, err := nc.JetStream()
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
 	b := &bridge{
-		cfg: cfg, log: log, m: m, rdb: rdb, nc: nc, js: js,
+		cfg: cfg, log: log, m: m, rdb: rdb, nc: nc, js: js, jsLegacy: jsLegacy, watch: watch,
 		router:      newRouter(pool, log, m, cfg.RoutingRefresh),
 		streamIndex: make(map[string]int, len(cfg.Streams)),
 		sem:         make(chan struct{}, cfg.MaxInFlight),
@@ -202,6 +213,7 @@ func Run(ctx context.Context, cfg Config) error {
 		var readErr error
 		wg.Go(func() { readErr = b.readLoop(intake, pctx) })
 		wg.Go(func() { b.claimLoop(intake, pctx) })
+		wg.Go(func() { b.verifyLoop(intake, pctx) })
 		wg.Wait()
 		return readErr
 	})

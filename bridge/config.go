@@ -36,6 +36,8 @@ const (
 	DefaultRoutingRefresh  = 2 * time.Second
 	DefaultLagInterval     = 5 * time.Second
 	DefaultShutdownTimeout = 20 * time.Second
+	DefaultVerifyInterval  = time.Minute
+	DefaultConsumerMaxIdle = 24 * time.Hour
 )
 
 // Config is every setting of the bridge plus its runtime dependencies. The
@@ -90,6 +92,23 @@ type Config struct {
 	// ends (BRIDGE_SHUTDOWN_TIMEOUT). What is not acked by then stays
 	// pending in Redis and is re-delivered later.
 	ShutdownTimeout time.Duration
+	// RepublishWindow is how far back, by XADD time, the entries of every
+	// input stream are published again when JetStream is found without
+	// messages it had acknowledged (BRIDGE_REPUBLISH_WINDOW); zero means
+	// STREAM_DUPLICATES (default 5m). Keep it at
+	// least the JetStream sync interval of the deployment; at most
+	// STREAM_DUPLICATES, so the dedup window absorbs what survived. Redis
+	// must retain at least this much.
+	RepublishWindow time.Duration
+	// VerifyInterval is how often, besides after every NATS reconnect, the
+	// newest acknowledged messages are checked to still be in JetStream
+	// (BRIDGE_VERIFY_INTERVAL).
+	VerifyInterval time.Duration
+	// ConsumerMaxIdle is how long a consumer of the group with no pending
+	// entries may stay idle before it is deleted (BRIDGE_CONSUMER_MAX_IDLE):
+	// dead bridges' names otherwise pile up. Live bridges touch the group
+	// every BRIDGE_BLOCK, so any value far above that is safe.
+	ConsumerMaxIdle time.Duration
 	// Stream holds the JetStream stream settings (STREAM_MAX_AGE,
 	// STREAM_REPLICAS, STREAM_DUPLICATES).
 	Stream streams.Options
@@ -165,6 +184,9 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.DurationVar(&c.RoutingRefresh, "routing-refresh", envDur("BRIDGE_ROUTING_REFRESH", DefaultRoutingRefresh), "event_devices reload period (BRIDGE_ROUTING_REFRESH)")
 	fs.DurationVar(&c.LagInterval, "lag-interval", envDur("BRIDGE_LAG_INTERVAL", DefaultLagInterval), "group lag metrics period (BRIDGE_LAG_INTERVAL)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", envDur("BRIDGE_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout), "wait for in-flight acks at shutdown (BRIDGE_SHUTDOWN_TIMEOUT)")
+	fs.DurationVar(&c.RepublishWindow, "republish-window", envDur("BRIDGE_REPUBLISH_WINDOW", 0), "entries re-published after a JetStream loss, default STREAM_DUPLICATES (BRIDGE_REPUBLISH_WINDOW)")
+	fs.DurationVar(&c.VerifyInterval, "verify-interval", envDur("BRIDGE_VERIFY_INTERVAL", DefaultVerifyInterval), "JetStream loss check period (BRIDGE_VERIFY_INTERVAL)")
+	fs.DurationVar(&c.ConsumerMaxIdle, "consumer-max-idle", envDur("BRIDGE_CONSUMER_MAX_IDLE", DefaultConsumerMaxIdle), "idle time before an empty consumer is deleted (BRIDGE_CONSUMER_MAX_IDLE)")
 	fs.DurationVar(&c.Stream.MaxAge, "stream-max-age", envDur("STREAM_MAX_AGE", streams.DefaultMaxAge), "POSITIONS retention (STREAM_MAX_AGE)")
 	fs.IntVar(&c.Stream.Replicas, "stream-replicas", envInt("STREAM_REPLICAS", 1), "stream replicas (STREAM_REPLICAS)")
 	fs.DurationVar(&c.Stream.Duplicates, "stream-duplicates", envDur("STREAM_DUPLICATES", streams.DefaultDuplicates), "Nats-Msg-Id dedup window (STREAM_DUPLICATES)")
@@ -226,6 +248,14 @@ func (c Config) withDefaults() Config {
 	defDur(&c.RoutingRefresh, DefaultRoutingRefresh)
 	defDur(&c.LagInterval, DefaultLagInterval)
 	defDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	if c.RepublishWindow == 0 {
+		c.RepublishWindow = c.Stream.Duplicates
+		if c.RepublishWindow == 0 {
+			c.RepublishWindow = streams.DefaultDuplicates
+		}
+	}
+	defDur(&c.VerifyInterval, DefaultVerifyInterval)
+	defDur(&c.ConsumerMaxIdle, DefaultConsumerMaxIdle)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -277,6 +307,15 @@ func (c Config) Validate() error {
 		return fmt.Errorf("BRIDGE_LAG_INTERVAL %s: must be positive", c.LagInterval)
 	case c.ShutdownTimeout < 0:
 		return fmt.Errorf("BRIDGE_SHUTDOWN_TIMEOUT %s: must not be negative", c.ShutdownTimeout)
+	case c.RepublishWindow < time.Second:
+		return fmt.Errorf("BRIDGE_REPUBLISH_WINDOW %s: must be at least 1s", c.RepublishWindow)
+	case c.Stream.Duplicates != 0 && c.RepublishWindow > c.Stream.Duplicates,
+		c.Stream.Duplicates == 0 && c.RepublishWindow > streams.DefaultDuplicates:
+		return fmt.Errorf("BRIDGE_REPUBLISH_WINDOW %s: at most STREAM_DUPLICATES, or re-published positions the stream kept would be stored twice", c.RepublishWindow)
+	case c.VerifyInterval <= 0:
+		return fmt.Errorf("BRIDGE_VERIFY_INTERVAL %s: must be positive", c.VerifyInterval)
+	case c.ConsumerMaxIdle < 10*c.Block:
+		return fmt.Errorf("BRIDGE_CONSUMER_MAX_IDLE %s: must be at least 10 × BRIDGE_BLOCK (a live bridge must never look dead)", c.ConsumerMaxIdle)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
@@ -296,11 +335,13 @@ func (c Config) String() string {
 		"BRIDGE_STREAMS=%s BRIDGE_GROUP=%s BRIDGE_CONSUMER=%s BRIDGE_BATCH=%d BRIDGE_BLOCK=%s "+
 		"BRIDGE_MAX_IN_FLIGHT=%d BRIDGE_PUBLISH_TIMEOUT=%s BRIDGE_CLAIM_INTERVAL=%s BRIDGE_CLAIM_MIN_IDLE=%s "+
 		"BRIDGE_ROUTING_REFRESH=%s BRIDGE_LAG_INTERVAL=%s BRIDGE_SHUTDOWN_TIMEOUT=%s "+
+		"BRIDGE_REPUBLISH_WINDOW=%s BRIDGE_VERIFY_INTERVAL=%s BRIDGE_CONSUMER_MAX_IDLE=%s "+
 		"STREAM_MAX_AGE=%s STREAM_REPLICAS=%d STREAM_DUPLICATES=%s",
 		redact(c.NATSURL), redact(c.RedisURL), redact(c.DatabaseURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		strings.Join(c.Streams, ","), c.Group, c.Consumer, c.Batch, c.Block,
 		c.MaxInFlight, c.PublishTimeout, c.ClaimInterval, c.ClaimMinIdle,
 		c.RoutingRefresh, c.LagInterval, c.ShutdownTimeout,
+		c.RepublishWindow, c.VerifyInterval, c.ConsumerMaxIdle,
 		c.Stream.MaxAge, c.Stream.Replicas, c.Stream.Duplicates)
 }
 

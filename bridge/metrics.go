@@ -26,6 +26,12 @@ type metrics struct {
 	routingRows    prometheus.Gauge
 	routingErrors  prometheus.Counter
 	routingLoaded  prometheus.Gauge
+
+	lossChecks       prometheus.Counter
+	lossDetected     prometheus.Counter
+	republished      prometheus.Counter
+	republishStored  prometheus.Counter
+	consumersDeleted prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -65,8 +71,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "bridge_routing_refresh_errors_total", Help: "Failed reloads of event_devices (the last table stays in use)."}),
 		routingLoaded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "bridge_routing_loaded_timestamp_seconds", Help: "When event_devices was last loaded (Unix time)."}),
+		lossChecks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_jetstream_loss_checks_total", Help: "Completed checks that JetStream still holds the newest acknowledged messages."}),
+		lossDetected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_jetstream_loss_detected_total", Help: "Times JetStream was found without messages it had acknowledged (each triggers a re-publish of the window)."}),
+		republished: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_republished_total", Help: "Entries of the re-publish window acknowledged by JetStream again (duplicates included)."}),
+		republishStored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_republish_restored_total", Help: "Re-published entries JetStream stored anew (it had lost them, or their dedup entry had expired)."}),
+		consumersDeleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_consumers_deleted_total", Help: "Idle consumers with no pending entries deleted from the group."}),
 	}
-	for _, c := range []prometheus.Collector{m.read, m.published, m.duplicates, m.unassigned, m.deadLettered,
+	for _, c := range []prometheus.Collector{m.lossChecks, m.lossDetected, m.republished, m.republishStored, m.consumersDeleted, m.read, m.published, m.duplicates, m.unassigned, m.deadLettered,
 		m.acked, m.latency, m.retries, m.inFlight, m.claimed, m.deletedPending, m.lag, m.pending,
 		m.redisErrors, m.routingRows, m.routingErrors, m.routingLoaded} {
 		if err := reg.Register(c); err != nil {

@@ -22,6 +22,7 @@ type item struct {
 	msgID      string
 	reason     contract.Reason // set for a dead letter
 	unassigned bool
+	republish  bool // a lazy-fsync re-publish: never XACKed, not in the in-flight set
 	start      time.Time
 	fut        jetstream.PubAckFuture
 }
@@ -35,19 +36,27 @@ type ackRef struct {
 // handle takes one entry read or claimed from Redis: a deleted entry is
 // acknowledged at once; any other is parsed, routed and published (a bad
 // one to the dead-letter subject). It blocks while MaxInFlight publishes
-// await their ack. ctx is the pipeline's context.
-func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage) error {
-	if !b.inflight.add(si, msg.ID) {
-		return nil // already on its way (a claim of our own entry)
+// await their ack. ctx is the pipeline's context. A re-published entry
+// (republish, read with XRANGE after a JetStream loss) takes the same path
+// but leaves the consumer group alone: not in the in-flight set, not
+// counted as read, never XACKed.
+func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage, republish bool) error {
+	if !republish {
+		if !b.inflight.add(si, msg.ID) {
+			return nil // already on its way (a claim of our own entry)
+		}
+		b.m.read.Inc()
 	}
-	b.m.read.Inc()
 	if msg.Values == nil {
+		if republish {
+			return nil // XRANGE returns no deleted entries; be safe anyway
+		}
 		// Deleted from the stream (XDEL or trimming) while pending: nothing
 		// to publish, and retrying would never end.
 		b.m.deletedPending.Inc()
 		return b.ack(ctx, ackRef{si, msg.ID})
 	}
-	it := &item{stream: si, id: msg.ID}
+	it := &item{stream: si, id: msg.ID, republish: republish}
 	pos, err := contract.ParseEntry(msg.Values, b.cfg.Now())
 	if err != nil {
 		it.reason = contract.ReasonOf(err)
@@ -211,6 +220,9 @@ func (b *bridge) completeLoop(ctx context.Context) error {
 		case pa := <-it.fut.Ok():
 			round = 0
 			b.done(it, pa)
+			if it.republish {
+				continue
+			}
 			if err := b.ack(ctx, ackRef{it.stream, it.id}); err != nil {
 				return err
 			}
@@ -234,6 +246,16 @@ func (b *bridge) done(it *item, pa *jetstream.PubAck) {
 	<-b.sem
 	b.m.inFlight.Dec()
 	b.m.latency.Observe(time.Since(it.start).Seconds())
+	if pa != nil && !pa.Duplicate {
+		b.watch.record(pa.Stream, pa.Sequence, it.msgID, time.Now())
+	}
+	if it.republish {
+		b.m.republished.Inc()
+		if pa != nil && !pa.Duplicate {
+			b.m.republishStored.Inc()
+		}
+		return
+	}
 	switch {
 	case it.reason != "":
 		b.m.deadLettered.WithLabelValues(string(it.reason)).Inc()

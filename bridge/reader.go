@@ -40,7 +40,7 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 			for _, xs := range res {
 				si := b.streamIndex[xs.Stream]
 				for _, msg := range xs.Messages {
-					if b.handle(ctx, si, msg) != nil {
+					if b.handle(ctx, si, msg, false) != nil {
 						return // the pipeline is stopping
 					}
 				}
@@ -230,7 +230,7 @@ func (b *bridge) claimLoop(intake, ctx context.Context) {
 				for _, msg := range fresh {
 					b.m.claimed.Inc()
 					claimed++
-					if b.handle(ctx, si, msg) != nil {
+					if b.handle(ctx, si, msg, false) != nil {
 						return
 					}
 				}
@@ -243,8 +243,40 @@ func (b *bridge) claimLoop(intake, ctx context.Context) {
 				b.log.Info("claimed idle pending entries", "stream", s, "claimed", claimed, "deleted", deleted,
 					"min_idle", b.cfg.ClaimMinIdle)
 			}
+			b.pruneConsumers(intake, s)
 		}
 	}
 }
 
 func isNoGroup(err error) bool { return redis.HasErrorPrefix(err, "NOGROUP") }
+
+// pruneConsumers deletes the consumers of the group on stream s that own
+// no pending entry and have been idle longer than ConsumerMaxIdle: each
+// restarted container leaves its name behind otherwise. A live bridge
+// touches the group every BRIDGE_BLOCK, and XGROUP DELCONSUMER of a name
+// that reads again only recreates it at the next read, so nothing is
+// lost even in a race; an entry pending under a dead name is claimed
+// first (XAUTOCLAIM moves it), then the name goes at a later pass.
+func (b *bridge) pruneConsumers(ctx context.Context, s string) {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	consumers, err := b.rdb.XInfoConsumers(qctx, s, b.cfg.Group).Result()
+	if err != nil {
+		return // NOGROUP or Redis down: the reader deals with both
+	}
+	for _, c := range consumers {
+		if c.Name == b.cfg.Consumer || c.Pending > 0 || c.Idle < b.cfg.ConsumerMaxIdle {
+			continue
+		}
+		// Only a reading consumer gains pending entries (a claim moves them
+		// to the claimer), and a reading one is never idle this long, so
+		// DELCONSUMER drops nothing; its answer is logged to prove it.
+		n, err := b.rdb.XGroupDelConsumer(qctx, s, b.cfg.Group, c.Name).Result()
+		if err != nil {
+			b.m.redisErrors.Inc()
+			return
+		}
+		b.m.consumersDeleted.Inc()
+		b.log.Info("deleted idle consumer", "stream", s, "consumer", c.Name, "idle", c.Idle.Round(time.Second), "pending_dropped", n)
+	}
+}
