@@ -3,6 +3,7 @@ package verify
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 	"trm-live/authsvc"
 	"trm-live/bridge"
 	"trm-live/broadcaster"
+	"trm-live/contract"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
 	"trm-live/persister"
@@ -532,6 +534,24 @@ func TestClusterPipelineSurvivesNodeLoss(t *testing.T) {
 	p.waitStored(t, len(before)+len(during)+len(after), 60*time.Second)
 	waitReceived(t, clients, after, 30*time.Second)
 
+	// A replay of the whole event at max speed, through a broadcaster's
+	// own consumer on the R3 stream, under the broadcaster's permissions.
+	// It plays each device forward in fix time, so a position stored after
+	// a newer one of its device (a publish re-sent across the failover) is
+	// skipped as stale; every other position must come.
+	want := inOrderPositions(t, js, p.eventID)
+	got := replayAll(t, p.liveAddr[0], p.cookie, p.eventID, p.base.Add(-time.Second))
+	var missing []string
+	for _, k := range want {
+		if !got[k] {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("replay: %d of %d in-order positions missing, e.g. %v", len(missing), len(want), missing[:min(len(missing), 10)])
+	}
+	t.Logf("replay: %d positions, %d of them stored in fix-time order per device", len(got), len(want))
+
 	var dups int
 	if err := p.pool.QueryRow(context.Background(),
 		`SELECT count(*) - count(DISTINCT (device_id, ts)) FROM positions`).Scan(&dups); err != nil || dups != 0 {
@@ -542,4 +562,114 @@ func TestClusterPipelineSurvivesNodeLoss(t *testing.T) {
 			t.Logf("client %d: %d of %d positions published during the failure were not delivered one by one (resync gives the newest per device)", i+1, m, len(during))
 		}
 	}
+}
+
+// replayAll replays an event from `from` at max speed on a fresh /ws-live
+// connection and returns the device:ts keys of every position received,
+// once replay_end arrived.
+func replayAll(t *testing.T, addr, cookie, eventID string, from time.Time) map[string]bool {
+	t.Helper()
+	h := http.Header{}
+	h.Set("Cookie", directus.CookieName+"="+cookie)
+	conn, resp, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws-live", h)
+	if err != nil {
+		t.Fatalf("dial /ws-live: %v", err)
+	}
+	resp.Body.Close()
+	defer conn.Close()
+	req := fmt.Sprintf(`{"type":"subscribe","topic":%q,"id":"r1","replay":{"from":%q,"speed":"max"}}`,
+		ws.EventTopic(eventID), from.UTC().Format(time.RFC3339Nano))
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		_ = conn.SetReadDeadline(deadline)
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			t.Fatalf("replay: no replay_end (%d positions so far): %v", len(got), err)
+		}
+		var f struct {
+			Type      string            `json:"type"`
+			Replay    bool              `json:"replay"`
+			Code      string            `json:"code"`
+			Message   string            `json:"message"`
+			Snapshot  []json.RawMessage `json:"snapshot"`
+			Positions []json.RawMessage `json:"positions"`
+		}
+		if err := json.Unmarshal(data, &f); err != nil {
+			t.Fatalf("replay frame %q: %v", data, err)
+		}
+		switch {
+		case f.Type == ws.TypeError:
+			t.Fatalf("replay: error %s: %s", f.Code, f.Message)
+		case f.Type == "replay_end":
+			return got
+		case !f.Replay:
+			continue // live frames of the same connection, if any
+		}
+		for _, raw := range append(f.Snapshot, f.Positions...) {
+			p, err := contract.DecodePosition(raw)
+			if err != nil {
+				t.Fatalf("replay position %s: %v", raw, err)
+			}
+			got[p.DeviceID+":"+strconv.FormatInt(p.TS.UnixMilli(), 10)] = true
+		}
+	}
+}
+
+// inOrderPositions reads the event's positions from POSITIONS in stream
+// order and returns the keys of those stored after every older position of
+// their device (none of the device's newer positions came first).
+func inOrderPositions(t *testing.T, js jetstream.JetStream, eventID string) []string {
+	t.Helper()
+	var keys []string
+	// The JetStream API may be briefly unavailable after the restart.
+	testkit.Eventually(t, 60*time.Second, func() error {
+		var err error
+		keys, err = readInOrder(js, eventID)
+		return err
+	})
+	return keys
+}
+
+func readInOrder(js jetstream.JetStream, eventID string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, streams.Positions, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{contract.EventSubject(eventID)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n := int(info.NumPending)
+	newest := map[string]int64{}
+	var keys []string
+	for read := 0; read < n; {
+		batch, err := cons.Fetch(min(n-read, 500), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, err
+		}
+		for m := range batch.Messages() {
+			read++
+			p, err := contract.DecodePosition(m.Data())
+			if err != nil {
+				return nil, err
+			}
+			ms := p.TS.UnixMilli()
+			if ms > newest[p.DeviceID] {
+				newest[p.DeviceID] = ms
+				keys = append(keys, p.DeviceID+":"+strconv.FormatInt(ms, 10))
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return nil, err
+		}
+	}
+	return keys, nil
 }

@@ -16,8 +16,8 @@ type workerSpec struct {
 	load func(getenv func(string) string) error
 	// config loads the effective configuration, for its String().
 	config func(getenv func(string) string) (fmt.Stringer, error)
-	once sync.Once
-	read map[string]bool
+	once   sync.Once
+	read   map[string]bool
 }
 
 // reads is every environment variable the worker's LoadConfig asks for,
