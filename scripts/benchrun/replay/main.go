@@ -15,8 +15,11 @@
 //     p50/p99/max, and how many positions arrived (a client that falls
 //     MaxLag behind loses the oldest pending position of a device).
 //
+// With -export it also times scripts/export over the whole race (NDJSON in
+// one pass, GPX in one pass per device).
+//
 // Usage: scripts/bench replay [-devices 500] [-duration 2h] [-clients 10]
-// [-speed 100] [-reuse]
+// [-speed 100] [-paced-range 10m] [-skip-max] [-reuse] [-export]
 package main
 
 import (
@@ -49,6 +52,7 @@ import (
 	"trm-live/contract/auth"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
+	"trm-live/scripts/export"
 )
 
 var (
@@ -60,6 +64,7 @@ var (
 	skipMax   = flag.Bool("skip-max", false, "skip the single client at max speed")
 	reuseF    = flag.Bool("reuse", false, "reuse the race stored by a previous run with the same -devices and -duration")
 	maxLagF   = flag.Duration("max-lag", 0, "BROADCASTER_REPLAY_MAX_LAG for the broadcaster (0: its default)")
+	exportF   = flag.Bool("export", false, "also time scripts/export (NDJSON and GPX of the whole race, to a counting writer)")
 )
 
 const eventID = "5e1a7c00-0000-4000-8000-00000000be9c"
@@ -156,6 +161,18 @@ func run() error {
 	}
 	fmt.Printf("raw ceiling: ordered consumer read %d positions in %s = %.0f positions/s\n",
 		ceiling.n, ceiling.d.Round(time.Millisecond), ceiling.rate())
+
+	if *exportF {
+		for _, f := range []export.Format{export.NDJSON, export.GPX} {
+			var w countingWriter
+			st, err := export.Export(ctx, js, &w, export.Options{EventID: eventID, From: first, Format: f})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("export %s: %d positions, %d tracks, %.1f MB in %s = %.0f positions/s (%.2f × raw ceiling)\n",
+				f, st.Written, st.Tracks, float64(w.n)/1e6, st.Elapsed.Round(time.Millisecond), st.Rate(), st.Rate()/ceiling.rate())
+		}
+	}
 
 	b, err := startBroadcaster(dir, ns.ClientURL())
 	if err != nil {
@@ -267,6 +284,10 @@ func record(ctx context.Context, js jetstream.JetStream) (first, last time.Time,
 }
 
 func ptr[T any](v T) *T { return &v }
+
+type countingWriter struct{ n int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) { w.n += int64(len(p)); return len(p), nil }
 
 type rate struct {
 	n int
