@@ -110,10 +110,15 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 	// The snapshot: the base, then what the consumer reads up to the first
 	// position after at.
 	snap := make(map[string]srcPos, len(base))
-	for _, p := range base {
-		snap[p.device] = p
-	}
 	atMS := at.UnixMilli()
+	for _, p := range base {
+		// Always true for what the bridge stored (no fix more than
+		// MaxFutureSkew ahead of its storage); a message published around
+		// it could break it, and would be missing from the replay.
+		if p.ts <= atMS {
+			snap[p.device] = p
+		}
+	}
 	var head *srcPos
 	for head == nil {
 		select {

@@ -797,3 +797,37 @@ func TestReplayReauthorization(t *testing.T) {
 	}
 	testkit.Eventually(t, 5*time.Second, func() error { return replayConsumersGone(e) })
 }
+
+// TestReplaySnapshotFromStorage: positions stored more than
+// contract.MaxFutureSkew before the replay's start come from the batch
+// direct get (up_to_time), not from the consumer, which starts after them.
+// Such data is made here with fix times ahead of their storage (the
+// bridge allows up to 5 min; the test publishes directly).
+func TestReplaySnapshotFromStorage(t *testing.T) {
+	t.Parallel()
+	e, ev := newReplayEnv(t, nil)
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	a := e.publish(ev, "dev-a", now.Add(6*time.Minute).UnixMilli())
+	b := e.publish(ev, "dev-b", now.Add(6*time.Minute+5*time.Second).UnixMilli())
+	e.publish(ev, "dev-c", now.Add(6*time.Minute+20*time.Second).UnixMilli()) // the last retained
+	c := e.connect("c1")
+	fr := readFrames(t, c)
+	at := now.Add(6*time.Minute + 8*time.Second)
+	c.send(replaySubscribe(topicOf(ev), "s", at, time.Time{}, ws.SpeedMax))
+	sub := fr.expect(ws.TypeSubscribed, "")
+	var got []string
+	for _, p := range items(t, sub.Frame) {
+		got = append(got, string(p.Encode()))
+	}
+	slices.Sort(got)
+	want := []string{string(a), string(b)}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("snapshot %v, want %v", got, want)
+	}
+	// The consumer starts at storage time at − 5 min, after everything
+	// stored: the replay ends at once.
+	if f := fr.next(); f.Type != ws.TypeReplayEnd {
+		t.Fatalf("after the snapshot: %+v, want replay_end", f.Frame)
+	}
+}
