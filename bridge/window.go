@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -48,6 +49,7 @@ type lossWatch struct {
 	frozen        []ackRecord
 	frozenHighest map[string]ackRecord
 	wake          chan struct{} // cap 1: a check is due
+	changed       bool          // recorded since the last save
 }
 
 func newLossWatch() *lossWatch {
@@ -66,6 +68,7 @@ func (w *lossWatch) record(stream string, seq uint64, msgID string, at time.Time
 	if seq > w.highest[stream].seq {
 		w.highest[stream] = ackRecord{seq: seq, at: at}
 	}
+	w.changed = true
 }
 
 // disconnected freezes what was acknowledged before the outage.
@@ -144,6 +147,61 @@ func (w *lossWatch) reset() {
 	w.next = 0
 	w.highest = map[string]ackRecord{}
 	w.frozen, w.frozenHighest = nil, nil
+	w.changed = true
+}
+
+// savedRecord is one ackRecord as kept in Redis (JSON), so that a bridge
+// that starts after a power loss of the whole host still knows what
+// JetStream acknowledged before. s is the JetStream stream; m is empty
+// for a highest-sequence record.
+type savedRecord struct {
+	S string `json:"s"`
+	Q uint64 `json:"q"`
+	M string `json:"m,omitempty"`
+	T int64  `json:"t"`
+}
+
+// export is the current records to save, or nil when nothing changed.
+func (w *lossWatch) export() []savedRecord {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.changed {
+		return nil
+	}
+	w.changed = false
+	out := []savedRecord{}
+	for _, r := range w.records() {
+		out = append(out, savedRecord{streams.Positions, r.seq, r.msgID, r.at.UnixMilli()})
+	}
+	for name, h := range w.highest {
+		out = append(out, savedRecord{S: name, Q: h.seq, T: h.at.UnixMilli()})
+	}
+	return out
+}
+
+// load adds saved records (this bridge's and its peers') to the frozen
+// view, to be checked like those of an outage.
+func (w *lossWatch) load(saved []savedRecord) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.frozenHighest == nil {
+		w.frozenHighest = map[string]ackRecord{}
+	}
+	if w.frozen == nil {
+		w.frozen = []ackRecord{}
+	}
+	for _, r := range saved {
+		at := time.UnixMilli(r.T)
+		if r.M == "" {
+			if r.Q > w.frozenHighest[r.S].seq {
+				w.frozenHighest[r.S] = ackRecord{seq: r.Q, at: at}
+			}
+			continue
+		}
+		if r.S == streams.Positions {
+			w.frozen = append(w.frozen, ackRecord{r.Q, r.M, at})
+		}
+	}
 }
 
 // errInconclusive means the check could not ask JetStream (NATS down,
@@ -155,25 +213,45 @@ var errInconclusive = errors.New("cannot verify now")
 // re-publishes the window from Redis when they are not. It is a producer
 // of the pipeline, like the reader and the claimer.
 func (b *bridge) verifyLoop(intake, ctx context.Context) {
-	select {
-	case <-b.ensured:
-	case <-intake.Done():
-		return
+	// A re-publish routes: not before the routing table is loaded.
+	for _, ch := range []<-chan struct{}{b.router.loaded, b.ensured} {
+		select {
+		case <-ch:
+		case <-intake.Done():
+			return
+		}
 	}
+	b.loadSaved(intake)
+	b.watch.check() // at start: what the saved records say
 	t := time.NewTicker(b.cfg.VerifyInterval)
 	defer t.Stop()
+	save := time.NewTicker(saveEvery)
+	defer save.Stop()
+	defer b.save(context.Background()) // the records of a clean stop
+	var retry <-chan time.Time
+	failures := 0
 	for {
 		select {
 		case <-intake.Done():
 			return
+		case <-save.C:
+			b.save(intake)
+			continue
 		case <-t.C:
 		case <-b.watch.wake:
+		case <-retry:
 		}
+		retry = nil
 		lost, err := b.verify(intake)
 		if err != nil {
+			// NATS down or the stream not back yet after a restart: try
+			// again soon rather than at the next tick.
 			b.log.Debug("jetstream loss check postponed", "err", err)
+			retry = time.After(min(backoff(failures+4), b.cfg.VerifyInterval))
+			failures++
 			continue
 		}
+		failures = 0
 		b.m.lossChecks.Inc()
 		if lost == "" {
 			continue
@@ -186,6 +264,56 @@ func (b *bridge) verifyLoop(intake, ctx context.Context) {
 			return // the pipeline is stopping
 		}
 	}
+}
+
+// saveEvery is how often the newest acknowledged records are saved to
+// Redis (one HSET when anything changed).
+const saveEvery = time.Second
+
+// savedKey is the Redis hash holding every bridge's saved records of the
+// group, one field per consumer.
+func (b *bridge) savedKey() string { return "bridge:" + b.cfg.Group + ":jetstream-acks" }
+
+// save writes this bridge's records to Redis; the key expires a window
+// after the last write, when the records are too old to matter.
+func (b *bridge) save(ctx context.Context) {
+	recs := b.watch.export()
+	if recs == nil {
+		return
+	}
+	data, _ := json.Marshal(recs) // plain structs always marshal
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	pipe := b.rdb.TxPipeline()
+	pipe.HSet(qctx, b.savedKey(), b.cfg.Consumer, data)
+	pipe.Expire(qctx, b.savedKey(), b.cfg.RepublishWindow+time.Minute)
+	if _, err := pipe.Exec(qctx); err != nil {
+		b.watch.mu.Lock()
+		b.watch.changed = true // try again next time
+		b.watch.mu.Unlock()
+	}
+}
+
+// loadSaved reads what every bridge of the group saved (this one before a
+// restart included), to be checked at once.
+func (b *bridge) loadSaved(ctx context.Context) {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	fields, err := b.rdb.HGetAll(qctx, b.savedKey()).Result()
+	if err != nil {
+		b.log.Warn("cannot read the saved jetstream acks; the start-up loss check only covers what this run sees", "err", err)
+		return
+	}
+	var all []savedRecord
+	for consumer, v := range fields {
+		var recs []savedRecord
+		if err := json.Unmarshal([]byte(v), &recs); err != nil {
+			b.log.Warn("ignoring unreadable saved jetstream acks", "consumer", consumer, "err", err)
+			continue
+		}
+		all = append(all, recs...)
+	}
+	b.watch.load(all)
 }
 
 // verify returns what shows a loss ("" when none), or errInconclusive.

@@ -3,6 +3,7 @@ package bridge_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -184,5 +185,52 @@ func TestIdleConsumersArePruned(t *testing.T) {
 	})
 	if got := metric(t, reg, "bridge_consumers_deleted_total"); got != 1 {
 		t.Fatalf("%v consumers deleted, want 1", got)
+	}
+}
+
+// The whole host loses power: the bridge is down too, and restarts with
+// an empty memory. What it saved in Redis before (the newest acknowledged
+// messages) is checked at start, and the window is re-published.
+func TestLossWhileBridgeDownIsRepublished(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n, devices, k = 1000, 10, 100
+	e.add(0, n, devices)
+	cfg, _ := e.config("a")
+	cfg.VerifyInterval = time.Hour
+	run := e.start(cfg)
+	e.waitAll(n, 60*time.Second)
+	key := "bridge:" + e.group + ":jetstream-acks"
+	testkit.Eventually(t, 30*time.Second, func() error {
+		v, err := e.rdb.HGet(context.Background(), key, "a").Result()
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(v, fmt.Sprintf(`"q":%d,`, n)) {
+			return fmt.Errorf("saved acks %s do not reach sequence %d yet", v, n)
+		}
+		return nil
+	})
+	if err := run.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	e.deleteNewest(k)
+	e.nats.Restart()
+	cfg2, reg2 := e.config("a")
+	cfg2.VerifyInterval = time.Hour
+	e.start(cfg2)
+	e.waitAll(n, 60*time.Second)
+	if d := metric(t, reg2, "bridge_jetstream_loss_detected_total"); d != 1 {
+		t.Fatalf("%v losses detected at start, want 1", d)
+	}
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if got := metric(t, reg2, "bridge_republish_restored_total"); got != k {
+			return fmt.Errorf("%v positions stored anew, want %d", got, k)
+		}
+		return nil
+	})
+	if seen := e.msgIDs(); len(seen) != n {
+		t.Fatalf("%d distinct Nats-Msg-Ids, want %d", len(seen), n)
 	}
 }
