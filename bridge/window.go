@@ -227,7 +227,15 @@ func (b *bridge) verifyLoop(intake, ctx context.Context) {
 	defer t.Stop()
 	save := time.NewTicker(saveEvery)
 	defer save.Stop()
-	defer b.save(context.Background()) // the records of a clean stop
+	// The records of a clean stop are saved for the next start; not when a
+	// re-publish was cut short: the saved pre-loss records then make the
+	// next start detect the loss again and finish the job.
+	interrupted := false
+	defer func() {
+		if !interrupted {
+			b.save(context.Background())
+		}
+	}()
 	var retry <-chan time.Time
 	failures := 0
 	for {
@@ -261,7 +269,9 @@ func (b *bridge) verifyLoop(intake, ctx context.Context) {
 			"found", lost, "window", b.cfg.RepublishWindow)
 		b.watch.reset()
 		if err := b.republish(intake, ctx); err != nil {
-			return // the pipeline is stopping
+			interrupted = true
+			b.log.Warn("re-publish interrupted by the stop; the next start repeats it", "err", err)
+			return
 		}
 	}
 }
@@ -378,6 +388,9 @@ func (b *bridge) republish(intake, ctx context.Context) error {
 				continue
 			}
 			attempt = 0
+			if intake.Err() != nil {
+				return intake.Err()
+			}
 			for _, msg := range msgs {
 				if err := b.handle(ctx, si, msg, true); err != nil {
 					return err
