@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -183,6 +184,7 @@ func (t *topic) deliver(idx int32, ts int64, data []byte) {
 // that keeps up gets a batch of one at once; under load batches grow, and
 // the per-client cost is one lock per batch rather than per position.
 func (t *topic) fanout() {
+	var wake []*mailbox
 	for {
 		select {
 		case <-t.done:
@@ -198,9 +200,17 @@ func (t *topic) fanout() {
 		t.pmu.Unlock()
 		var coalesced, stale int
 		for _, f := range *t.feeds.Load() {
-			c, s := f.mb.putBatch(f, batch)
+			c, s, sched := f.mb.putBatch(f, batch)
 			coalesced += c
 			stale += s
+			if sched {
+				wake = append(wake, f.mb)
+			}
+		}
+		if len(wake) > 0 {
+			wake[0].w.scheduleAll(wake)
+			clear(wake)
+			wake = wake[:0]
 		}
 		if coalesced > 0 {
 			t.h.m.positionsCoalesced.Add(float64(coalesced))
@@ -238,13 +248,26 @@ func (h *hub) resync(ctx context.Context) {
 	}
 	h.mu.Unlock()
 	for _, t := range topics {
-		items, err := t.snapshot(ctx)
-		if err != nil {
-			h.log.Warn("resync after reconnect", "event_id", t.eventID, "err", err)
-			continue
-		}
-		for _, it := range items {
-			t.deliver(it.idx, it.ts, it.data)
+		// JetStream may still be recovering right after a reconnect: retry
+		// with backoff for about half a minute.
+		wait := 250 * time.Millisecond
+		for attempt := 1; ; attempt++ {
+			items, err := t.snapshot(ctx)
+			if err == nil {
+				for _, it := range items {
+					t.deliver(it.idx, it.ts, it.data)
+				}
+				break
+			}
+			if attempt == 8 || ctx.Err() != nil {
+				h.log.Warn("resync after reconnect", "event_id", t.eventID, "err", err)
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 5*time.Second)
 		}
 	}
 	if len(topics) > 0 {

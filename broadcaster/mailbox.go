@@ -133,12 +133,14 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 
 // putBatch offers several positions, at most one per device, to f under
 // one lock. It returns how many replaced a pending one and how many were
-// stale.
-func (mb *mailbox) putBatch(f *feed, items []snapItem) (coalesced, stale int) {
+// stale, and whether the mailbox needs a writer: the caller then passes it
+// to writers.scheduleAll, so a fan-out to many clients takes the writers'
+// lock once, not once per client.
+func (mb *mailbox) putBatch(f *feed, items []snapItem) (coalesced, stale int, sched bool) {
 	mb.mu.Lock()
 	if f.closed || mb.closed || mb.closing != nil {
 		mb.mu.Unlock()
-		return 0, 0
+		return 0, 0, false
 	}
 	for _, it := range items {
 		if int(it.idx) >= len(f.slots) {
@@ -162,12 +164,9 @@ func (mb *mailbox) putBatch(f *feed, items []snapItem) (coalesced, stale int) {
 			mb.feeds = append(mb.feeds, f)
 		}
 	}
-	sched := mb.wantLocked()
+	sched = mb.wantLocked()
 	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
-	return coalesced, stale
+	return coalesced, stale, sched
 }
 
 func (f *feed) growSlots(n int) {
@@ -551,6 +550,22 @@ func (w *writers) schedule(mb *mailbox) {
 	w.queue = append(w.queue, mb)
 	w.mu.Unlock()
 	w.cond.Signal()
+}
+
+// scheduleAll queues several mailboxes (each marked scheduled by
+// wantLocked) under one lock and wakes the writers.
+func (w *writers) scheduleAll(mbs []*mailbox) {
+	switch len(mbs) {
+	case 0:
+		return
+	case 1:
+		w.schedule(mbs[0])
+		return
+	}
+	w.mu.Lock()
+	w.queue = append(w.queue, mbs...)
+	w.mu.Unlock()
+	w.cond.Broadcast()
 }
 
 func (w *writers) slowClose(*mailbox) {
