@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
 	"trm-live/contract/streams"
@@ -232,5 +233,43 @@ func TestLossWhileBridgeDownIsRepublished(t *testing.T) {
 	})
 	if seen := e.msgIDs(); len(seen) != n {
 		t.Fatalf("%d distinct Nats-Msg-Ids, want %d", len(seen), n)
+	}
+}
+
+// After a truncation new publishes reuse the lost sequence numbers, so the
+// stream's last sequence is no longer behind: the check compares the
+// Nats-Msg-Id at each remembered sequence and still sees the loss.
+func TestReusedSequencesAreSeenByMsgID(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n, devices, foreign = 300, 10, 350
+	e.add(0, n, devices)
+	cfg, reg := e.config("a")
+	cfg.VerifyInterval = time.Hour
+	e.start(cfg)
+	e.waitAll(n, 60*time.Second)
+	ctx := context.Background()
+	if err := e.js.DeleteStream(ctx, streams.Positions); err != nil {
+		t.Fatal(err)
+	}
+	if err := streams.Ensure(ctx, e.js, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range foreign {
+		if _, err := e.js.Publish(ctx, "pos.unassigned.other", []byte(`{}`),
+			jetstream.WithMsgID(fmt.Sprintf("other:%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.nats.Restart()
+	e.waitAll(n+foreign, 60*time.Second)
+	if d := metric(t, reg, "bridge_jetstream_loss_detected_total"); d != 1 {
+		t.Fatalf("%v losses detected, want 1", d)
+	}
+	seen := e.msgIDs()
+	for i := range n {
+		if id := msgIDOf(t, e.entry(i, devices)); seen[id] != 1 {
+			t.Fatalf("%s stored %d times, want 1", id, seen[id])
+		}
 	}
 }
