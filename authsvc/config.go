@@ -302,7 +302,17 @@ var dsnPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|\S+)`)
 
 // maskURL hides the password of a URL (user:pass@) or of a key=value DSN
 // (password=…), and any token-like query parameter.
+// maskURL masks every URL of a comma-separated list (NATS_URL may name
+// several servers, each with its own credentials).
 func maskURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		parts[i] = maskOneURL(p)
+	}
+	return strings.Join(parts, ",")
+}
+
+func maskOneURL(s string) string {
 	if strings.Contains(s, "://") {
 		if u, err := url.Parse(s); err == nil {
 			if u.User != nil {

@@ -217,7 +217,17 @@ func orDefault(s, d string) string {
 }
 
 // maskURL hides the password of a URL, and any password= query parameter.
+// maskURL masks every URL of a comma-separated list (NATS_URL may name
+// several servers, each with its own credentials).
 func maskURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		parts[i] = maskOneURL(p)
+	}
+	return strings.Join(parts, ",")
+}
+
+func maskOneURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "(unparsable)"
