@@ -7,12 +7,16 @@
 // seeked by storage time; see scan for how the two are bridged.
 //
 // NDJSON and CSV are one pass in stream order. GPX needs one <trk> per
-// device while positions arrive interleaved by device, so it makes one pass
-// per device: the device ids come from the stream's subject index
-// (StreamInfo with a subject filter on pos.<event>.*), and each pass is an
-// ordered consumer filtered on pos.<event>.<device>. Memory is then the
-// device list plus one position, never a track; the price is one consumer
-// per device, which the server serves from its per-subject index.
+// device while positions arrive interleaved by device: it is one pass too,
+// each point appended to a temporary file of its device (spool.go, at most
+// 128 files open at once), then the files are copied into the document in
+// device order. Memory is bounded by the number of devices, never by
+// positions; disk holds the points once more while the export runs.
+//
+// One ordered consumer per device (filtered on pos.<event>.<device>) was
+// the first design: no disk, but positions are stored interleaved, so each
+// pass read the whole range again on the server: 500 devices × 2 h took
+// more than 6 minutes where the NDJSON pass took 92 seconds.
 package export
 
 import (
@@ -21,7 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
+	"os"
 	"strings"
 	"time"
 
@@ -52,6 +56,9 @@ type Options struct {
 	Progress func(Stats)
 	// ProgressEvery is the progress period. Zero means one second.
 	ProgressEvery time.Duration
+	// TempDir is where GPX export spools one file per device. Empty means
+	// os.TempDir().
+	TempDir string
 	// Now is the clock (GPX metadata time, progress rate). Nil means
 	// time.Now.
 	Now func() time.Time
@@ -149,7 +156,7 @@ func Export(ctx context.Context, js jetstream.JetStream, w io.Writer, o Options)
 	}
 	switch o.Format {
 	case GPX:
-		err = e.gpx(ctx, stream)
+		err = e.gpx(ctx)
 	default:
 		err = e.flat(ctx)
 	}
@@ -234,9 +241,25 @@ func (e *exporter) flat(ctx context.Context) error {
 	return err
 }
 
-// gpx writes one track per device, one pass per device.
-func (e *exporter) gpx(ctx context.Context, stream jetstream.Stream) error {
-	devices, err := Devices(ctx, stream, e.o.EventID)
+// gpx writes one track per device: one pass over the event's positions,
+// each point appended to its device's temporary file (spool), then the
+// files copied into the document in device order.
+func (e *exporter) gpx(ctx context.Context) error {
+	dir, err := os.MkdirTemp(e.o.TempDir, "trm-gpx-")
+	if err != nil {
+		return fmt.Errorf("temporary folder: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	sp := newSpool(dir)
+	var buf []byte
+	err = e.pass(ctx, contract.EventSubject(e.o.EventID), func(p contract.Position) error {
+		buf = appendTrkpt(buf[:0], &p)
+		return sp.write(p.DeviceID, buf)
+	})
+	if err != nil {
+		return err
+	}
+	devices, err := sp.devices()
 	if err != nil {
 		return err
 	}
@@ -245,38 +268,19 @@ func (e *exporter) gpx(ctx context.Context, stream jetstream.Stream) error {
 		return fmt.Errorf("write: %w", err)
 	}
 	for _, dev := range devices {
-		err := e.pass(ctx, contract.PositionSubject(e.o.EventID, dev), func(p contract.Position) error {
-			return g.point(&p)
-		})
-		if err != nil {
-			return err
+		if err := g.startTrack(dev); err != nil {
+			return fmt.Errorf("write: %w", err)
 		}
-		if g.inTrack {
-			e.tracks++
+		if err := sp.copyTo(e.bw, dev); err != nil {
+			return err
 		}
 		if err := g.endTrack(); err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
+		e.tracks++
 	}
 	if err := g.end(); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
 	return nil
-}
-
-// Devices returns, sorted, the id of every device that has a position of the
-// event stored in the stream (at any time), from the stream's subject index.
-func Devices(ctx context.Context, stream jetstream.Stream, eventID string) ([]string, error) {
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(contract.EventSubject(eventID)))
-	if err != nil {
-		return nil, fmt.Errorf("stream %s subjects: %w", streams.Positions, err)
-	}
-	devices := make([]string, 0, len(info.State.Subjects))
-	for subj := range info.State.Subjects {
-		if _, dev, ok := contract.ParseSubject(subj); ok {
-			devices = append(devices, dev)
-		}
-	}
-	slices.Sort(devices)
-	return devices, nil
 }

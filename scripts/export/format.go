@@ -106,14 +106,19 @@ func (g *gpxWriter) begin(eventID string, from, to time.Time, now time.Time) err
 	return err
 }
 
-func (g *gpxWriter) point(p *contract.Position) error {
-	b := g.buf[:0]
-	if !g.inTrack {
-		b = append(b, "<trk><name>"...)
-		b = appendEscaped(b, p.DeviceID)
-		b = append(b, "</name><trkseg>\n"...)
-		g.inTrack = true
-	}
+// startTrack opens the track of a device.
+func (g *gpxWriter) startTrack(device string) error {
+	b := append(g.buf[:0], "<trk><name>"...)
+	b = appendEscaped(b, device)
+	b = append(b, "</name><trkseg>\n"...)
+	g.buf = b
+	g.inTrack = true
+	_, err := g.w.Write(b)
+	return err
+}
+
+// appendTrkpt appends one <trkpt> element and a newline.
+func appendTrkpt(b []byte, p *contract.Position) []byte {
 	b = append(b, `<trkpt lat="`...)
 	b = strconv.AppendFloat(b, p.Lat, 'f', -1, 64)
 	b = append(b, `" lon="`...)
@@ -146,10 +151,7 @@ func (g *gpxWriter) point(p *contract.Position) error {
 		}
 		b = append(b, "</gpxtpx:TrackPointExtension></extensions>"...)
 	}
-	b = append(b, "</trkpt>\n"...)
-	g.buf = b
-	_, err := g.w.Write(b)
-	return err
+	return append(b, "</trkpt>\n"...)
 }
 
 func (g *gpxWriter) endTrack() error {

@@ -95,7 +95,9 @@ func runExport(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	// Write beside the target and rename at the end: a failed or
-	// interrupted export leaves no partial file behind.
+	// interrupted export leaves no partial file behind. GPX spools there
+	// too (same disk as the result).
+	a.opts.TempDir = filepath.Dir(a.out)
 	f, err := os.CreateTemp(filepath.Dir(a.out), "."+filepath.Base(a.out)+".*.tmp")
 	if err != nil {
 		return err
