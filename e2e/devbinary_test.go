@@ -23,11 +23,13 @@ const devPassword = "demo"
 var devPorts = map[string]int{"bridge": 8081, "persister": 8082, "authsvc": 8083, "broadcaster": 8084}
 
 // freeOffset finds an -http-port-offset under which every worker port is
-// free.
+// free. The ports stay below Linux's ephemeral range (32768 and up), where
+// the random ports of other tests' clients and listeners would come and go
+// between this check and the dev binary's listen.
 func freeOffset(t *testing.T) int {
 	t.Helper()
 	for try := 0; try < 100; try++ {
-		off := 20000 + rand.IntN(300)*100
+		off := 9000 + rand.IntN(150)*100 // worker ports 17081 … 32084
 		free := true
 		for _, p := range devPorts {
 			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+off))
