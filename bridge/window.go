@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -280,9 +281,13 @@ func (b *bridge) verifyLoop(intake, ctx context.Context) {
 // Redis (one HSET when anything changed).
 const saveEvery = time.Second
 
-// savedKey is the Redis hash holding every bridge's saved records of the
-// group, one field per consumer.
-func (b *bridge) savedKey() string { return "bridge:" + b.cfg.Group + ":jetstream-acks" }
+// savedKey is the Redis hash holding the saved records of every bridge of
+// the group reading these streams, one field per consumer. The streams
+// are part of the name: two deployments (or tests) sharing a Redis and a
+// group name but not the streams have different JetStreams.
+func (b *bridge) savedKey() string {
+	return "bridge:" + b.cfg.Group + ":jetstream-acks:" + strings.Join(b.cfg.Streams, ",")
+}
 
 // save writes this bridge's records to Redis; the key expires a window
 // after the last write, when the records are too old to matter.

@@ -209,7 +209,7 @@ func TestLossWhileBridgeDownIsRepublished(t *testing.T) {
 	cfg.VerifyInterval = time.Hour
 	run := e.start(cfg)
 	e.waitAll(n, 60*time.Second)
-	key := "bridge:" + e.group + ":jetstream-acks"
+	key := "bridge:" + e.group + ":jetstream-acks:" + e.stream
 	testkit.Eventually(t, 30*time.Second, func() error {
 		v, err := e.rdb.HGet(context.Background(), key, "a").Result()
 		if err != nil {
