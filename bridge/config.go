@@ -368,8 +368,20 @@ func parseLevel(s string) (slog.Level, error) {
 
 var passwordKV = regexp.MustCompile(`(?i)(password=)[^ &]*`)
 
-// redact masks the password of a URL or key=value DSN.
+// redact masks the password of every URL of a comma-separated list
+// (NATS_URL may name several servers) or of a key=value DSN.
 func redact(s string) string {
+	if strings.Contains(s, "://") && strings.Contains(s, ",") {
+		parts := strings.Split(s, ",")
+		for i, p := range parts {
+			parts[i] = redactOne(p)
+		}
+		return strings.Join(parts, ",")
+	}
+	return redactOne(s)
+}
+
+func redactOne(s string) string {
 	if u, err := url.Parse(s); err == nil && u.Scheme != "" {
 		if q := u.Query(); q.Has("password") {
 			q.Set("password", "xxxxx")
