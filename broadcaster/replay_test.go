@@ -145,7 +145,14 @@ type frameReader struct {
 }
 
 func readFrames(t testing.TB, c *wsClient) *frameReader {
-	fr := &frameReader{t: t, ch: make(chan rframe, 4096)}
+	return readFramesBuffered(t, c, 4096)
+}
+
+// readFramesBuffered is readFrames with a read-ahead of n frames: a small n
+// makes a slow consumer of next() slow at the socket too, which is what
+// pushes back on the broadcaster.
+func readFramesBuffered(t testing.TB, c *wsClient, n int) *frameReader {
+	fr := &frameReader{t: t, ch: make(chan rframe, n)}
 	go func() {
 		defer close(fr.ch)
 		for {
@@ -708,7 +715,9 @@ func TestReplaySlowClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fr := readFrames(t, c)
+	// No read-ahead: the 100 ms sleep below must slow the socket itself,
+	// or the client only looks slow and nothing pushes back.
+	fr := readFramesBuffered(t, c, 1)
 	c.send(replaySubscribe(topicOf(ev), "slow", r.base.Add(-time.Second), time.Time{}, 100))
 	fr.expect(ws.TypeSubscribed, "")
 	last := map[string]time.Time{}
