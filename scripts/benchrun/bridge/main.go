@@ -40,6 +40,7 @@ import (
 	"trm-live/bridge"
 	"trm-live/contract"
 	"trm-live/contract/streams"
+	"trm-live/scripts/benchrun/benchenv"
 	"trm-live/scripts/simulate"
 )
 
@@ -108,18 +109,14 @@ func run() error {
 	if err := os.RemoveAll(store); err != nil {
 		return err
 	}
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "bench-bridge", Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: store,
-		JetStreamMaxMemory: 256 << 20, JetStreamMaxStore: 16 << 30, NoLog: true, NoSigs: true,
+	ns, stopNATS, err := benchenv.StartNATS(server.Options{
+		ServerName: "bench-bridge", JetStream: true, StoreDir: store,
+		JetStreamMaxMemory: 256 << 20, JetStreamMaxStore: 16 << 30,
 	})
 	if err != nil {
 		return err
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10*time.Second) || !ns.JetStreamEnabled() {
-		return errors.New("nats-server with JetStream did not start")
-	}
+	defer stopNATS()
 
 	// PostgreSQL: the stand-in tables and the devices' assignments.
 	sim := simulate.New(simulate.Options{Devices: o.devices, Seed: 1, BadFraction: o.bad})
@@ -127,7 +124,11 @@ func run() error {
 	for i, d := range sim.Devices {
 		devs[i] = d.ID
 	}
-	seedSQL, err := os.ReadFile(filepath.Join(repoRoot(), "deploy", "seed", "directus-standin.sql"))
+	root, err := benchenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	seedSQL, err := os.ReadFile(filepath.Join(root, "deploy", "seed", "directus-standin.sql"))
 	if err != nil {
 		return err
 	}
@@ -392,14 +393,3 @@ func cpuTime() time.Duration {
 }
 
 // repoRoot is the nearest folder above the working directory holding go.work.
-func repoRoot() string {
-	dir, _ := os.Getwd()
-	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
-			return d
-		}
-		if filepath.Dir(d) == d {
-			return dir
-		}
-	}
-}

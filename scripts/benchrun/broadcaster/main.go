@@ -52,6 +52,7 @@ import (
 	"trm-live/contract/auth"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
+	"trm-live/scripts/benchrun/benchenv"
 )
 
 var (
@@ -148,17 +149,12 @@ func coordinate() error {
 		fmt.Printf("warning: open-file limit %d is low for 1,000+ clients; raise ulimit -n\n", l.Cur)
 	}
 
-	ns, err := server.NewServer(&server.Options{ServerName: "bench", Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: storeDir, JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 20 << 30, NoLog: true, NoSigs: true,
-		MaxPending: 256 << 20})
+	ns, stopNATS, err := benchenv.StartNATS(server.Options{ServerName: "bench", JetStream: true,
+		StoreDir: storeDir, JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 20 << 30, MaxPending: 256 << 20})
 	if err != nil {
 		return err
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10*time.Second) || !ns.JetStreamEnabled() {
-		return fmt.Errorf("nats-server not ready with JetStream")
-	}
+	defer stopNATS()
 	c := &coord{ns: ns, eventID: "0b5e7c1e-0000-4000-8000-00000000beef", lastTS: map[string]int64{}}
 	if c.nc, err = nats.Connect(ns.ClientURL()); err != nil {
 		return err

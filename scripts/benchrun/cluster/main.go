@@ -47,6 +47,7 @@ import (
 	"trm-live/contract/streams"
 	"trm-live/deploy/verify"
 	"trm-live/persister"
+	"trm-live/scripts/benchrun/benchenv"
 )
 
 func main() {
@@ -90,7 +91,7 @@ func run() error {
 	if dataDir == "" {
 		dataDir = os.TempDir()
 	}
-	root, err := repoRoot()
+	root, err := benchenv.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -143,23 +144,6 @@ func run() error {
 		fmt.Printf("bridge ÷ raw ceiling:             single/default %.2f   R3/always %.2f\n", base.bridge/base.raw, r3.bridge/r3.raw)
 	}
 	return nil
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.work above the working directory: run through scripts/bench cluster")
-		}
-		dir = parent
-	}
 }
 
 func measure(o options, s setup, idx int, conf, dataDir, redisURL, adminDSN, root string) (result, error) {

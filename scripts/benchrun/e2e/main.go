@@ -46,6 +46,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"trm-live/contract/ws"
+	"trm-live/scripts/benchrun/benchenv"
 	"trm-live/scripts/devauth"
 )
 
@@ -84,7 +85,7 @@ func run() error {
 	if redisURL == "" || dbURL == "" || dataDir == "" {
 		return errors.New("BENCH_REDIS_URL, BENCH_DATABASE_URL and BENCH_DATA_DIR must be set: run it as scripts/bench e2e")
 	}
-	root, err := repoRoot()
+	root, err := benchenv.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -121,16 +122,12 @@ func run() error {
 	// NATS, embedded, on loopback so the worker processes can reach it.
 	store := filepath.Join(dataDir, "e2e-nats")
 	_ = os.RemoveAll(store)
-	ns, err := server.NewServer(&server.Options{ServerName: "bench-e2e", Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: store, JetStreamMaxMemory: 512 << 20, JetStreamMaxStore: 16 << 30, NoLog: true, NoSigs: true})
+	ns, stopNATS, err := benchenv.StartNATS(server.Options{ServerName: "bench-e2e", JetStream: true,
+		StoreDir: store, JetStreamMaxMemory: 512 << 20, JetStreamMaxStore: 16 << 30})
 	if err != nil {
 		return err
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10*time.Second) || !ns.JetStreamEnabled() {
-		return errors.New("nats-server with JetStream not ready")
-	}
+	defer stopNATS()
 
 	db, err := setupDB(ctx, root, dbURL, *devices, maxViewers)
 	if err != nil {
@@ -238,23 +235,6 @@ func loadavg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.work above the working directory: run from the repository")
-		}
-		dir = parent
-	}
 }
 
 func buildWorkers(root, out string) error {

@@ -42,6 +42,7 @@ import (
 	"trm-live/contract/streams"
 	"trm-live/persister"
 	"trm-live/persister/migrate"
+	"trm-live/scripts/benchrun/benchenv"
 )
 
 func main() {
@@ -85,16 +86,12 @@ func run() error {
 	// NATS, embedded, file store under BENCH_DATA_DIR.
 	store := filepath.Join(dataDir, "persister-nats")
 	_ = os.RemoveAll(store)
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: store,
-		JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 16 << 30, NoLog: true, NoSigs: true})
+	ns, stopNATS, err := benchenv.StartNATS(server.Options{JetStream: true, StoreDir: store,
+		JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 16 << 30})
 	if err != nil {
 		return err
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10*time.Second) || !ns.JetStreamEnabled() {
-		return errors.New("nats-server with JetStream not ready")
-	}
+	defer stopNATS()
 	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1))
 	if err != nil {
 		return err

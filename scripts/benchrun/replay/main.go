@@ -52,6 +52,7 @@ import (
 	"trm-live/contract/auth"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
+	"trm-live/scripts/benchrun/benchenv"
 	"trm-live/scripts/export"
 )
 
@@ -103,19 +104,15 @@ func run() error {
 	fmt.Printf("replay bench: %s, %d cores, %s, load average %s\n", want, runtime.NumCPU(), runtime.Version(),
 		strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
 
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "bench-replay", Host: "127.0.0.1", Port: -1, JetStream: true,
+	ns, stopNATS, err := benchenv.StartNATS(server.Options{
+		ServerName: "bench-replay", JetStream: true,
 		StoreDir: filepath.Join(dir, "nats"), JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 20 << 30,
-		NoLog: true, NoSigs: true, MaxPayload: 1 << 20,
+		MaxPayload: 1 << 20,
 	})
 	if err != nil {
 		return err
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(30*time.Second) || !ns.JetStreamEnabled() {
-		return errors.New("nats-server with JetStream not ready")
-	}
+	defer stopNATS()
 	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1))
 	if err != nil {
 		return err
@@ -364,7 +361,7 @@ type bcast struct {
 }
 
 func startBroadcaster(dir, natsURL string) (*bcast, error) {
-	root, err := repoRoot()
+	root, err := benchenv.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -455,23 +452,6 @@ func (b *bcast) metrics() map[string]string {
 		}
 	}
 	return out
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.work above the working directory: run from the repository")
-		}
-		dir = parent
-	}
 }
 
 // client is one WebSocket viewer.

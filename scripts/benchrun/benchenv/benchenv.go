@@ -1,0 +1,55 @@
+// Package benchenv is what every benchmark program under scripts/benchrun
+// sets up the same way: the repository root, and an embedded nats-server on
+// loopback that the benchmark owns.
+package benchenv
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// RepoRoot returns the nearest folder above the working directory that
+// holds go.work.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.work above the working directory: run from the repository")
+		}
+		dir = parent
+	}
+}
+
+// StartNATS starts an embedded nats-server with opts, forced onto a random
+// loopback port with no logging and no signal handlers (NOTES §3), and
+// waits until it accepts connections and, when opts.JetStream is set, until
+// JetStream runs. stop shuts the server down and waits for it.
+func StartNATS(opts server.Options) (ns *server.Server, stop func(), err error) {
+	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, true, true
+	ns, err = server.NewServer(&opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	ns.Start()
+	stop = func() { ns.Shutdown(); ns.WaitForShutdown() }
+	if !ns.ReadyForConnections(30 * time.Second) {
+		stop()
+		return nil, nil, errors.New("embedded nats-server not ready after 30s")
+	}
+	if opts.JetStream && !ns.JetStreamEnabled() {
+		stop()
+		return nil, nil, errors.New("embedded nats-server started without JetStream")
+	}
+	return ns, stop, nil
+}
