@@ -1,9 +1,12 @@
 package authsvc
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"trm-live/testkit"
 )
 
 func TestCacheExpiresAndEvictsLeastRecentlyUsed(t *testing.T) {
@@ -60,24 +63,26 @@ func TestFlightCollapsesConcurrentCalls(t *testing.T) {
 		results <- v
 	}()
 	// Wait until the first call is in flight, then pile on.
-	for {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		f.mu.Lock()
-		n := len(f.calls)
-		f.mu.Unlock()
-		if n == 1 {
-			break
+		defer f.mu.Unlock()
+		if n := len(f.calls); n != 1 {
+			return fmt.Errorf("%d calls in flight, want 1", n)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 	for i := 0; i < 9; i++ {
 		go func() {
 			v, _ := f.do("k", func() { joined.Add(1) }, func() (int, error) { calls++; return -1, nil })
 			results <- v
 		}()
 	}
-	for joined.Load() != 9 {
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if n := joined.Load(); n != 9 {
+			return fmt.Errorf("%d callers joined, want 9", n)
+		}
+		return nil
+	})
 	close(release)
 	for i := 0; i < 10; i++ {
 		if v := <-results; v != 42 {

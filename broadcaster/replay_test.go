@@ -722,8 +722,11 @@ func TestReplaySlowClient(t *testing.T) {
 	fr.expect(ws.TypeSubscribed, "")
 	last := map[string]time.Time{}
 	n := 0
+	// The slow reader: one frame per 100 ms tick.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
-		time.Sleep(100 * time.Millisecond) // the slow reader
+		<-tick.C
 		f := fr.next()
 		if f.Type == ws.TypeReplayEnd {
 			break

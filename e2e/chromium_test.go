@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"trm-live/testkit"
 )
 
 // chromium is a headless Debian Chromium driven over the Chrome DevTools
@@ -90,21 +92,15 @@ func startChromium(tb testing.TB) *chromium {
 	})
 	// Chromium writes the port it picked to DevToolsActivePort.
 	var port string
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Eventually(tb, 30*time.Second, func() error {
 		b, err := os.ReadFile(filepath.Join(dir, "profile", "DevToolsActivePort"))
-		if err == nil {
-			if line, _, _ := strings.Cut(string(b), "\n"); line != "" {
-				port = strings.TrimSpace(line)
-				break
-			}
+		if line, _, _ := strings.Cut(string(b), "\n"); err == nil && line != "" {
+			port = strings.TrimSpace(line)
+			return nil
 		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(filepath.Join(dir, "chromium.log"))
-			tb.Fatalf("e2e: chromium gave no DevTools port after 30 s; its log:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		out, _ := os.ReadFile(filepath.Join(dir, "chromium.log"))
+		return fmt.Errorf("chromium gave no DevTools port yet; its log:\n%s", out)
+	})
 	if _, err := strconv.Atoi(port); err != nil {
 		tb.Fatalf("e2e: bad DevToolsActivePort %q", port)
 	}

@@ -220,8 +220,17 @@ func TestPostgresStopped20s(t *testing.T) {
 	pg.Stop()
 	stopped := time.Now()
 	in.waitReady(t, false)
-	// The outage lasts 20 s while positions keep coming.
-	time.Sleep(time.Until(stopped.Add(20 * time.Second)))
+	// The outage lasts 20 s while positions keep coming: wait for both.
+	during := fl.count()
+	testkit.Eventually(t, 40*time.Second, func() error {
+		if d := time.Since(stopped); d < 20*time.Second {
+			return fmt.Errorf("outage %s of 20s", d.Round(time.Second))
+		}
+		if n := fl.count(); n <= during {
+			return fmt.Errorf("no position published during the outage (%d)", n)
+		}
+		return nil
+	})
 	pg.Start()
 	in.waitReady(t, true)
 	after := fl.count()

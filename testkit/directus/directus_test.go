@@ -2,11 +2,14 @@ package directus
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"trm-live/testkit"
 )
 
 type answer struct {
@@ -137,9 +140,12 @@ func TestHold(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
-	for s.Calls("/server/ping") == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if s.Calls("/server/ping") == 0 {
+			return errors.New("held request not received yet")
+		}
+		return nil
+	})
 	select {
 	case <-done:
 		t.Fatal("held request answered before release")
