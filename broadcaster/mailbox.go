@@ -8,12 +8,14 @@ import (
 	"trm-live/contract/ws"
 )
 
-// credits is how many frames one session may have in melody's buffer or on
-// the wire at once. melody drops silently when its buffer is full, so the
-// mailbox never lets it fill: a frame takes a credit when it is queued and
-// gives it back when melody reports it written (HandleSentMessage). The
-// buffer is credits+1 slots, so a close always fits.
-const credits = 2
+// credits is how many frames one session may have in melody's buffer or
+// being written at once. melody drops silently when its buffer is full, so
+// the mailbox never lets it fill: a frame takes a credit when it is queued
+// and gives it back when melody reports it written (HandleSentMessage). The
+// buffer is credits+1 slots, so a close always fits. One credit: a second
+// frame waiting in melody's queue would hold positions that can no longer
+// be coalesced (decision 33).
+const credits = 1
 
 // slot is what a feed holds for one device.
 type slot struct {

@@ -73,6 +73,45 @@ func (x *mbFixture) flush() []string {
 	return x.rec.take()
 }
 
+// occupy takes every credit with a frame of its own (devices 1000+), so
+// that what is put afterwards waits in the mailbox.
+func (x *mbFixture) occupy(f *feed) {
+	x.t.Helper()
+	for i := range credits {
+		x.mb.put(f, int32(1000+i), 1, pos(fmt.Sprint("busy", i), 1))
+		if got := x.flush(); len(got) != 1 {
+			x.t.Fatalf("occupy: credit %d: %v", i, got)
+		}
+	}
+	if got := x.flush(); len(got) != 0 {
+		x.t.Fatalf("wrote without credit: %v", got)
+	}
+}
+
+// release returns every credit in use, as melody does after each write.
+func (x *mbFixture) release() {
+	x.mb.mu.Lock()
+	n := x.mb.inflight
+	x.mb.mu.Unlock()
+	for range n {
+		x.mb.sent()
+	}
+}
+
+// drain writes until nothing is pending, returning credits after every
+// round, and returns the frames in order.
+func (x *mbFixture) drain() []string {
+	var all []string
+	for {
+		got := x.flush()
+		if len(got) == 0 {
+			return all
+		}
+		all = append(all, got...)
+		x.release()
+	}
+}
+
 func pos(dev string, ts int64) []byte {
 	return []byte(fmt.Sprintf(`{"device_id":"%s","ts":%d}`, dev, ts))
 }
@@ -107,15 +146,15 @@ func TestMailboxKeepsUp(t *testing.T) {
 func TestMailboxCoalescesPerDevice(t *testing.T) {
 	x := newMB(t, 8, 100, 1<<20)
 	f := activeFeed(x, "event:t")
-	// Two frames in flight: no credit left.
+	// Positions pending together leave together.
 	x.mb.put(f, 0, 1, pos("a", 1))
 	x.mb.put(f, 1, 1, pos("b", 1))
 	if got := x.flush(); len(got) != 1 || strings.Count(got[0], "device_id") != 2 {
 		t.Fatalf("a and b pending together should leave in one frame: %v", got)
 	}
-	x.mb.put(f, 0, 2, pos("a", 2))
-	x.flush()
-	// Now both credits are taken; later positions wait, latest-only.
+	x.release()
+	x.occupy(f)
+	// Every credit is taken; later positions wait, latest-only.
 	for ts := int64(3); ts <= 10; ts++ {
 		if r := x.mb.put(f, 0, ts, pos("a", ts)); ts > 3 && r != putCoalesced {
 			t.Fatalf("put a@%d = %v, want coalesced", ts, r)
@@ -146,19 +185,10 @@ func TestMailboxControlFirstAndNeverDropped(t *testing.T) {
 	x.mb.put(f, 1, 1, pos("b", 1))
 	x.mb.control([]byte(`C1`))
 	x.mb.control([]byte(`C2`))
-	got := x.flush() // two credits
-	if len(got) != 2 {
-		t.Fatalf("frames %v", got)
-	}
-	x.mb.sent()
-	x.mb.sent()
-	got = append(got, x.flush()...)
-	joined := strings.Join(got, "|")
-	if !strings.Contains(joined, "C1|C2") {
-		t.Fatalf("control frames out of order or lost: %v", got)
-	}
-	if !strings.Contains(joined, string(pos("b", 1))) {
-		t.Fatalf("position lost: %v", got)
+	got := x.drain()
+	want := []string{"C1", "C2", `{"type":"positions","topic":"event:t","positions":[` + string(pos("a", 1)) + "," + string(pos("b", 1)) + `]}`}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("got  %v\nwant %v (control first, in order, nothing lost)", got, want)
 	}
 }
 
@@ -168,9 +198,12 @@ func TestMailboxControlOverflowCloses(t *testing.T) {
 	for i := range 3 {
 		x.mb.control([]byte(fmt.Sprint("C", i)))
 	}
-	x.flush() // takes two, both credits
-	x.mb.control([]byte("C3"))
-	x.mb.control([]byte("C4")) // queue: C2 C3 C4 = cap; next overflows
+	if got := x.flush(); len(got) != credits { // every credit taken
+		t.Fatalf("frames %v", got)
+	}
+	for i := range credits {
+		x.mb.control([]byte(fmt.Sprint("D", i))) // back to the cap; the next overflows
+	}
 	if x.rec.closed != nil {
 		t.Fatal("closed too early")
 	}
@@ -196,33 +229,25 @@ func closeCodeOf(b []byte) int {
 func TestMailboxFrameCaps(t *testing.T) {
 	x := newMB(t, 8, 3, 1<<20)
 	f := activeFeed(x, "event:t")
-	x.mb.put(f, 0, 1, pos("z", 1))
-	x.flush() // in flight
-	x.mb.put(f, 1, 1, pos("y", 1))
-	x.flush() // in flight: no credit now
+	x.occupy(f)
 	for i := int32(2); i < 9; i++ {
 		x.mb.put(f, i, 1, pos(fmt.Sprint("d", i), 1))
 	}
-	x.mb.sent()
-	x.mb.sent()
-	got := x.flush()
-	if len(got) != 2 || strings.Count(got[0], "device_id") != 3 || strings.Count(got[1], "device_id") != 3 {
+	x.release()
+	got := x.drain()
+	if len(got) != 3 || strings.Count(got[0], "device_id") != 3 || strings.Count(got[1], "device_id") != 3 || strings.Count(got[2], "device_id") != 1 {
 		t.Fatalf("item cap: %v", got)
 	}
 	// Byte cap: two 620-byte items do not fit a 1,024-byte frame, so each
 	// leaves in its own.
 	y := newMB(t, 8, 100, 1024)
 	g := activeFeed(y, "event:t")
-	y.mb.put(g, 0, 1, pos("z", 1))
-	y.flush()
-	y.mb.put(g, 1, 1, pos("y", 1))
-	y.flush()
+	y.occupy(g)
 	big := []byte(`{"device_id":"` + strings.Repeat("x", 600) + `"}`)
 	y.mb.put(g, 2, 1, big)
 	y.mb.put(g, 3, 1, big)
-	y.mb.sent()
-	y.mb.sent()
-	got = y.flush()
+	y.release()
+	got = y.drain()
 	if len(got) != 2 || strings.Count(got[0], "device_id") != 1 {
 		t.Fatalf("byte cap: %d frames", len(got))
 	}
@@ -271,15 +296,11 @@ func TestMailboxSnapshotMerge(t *testing.T) {
 func TestMailboxEndDropsPending(t *testing.T) {
 	x := newMB(t, 8, 100, 1<<20)
 	f := activeFeed(x, "event:t")
-	x.mb.put(f, 0, 1, pos("a", 1))
-	x.flush()
-	x.mb.put(f, 1, 1, pos("b", 1))
-	x.flush()
+	x.occupy(f)
 	x.mb.put(f, 2, 1, pos("c", 1)) // pending, no credit
 	x.mb.end(f, []byte("UNSUB"))
-	x.mb.sent()
-	x.mb.sent()
-	got := x.flush()
+	x.release()
+	got := x.drain()
 	if len(got) != 1 || got[0] != "UNSUB" {
 		t.Fatalf("after end: %v", got)
 	}
