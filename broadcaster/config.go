@@ -70,7 +70,7 @@ type Config struct {
 	FrameMaxPositions int
 	FrameMaxBytes     int
 	// SocketSendBuffer is the kernel send buffer of each WebSocket
-	// connection in bytes (BROADCASTER_SOCKET_SEND_BUFFER). Default 64 KiB;
+	// connection in bytes (BROADCASTER_SOCKET_SEND_BUFFER). Default 16 KiB;
 	// -1 keeps the operating system's autotuned buffer. Positions in the
 	// kernel buffer can no longer be coalesced, so a small buffer keeps a
 	// slow client's view fresh; a large one helps only raw throughput on

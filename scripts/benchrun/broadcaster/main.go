@@ -716,13 +716,7 @@ func runLoad() error {
 		// A CPU-starved load generator would otherwise queue megabytes of
 		// old frames in its own kernel buffers, which no server can
 		// coalesce; a browser has its own CPU.
-		dialer.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if tc, ok := c.(*net.TCPConn); ok {
-				_ = tc.SetReadBuffer(*rcvbufF)
-			}
-			return c, err
-		}
+		dialer.NetDialContext = benchenv.DialReceiveBuffer(*rcvbufF)
 	}
 	var connected sync.WaitGroup
 	sem := make(chan struct{}, 64)
@@ -768,7 +762,7 @@ func runLoad() error {
 			var buf []byte // reused: the load process must spend its CPU on reading, not on garbage
 			for {
 				var data []byte
-				data, buf, err = readFrame(conn, buf)
+				data, buf, err = benchenv.ReadFrame(conn, buf)
 				if err != nil {
 					lc.closed.Store(true)
 					return
@@ -877,29 +871,6 @@ func dialSubscribe(dialer *websocket.Dialer, h http.Header) (*websocket.Conn, er
 func printResult(r result) {
 	b, _ := json.Marshal(r)
 	fmt.Println("RESULT " + string(b))
-}
-
-// readFrame reads the next message into buf (grown as needed) and returns
-// it, with the buffer to reuse.
-func readFrame(conn *websocket.Conn, buf []byte) (data, keep []byte, err error) {
-	_, r, err := conn.NextReader()
-	if err != nil {
-		return nil, buf, err
-	}
-	buf = buf[:0]
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, buf, nil
-		}
-		if err != nil {
-			return nil, buf, err
-		}
-	}
 }
 
 // apply scans a frame for its positions without a full JSON decode (the

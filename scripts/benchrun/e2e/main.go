@@ -78,6 +78,7 @@ func run() error {
 	x10Viewers := flag.Int("x10-viewers", 1000, "viewers of the 10x scenario")
 	duration := flag.Duration("duration", 30*time.Second, "measurement window of each scenario")
 	warmup := flag.Duration("warmup", 5*time.Second, "load before the window opens")
+	rcvbuf := flag.Int("rcvbuf", 64<<10, "SO_RCVBUF of each viewer connection in bytes, 0 = system autotuning (docs/BENCHMARKS.md)")
 	svgPath := flag.String("svg", "", "write the latency plot here (default docs/bench/e2e-latency.svg in the repository)")
 	flag.Parse()
 
@@ -204,6 +205,7 @@ func run() error {
 		r, err := runScenario(ctx, s, scenarioEnv{
 			rdb: rdb, stream: stream, db: db, directusURL: directusURL, users: users,
 			wsURL: "ws://" + addrs["broadcaster"] + ws.Path, procs: procs, warmup: *warmup, duration: *duration,
+			rcvbuf: *rcvbuf,
 		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.Name, err)
@@ -345,6 +347,13 @@ func startWorker(path, name string, env []string, logDir string) (*workerProc, e
 	}
 	cmd := exec.Command(path)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "LOG_LEVEL=warn", "GOMAXPROCS=" + strconv.Itoa(runtime.NumCPU())}, env...)
+	// The worker's own settings from the bench's environment apply, so
+	// they can be compared: BROADCASTER_CLIENT_BACKLOG=-1 scripts/bench e2e
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, strings.ToUpper(name)+"_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -529,6 +538,7 @@ type scenarioEnv struct {
 	procs       []*workerProc
 	warmup      time.Duration
 	duration    time.Duration
+	rcvbuf      int // SO_RCVBUF of each viewer connection; 0 = autotuning
 }
 
 type workerStat struct {
@@ -730,7 +740,7 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 	return r, nil
 }
 
-func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.User, eventID string) (*websocket.Conn, error) {
+func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.User, eventID string, rcvbuf int) (*websocket.Conn, error) {
 	body, _ := json.Marshal(map[string]string{"email": u.Email, "password": u.Password, "mode": "session"})
 	resp, err := http.Post(directusURL+"/auth/login", "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -751,6 +761,9 @@ func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.Use
 	h.Set("Origin", "http://"+wu.Host)
 	h.Set("Cookie", devauth.CookieName+"="+cookie)
 	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 64 << 10}
+	if rcvbuf > 0 {
+		d.NetDialContext = benchenv.DialReceiveBuffer(rcvbuf)
+	}
 	c, _, err := d.DialContext(ctx, wsURL, h)
 	if err != nil {
 		return nil, err

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"trm-live/scripts/benchrun/benchenv"
 	"trm-live/scripts/devauth"
 )
 
@@ -42,6 +43,7 @@ func viewerMain(args []string) error {
 	event := fs.String("event", "", "event id")
 	first := fs.Int("first", 0, "first viewer index")
 	n := fs.Int("n", 1, "viewers")
+	rcvbuf := fs.Int("rcvbuf", 0, "SO_RCVBUF per connection, 0 = autotuning")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -62,7 +64,7 @@ func viewerMain(args []string) error {
 			defer wg.Done()
 			defer func() { <-sem }()
 			u := devauth.User{Email: fmt.Sprintf("viewer%d@bench.local", *first+i), Password: "pw"}
-			c, err := connectViewer(ctx, *directusURL, *wsURL, u, *event)
+			c, err := connectViewer(ctx, *directusURL, *wsURL, u, *event, *rcvbuf)
 			if err != nil {
 				connErr.Store(err)
 				return
@@ -87,7 +89,7 @@ func viewerMain(args []string) error {
 	ws, _ := strconv.ParseInt(f[1], 10, 64)
 	we, _ := strconv.ParseInt(f[2], 10, 64)
 
-	key := []byte(`"sent":`)
+	key := []byte(`{"sent":`) // attrs; "{" is rare in a frame: a fast first-byte search
 	var stopping atomic.Bool
 	var closed atomic.Int64
 	var closeErr atomic.Value
@@ -96,8 +98,10 @@ func viewerMain(args []string) error {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
+			var buf []byte
 			for {
-				_, data, err := v.conn.ReadMessage()
+				data, b, err := benchenv.ReadFrame(v.conn, buf)
+				buf = b
 				if err != nil {
 					if !stopping.Load() {
 						closed.Add(1)
@@ -159,7 +163,7 @@ type viewerProc struct {
 
 func startViewers(ctx context.Context, self string, e scenarioEnv, first, n int) (*viewerProc, error) {
 	cmd := exec.CommandContext(ctx, self, "-role=viewers", "-directus", e.directusURL, "-ws", e.wsURL,
-		"-event", e.db.eventID, "-first", strconv.Itoa(first), "-n", strconv.Itoa(n))
+		"-event", e.db.eventID, "-first", strconv.Itoa(first), "-n", strconv.Itoa(n), "-rcvbuf", strconv.Itoa(e.rcvbuf))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
