@@ -60,14 +60,14 @@ func startDevBinary(t *testing.T, devices int, extra map[string]string) (*pipeli
 // startDevBinaryOn runs the dev binary on base's stream and database.
 func startDevBinaryOn(t *testing.T, p *pipeline, extra map[string]string) (*proc, string) {
 	t.Helper()
-	natsAddr := freeAddr(t)
+	free := freeAddrs(t, 2)
+	natsAddr, origin := free[0], free[1]
 	_, natsPort, _ := net.SplitHostPort(natsAddr)
 	p.natsURL = "nats://" + natsAddr
 	off := freeOffset(t)
 	for name, port := range devPorts {
 		p.addrs[name] = "127.0.0.1:" + strconv.Itoa(port+off)
 	}
-	origin := freeAddr(t)
 	p.wsURL = "ws://" + origin + ws.Path
 	env := map[string]string{
 		"REDIS_URL": redisURL(t), "DATABASE_URL": p.dbURL, "BRIDGE_STREAMS": p.stream, "DEV_HTTP_ADDR": origin,

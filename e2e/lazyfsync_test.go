@@ -30,9 +30,8 @@ func TestLazyFsyncLossReachesDatabase(t *testing.T) {
 	nsrv := testkit.StartNATS(t)
 	p.natsURL = nsrv.URL
 	js := nsrv.JetStream(t)
-	for _, w := range []string{"bridge", "persister"} {
-		p.addrs[w] = freeAddr(t)
-	}
+	free := freeAddrs(t, 2)
+	p.addrs["bridge"], p.addrs["persister"] = free[0], free[1]
 	p.bridge = startProc(t, p.dir, "bridge", bin(t, "bridge"), map[string]string{
 		"NATS_URL": p.natsURL, "REDIS_URL": redisURL(t), "DATABASE_URL": p.dbURL, "HTTP_ADDR": p.addrs["bridge"],
 		"BRIDGE_STREAMS": p.stream, "BRIDGE_CONSUMER": "e2e-bridge",

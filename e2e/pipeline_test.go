@@ -84,8 +84,9 @@ func startPipeline(t *testing.T, devices int) *pipeline {
 	p.dx = directus.Start(t)
 	p.demo = p.dx.AddUser(directus.User{ID: p.demoID, Email: demoEmail, Password: "demo"})
 
-	for _, w := range []string{"bridge", "persister", "authsvc", "broadcaster"} {
-		p.addrs[w] = freeAddr(t)
+	workers := []string{"bridge", "persister", "authsvc", "broadcaster"}
+	for i, a := range freeAddrs(t, len(workers)) {
+		p.addrs[workers[i]] = a
 	}
 	p.wsURL = "ws://" + p.addrs["broadcaster"] + ws.Path
 	p.bridge = startProc(t, p.dir, "bridge", bin(t, "bridge"), map[string]string{

@@ -107,6 +107,10 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 	}
 	c := &Cluster{}
 	var routes []*url.URL
+	ports, err := freePorts(2 * cfg.Nodes)
+	if err != nil {
+		return nil, err
+	}
 	for i := range cfg.Nodes {
 		n := &node{
 			name: fmt.Sprintf("nats-%d", i+1),
@@ -114,13 +118,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 			sync: cfg.Sync,
 		}
 		n.dir = filepath.Join(cfg.Dir, n.name)
-		var err error
-		if n.clientPort, err = freePort(); err != nil {
-			return nil, err
-		}
-		if n.routePort, err = freePort(); err != nil {
-			return nil, err
-		}
+		n.clientPort, n.routePort = ports[2*i], ports[2*i+1]
 		u := &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", n.routePort)}
 		if cfg.ConfigFile != "" {
 			u.User = url.UserPassword("route", routePassword())
@@ -139,7 +137,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 	for i := range c.nodes {
 		go func() { errs <- c.start(i) }()
 	}
-	var err error
+	err = nil
 	for range c.nodes {
 		err = errors.Join(err, <-errs)
 	}
@@ -270,11 +268,18 @@ func (c *Cluster) Shutdown() {
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePorts returns n distinct loopback ports free a moment ago; the
+// listeners stay open until all are chosen, since a port closed and asked
+// for again can come back.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }

@@ -5,6 +5,7 @@ package benchenv
 
 import (
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -52,4 +53,20 @@ func StartNATS(opts server.Options) (ns *server.Server, stop func(), err error) 
 		return nil, nil, errors.New("embedded nats-server started without JetStream")
 	}
 	return ns, stop, nil
+}
+
+// FreeAddrs returns n distinct loopback addresses with ports free a moment
+// ago. The listeners stay open until all n are chosen: a port closed and
+// asked for again can come back.
+func FreeAddrs(n int) ([]string, error) {
+	addrs := make([]string, n)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		addrs[i] = ln.Addr().String()
+	}
+	return addrs, nil
 }

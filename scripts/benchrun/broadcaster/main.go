@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
@@ -180,7 +179,11 @@ func coordinate() error {
 	if err != nil {
 		return err
 	}
-	c.srvAddr, c.rawAddr, c.debugAddr = freeAddr(), freeAddr(), freeAddr()
+	free, err := benchenv.FreeAddrs(3)
+	if err != nil {
+		return err
+	}
+	c.srvAddr, c.rawAddr, c.debugAddr = free[0], free[1], free[2]
 	c.srvCmd = exec.Command(self, "-role", "server", "-nats", ns.ClientURL(), "-addr", c.srvAddr, "-debug", c.debugAddr)
 	c.rawCmd = exec.Command(self, "-role", "raw", "-addr", c.rawAddr)
 	for _, cmd := range []*exec.Cmd{c.srvCmd, c.rawCmd} {
@@ -280,15 +283,6 @@ func msCap(ms int) string {
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 func waitHTTP(url string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)

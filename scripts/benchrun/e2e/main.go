@@ -27,7 +27,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -166,10 +165,13 @@ func run() error {
 	_ = os.MkdirAll(logDir, 0o755)
 	natsURL := ns.ClientURL()
 	addrs := map[string]string{}
-	for _, w := range []string{"bridge", "persister", "authsvc", "broadcaster"} {
-		if addrs[w], err = freeAddr(); err != nil {
-			return err
-		}
+	workers := []string{"bridge", "persister", "authsvc", "broadcaster"}
+	free, err := benchenv.FreeAddrs(len(workers))
+	if err != nil {
+		return err
+	}
+	for i, w := range workers {
+		addrs[w] = free[i]
 	}
 	envs := map[string][]string{
 		"bridge":      {"NATS_URL=" + natsURL, "REDIS_URL=" + redisURL, "DATABASE_URL=" + db.dsn, "HTTP_ADDR=" + addrs["bridge"], "BRIDGE_STREAMS=" + stream},
@@ -250,15 +252,6 @@ func buildWorkers(root, out string) error {
 		return fmt.Errorf("go build workers: %v\n%s", err, b)
 	}
 	return nil
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // ---- database ----
