@@ -60,7 +60,7 @@ func startDevBinary(t *testing.T, devices int, extra map[string]string) (*pipeli
 // startDevBinaryOn runs the dev binary on base's stream and database.
 func startDevBinaryOn(t *testing.T, p *pipeline, extra map[string]string) (*proc, string) {
 	t.Helper()
-	free := freeAddrs(t, 2)
+	free := testkit.FreeAddrs(t, 2)
 	natsAddr, origin := free[0], free[1]
 	_, natsPort, _ := net.SplitHostPort(natsAddr)
 	p.natsURL = "nats://" + natsAddr

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -228,24 +227,6 @@ func (p *proc) Exited() (bool, error) {
 	default:
 		return false, nil
 	}
-}
-
-// freeAddrs returns n distinct loopback addresses with ports free a moment
-// ago. The listeners stay open until all n are chosen: one port closed and
-// asked for again can come back (a dev binary once got the same port for
-// its NATS server and its origin, and exited with "address in use").
-func freeAddrs(tb testing.TB, n int) []string {
-	tb.Helper()
-	addrs := make([]string, n)
-	for i := range addrs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer ln.Close()
-		addrs[i] = ln.Addr().String()
-	}
-	return addrs
 }
 
 // waitReady polls http://addr/readyz until it answers 200, failing early

@@ -30,7 +30,7 @@ func TestLazyFsyncLossReachesDatabase(t *testing.T) {
 	nsrv := testkit.StartNATS(t)
 	p.natsURL = nsrv.URL
 	js := nsrv.JetStream(t)
-	free := freeAddrs(t, 2)
+	free := testkit.FreeAddrs(t, 2)
 	p.addrs["bridge"], p.addrs["persister"] = free[0], free[1]
 	p.bridge = startProc(t, p.dir, "bridge", bin(t, "bridge"), map[string]string{
 		"NATS_URL": p.natsURL, "REDIS_URL": redisURL(t), "DATABASE_URL": p.dbURL, "HTTP_ADDR": p.addrs["bridge"],

@@ -85,7 +85,7 @@ func startPipeline(t *testing.T, devices int) *pipeline {
 	p.demo = p.dx.AddUser(directus.User{ID: p.demoID, Email: demoEmail, Password: "demo"})
 
 	workers := []string{"bridge", "persister", "authsvc", "broadcaster"}
-	for i, a := range freeAddrs(t, len(workers)) {
+	for i, a := range testkit.FreeAddrs(t, len(workers)) {
 		p.addrs[workers[i]] = a
 	}
 	p.wsURL = "ws://" + p.addrs["broadcaster"] + ws.Path

@@ -30,7 +30,7 @@ type authStack struct {
 
 func startAuthStack(tb testing.TB, dir string, n *testkit.NATS, directusURL, dbURL string, extra map[string]string) authStack {
 	tb.Helper()
-	free := freeAddrs(tb, 2)
+	free := testkit.FreeAddrs(tb, 2)
 	aAddr, bAddr := free[0], free[1]
 	aEnv := map[string]string{
 		"NATS_URL": n.URL, "DATABASE_URL": dbURL, "DIRECTUS_URL": directusURL, "HTTP_ADDR": aAddr,

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -106,10 +107,53 @@ func (r *RedisServer) Stop() {
 
 func freePort(tb testing.TB) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	return FreePorts(tb, 1)[0]
+}
+
+// handedOut holds every port FreePorts returned in this process.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// FreePorts returns n distinct loopback ports that were free a moment ago
+// and that no earlier call in this test process returned: parallel tests
+// each get their own, even when a port is closed and the kernel would hand
+// it out again before its server binds it. The listeners stay open until
+// all n are chosen.
+func FreePorts(tb testing.TB, n int) []int {
+	tb.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[int]bool{}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 100*n {
+			tb.Fatal("testkit: no free loopback port not handed out already")
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer l.Close()
+		p := l.Addr().(*net.TCPAddr).Port
+		if handedOut.ports[p] {
+			continue
+		}
+		handedOut.ports[p] = true
+		ports = append(ports, p)
+	}
+	return ports
+}
+
+// FreeAddrs is FreePorts as 127.0.0.1:port addresses.
+func FreeAddrs(tb testing.TB, n int) []string {
+	tb.Helper()
+	addrs := make([]string, n)
+	for i, p := range FreePorts(tb, n) {
+		addrs[i] = "127.0.0.1:" + strconv.Itoa(p)
+	}
+	return addrs
 }
