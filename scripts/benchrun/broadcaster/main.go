@@ -257,7 +257,7 @@ func coordinate() error {
 			}
 		}
 		b := ceiling[fmt.Sprint(n, "/50")]
-		fmt.Printf("highest delivered rate with staleness p99 < 250 ms: %.0f positions/s = %.2f of the batched ceiling (%.0f)\n",
+		fmt.Printf("highest delivered rate with staleness p99 < 250 ms: %.0f positions/s = %.3f of the batched ceiling (%.0f)\n",
 			best, best/b.PositionsPerSec, b.PositionsPerSec)
 	}
 	return nil
