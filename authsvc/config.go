@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"trm-live/contract"
 	"trm-live/contract/auth"
 )
 
@@ -292,46 +293,10 @@ func (c Config) String() string {
 		"AUTHSVC_COOKIE_NAME=%s AUTHSVC_DIRECTUS_TIMEOUT=%s AUTHSVC_DIRECTUS_CONCURRENCY=%d AUTHSVC_DB_TIMEOUT=%s "+
 		"AUTHSVC_SESSION_TTL=%s AUTHSVC_FAILURE_TTL=%s AUTHSVC_EVENT_TTL=%s AUTHSVC_EVENT_DENY_TTL=%s "+
 		"AUTHSVC_CACHE_SIZE=%d AUTHSVC_CONCURRENCY=%d AUTHSVC_SHUTDOWN_TIMEOUT=%s",
-		maskURL(d.NATSURL), maskURL(d.DatabaseURL), maskURL(d.DirectusURL), d.HTTPAddr, d.LogLevel, d.LogFormat,
+		contract.RedactURLs(d.NATSURL), contract.RedactURLs(d.DatabaseURL), contract.RedactURLs(d.DirectusURL), d.HTTPAddr, d.LogLevel, d.LogFormat,
 		d.CookieName, d.DirectusTimeout, d.DirectusConcurrency, d.DBTimeout,
 		d.SessionTTL, d.FailureTTL, d.EventTTL, d.EventDenyTTL,
 		d.CacheSize, d.Concurrency, d.ShutdownTimeout)
-}
-
-var dsnPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|\S+)`)
-
-// maskURL hides the password of a URL (user:pass@) or of a key=value DSN
-// (password=…), and any token-like query parameter.
-// maskURL masks every URL of a comma-separated list (NATS_URL may name
-// several servers, each with its own credentials).
-func maskURL(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		parts[i] = maskOneURL(p)
-	}
-	return strings.Join(parts, ",")
-}
-
-func maskOneURL(s string) string {
-	if strings.Contains(s, "://") {
-		if u, err := url.Parse(s); err == nil {
-			if u.User != nil {
-				if _, ok := u.User.Password(); ok {
-					u.User = url.UserPassword(u.User.Username(), "xxxxx")
-				}
-			}
-			q := u.Query()
-			for k := range q {
-				if lk := strings.ToLower(k); lk == "password" || lk == "token" || lk == "access_token" {
-					q.Set(k, "xxxxx")
-					u.RawQuery = q.Encode()
-				}
-			}
-			return u.String()
-		}
-		return "<unparsable URL>"
-	}
-	return dsnPassword.ReplaceAllString(s, "${1}xxxxx")
 }
 
 // NewLogger builds the logger LogLevel and LogFormat describe, writing to w.

@@ -9,13 +9,13 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"trm-live/contract"
 	"trm-live/contract/streams"
 )
 
@@ -274,7 +274,7 @@ func (c Config) Validate() error {
 	} {
 		p, err := url.Parse(u.val)
 		if err != nil || p.Host == "" || !strings.HasPrefix(p.Scheme, u.scheme) {
-			return fmt.Errorf("%s %q: want a %s:// URL", u.name, redact(u.val), u.scheme)
+			return fmt.Errorf("%s %q: want a %s:// URL", u.name, contract.RedactURLs(u.val), u.scheme)
 		}
 	}
 	seen := map[string]bool{}
@@ -337,7 +337,7 @@ func (c Config) String() string {
 		"BRIDGE_ROUTING_REFRESH=%s BRIDGE_LAG_INTERVAL=%s BRIDGE_SHUTDOWN_TIMEOUT=%s "+
 		"BRIDGE_REPUBLISH_WINDOW=%s BRIDGE_VERIFY_INTERVAL=%s BRIDGE_CONSUMER_MAX_IDLE=%s "+
 		"STREAM_MAX_AGE=%s STREAM_REPLICAS=%d STREAM_DUPLICATES=%s",
-		redact(c.NATSURL), redact(c.RedisURL), redact(c.DatabaseURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
+		contract.RedactURLs(c.NATSURL), contract.RedactURLs(c.RedisURL), contract.RedactURLs(c.DatabaseURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		strings.Join(c.Streams, ","), c.Group, c.Consumer, c.Batch, c.Block,
 		c.MaxInFlight, c.PublishTimeout, c.ClaimInterval, c.ClaimMinIdle,
 		c.RoutingRefresh, c.LagInterval, c.ShutdownTimeout,
@@ -364,30 +364,4 @@ func parseLevel(s string) (slog.Level, error) {
 		return 0, fmt.Errorf("LOG_LEVEL %q: want debug, info, warn or error", s)
 	}
 	return l, nil
-}
-
-var passwordKV = regexp.MustCompile(`(?i)(password=)[^ &]*`)
-
-// redact masks the password of every URL of a comma-separated list
-// (NATS_URL may name several servers) or of a key=value DSN.
-func redact(s string) string {
-	if strings.Contains(s, "://") && strings.Contains(s, ",") {
-		parts := strings.Split(s, ",")
-		for i, p := range parts {
-			parts[i] = redactOne(p)
-		}
-		return strings.Join(parts, ",")
-	}
-	return redactOne(s)
-}
-
-func redactOne(s string) string {
-	if u, err := url.Parse(s); err == nil && u.Scheme != "" {
-		if q := u.Query(); q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.Redacted()
-	}
-	return passwordKV.ReplaceAllString(s, "${1}xxxxx")
 }

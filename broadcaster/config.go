@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"trm-live/contract"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -158,7 +160,7 @@ func (c Config) Validate() error {
 	u, err := url.Parse(c.NATSURL)
 	switch {
 	case err != nil || u.Host == "" && !strings.Contains(c.NATSURL, ","):
-		return fmt.Errorf("NATS_URL %q: not a URL", maskURL(c.NATSURL))
+		return fmt.Errorf("NATS_URL %q: not a URL", contract.RedactURLs(c.NATSURL))
 	case !validCookieName(c.CookieName):
 		return fmt.Errorf("BROADCASTER_COOKIE_NAME %q: not a cookie name", c.CookieName)
 	case c.AuthTimeout < 0:
@@ -260,30 +262,11 @@ func (c Config) String() string {
 		" BROADCASTER_MAX_CONNS_PER_USER=%d BROADCASTER_MAX_SUBSCRIPTIONS=%d BROADCASTER_MSG_RATE=%g BROADCASTER_MSG_BURST=%d"+
 		" BROADCASTER_CONTROL_QUEUE=%d BROADCASTER_FRAME_MAX_POSITIONS=%d BROADCASTER_FRAME_MAX_BYTES=%d BROADCASTER_SOCKET_SEND_BUFFER=%d BROADCASTER_WRITERS=%d"+
 		" BROADCASTER_PING_PERIOD=%s BROADCASTER_PONG_WAIT=%s BROADCASTER_WRITE_WAIT=%s BROADCASTER_SNAPSHOT_TIMEOUT=%s BROADCASTER_SHUTDOWN_TIMEOUT=%s",
-		maskURL(c.NATSURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
+		contract.RedactURLs(c.NATSURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		c.CookieName, origins, c.AuthTimeout, c.ReauthInterval,
 		c.MaxConnsPerUser, c.MaxSubscriptions, c.MsgRate, c.MsgBurst,
 		c.ControlQueue, c.FrameMaxPositions, c.FrameMaxBytes, c.SocketSendBuffer, c.Writers,
 		c.PingPeriod, c.PongWait, c.WriteWait, c.SnapshotTimeout, c.ShutdownTimeout) + " " + c.Replay.String()
-}
-
-// maskURL hides the password (and a token-only user) of every URL in a
-// comma-separated list.
-func maskURL(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		if err != nil || u.User == nil {
-			continue
-		}
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		} else {
-			u.User = url.User("xxxxx") // a bare token
-		}
-		parts[i] = u.String()
-	}
-	return strings.Join(parts, ",")
 }
 
 // LoadConfig reads the settings from args (flags) and getenv (environment);

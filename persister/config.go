@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"trm-live/contract"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -203,7 +205,7 @@ func (c Config) String() string {
 		"PERSISTER_FETCH_MAX_WAIT=%s PERSISTER_WRITE_PATH=%s PERSISTER_WRITERS=%d PERSISTER_MAX_ACK_PENDING=%d PERSISTER_ACK_WAIT=%s "+
 		"PERSISTER_BACKOFF_MIN=%s PERSISTER_BACKOFF_MAX=%s PERSISTER_VERIFY_INTERVAL=%s "+
 		"PERSISTER_REQUIRE_TIMESCALEDB=%t PERSISTER_CHUNK_INTERVAL=%s PERSISTER_SHUTDOWN_TIMEOUT=%s LOG_LEVEL=%s LOG_FORMAT=%s",
-		maskURL(c.NATSURL), maskURL(c.DatabaseURL), addr, c.Consumer, c.BatchSize,
+		contract.RedactURLs(c.NATSURL), contract.RedactURLs(c.DatabaseURL), addr, c.Consumer, c.BatchSize,
 		c.FetchMaxWait, c.WritePath, c.Writers, c.MaxAckPending, c.AckWait,
 		c.BackoffMin, c.BackoffMax, c.VerifyInterval,
 		c.RequireTimescaleDB, c.ChunkInterval, c.ShutdownTimeout, orDefault(c.LogLevel, "info"), orDefault(c.LogFormat, "text"))
@@ -214,35 +216,6 @@ func orDefault(s, d string) string {
 		return d
 	}
 	return s
-}
-
-// maskURL hides the password of a URL, and any password= query parameter.
-// maskURL masks every URL of a comma-separated list (NATS_URL may name
-// several servers, each with its own credentials).
-func maskURL(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		parts[i] = maskOneURL(p)
-	}
-	return strings.Join(parts, ",")
-}
-
-func maskOneURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable)"
-	}
-	if u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-	}
-	q := u.Query()
-	if q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
 }
 
 // LoadConfig reads the settings from args (flags) and getenv (environment);

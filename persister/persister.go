@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"trm-live/contract"
 	"trm-live/persister/migrate"
 )
 
@@ -154,7 +155,7 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", maskURL(c.ConnectedUrl())) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", contract.RedactURLs(c.ConnectedUrl())) }),
 	)
 	if err != nil {
 		pool.Close()
