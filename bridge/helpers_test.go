@@ -187,6 +187,19 @@ func (e *env) xadd(fields map[string]any) string {
 }
 
 // msgs is the number of messages in a JetStream stream (0 when missing).
+// recreateStream deletes POSITIONS and creates it again, empty: what an
+// operator's mistake or a lost volume leaves behind.
+func (e *env) recreateStream() {
+	e.t.Helper()
+	ctx := context.Background()
+	if err := e.js.DeleteStream(ctx, streams.Positions); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := streams.Ensure(ctx, e.js, streams.Options{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 func (e *env) msgs(name string) uint64 {
 	e.t.Helper()
 	n, err := e.msgsErr(name)

@@ -133,13 +133,7 @@ func TestRecreatedStreamIsRefilled(t *testing.T) {
 	cfg.VerifyInterval = 200 * time.Millisecond
 	e.start(cfg)
 	e.waitAll(n, 60*time.Second)
-	ctx := context.Background()
-	if err := e.js.DeleteStream(ctx, streams.Positions); err != nil {
-		t.Fatal(err)
-	}
-	if err := streams.Ensure(ctx, e.js, streams.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	e.recreateStream()
 	e.waitAll(n, 60*time.Second)
 	if d := metric(t, reg, "bridge_jetstream_loss_detected_total"); d < 1 {
 		t.Fatalf("%v losses detected, want at least 1", d)
@@ -256,13 +250,8 @@ func TestReusedSequencesAreSeenByMsgID(t *testing.T) {
 	cfg.VerifyInterval = time.Hour
 	e.start(cfg)
 	e.waitAll(n, 60*time.Second)
+	e.recreateStream()
 	ctx := context.Background()
-	if err := e.js.DeleteStream(ctx, streams.Positions); err != nil {
-		t.Fatal(err)
-	}
-	if err := streams.Ensure(ctx, e.js, streams.Options{}); err != nil {
-		t.Fatal(err)
-	}
 	for i := range foreign {
 		if _, err := e.js.Publish(ctx, "pos.unassigned.other", []byte(`{}`),
 			jetstream.WithMsgID(fmt.Sprintf("other:%d", i))); err != nil {
