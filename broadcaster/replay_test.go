@@ -166,6 +166,20 @@ func readFramesBuffered(t testing.TB, c *wsClient, n int) *frameReader {
 	return fr
 }
 
+// nextReplay returns the positions of the next frame of a replay, or end
+// at replay_end; any other frame fails the test.
+func (fr *frameReader) nextReplay() (ps []contract.Position, end bool) {
+	fr.t.Helper()
+	f := fr.next()
+	if f.Type == ws.TypeReplayEnd {
+		return nil, true
+	}
+	if f.Type != ws.TypePositions || !f.Replay {
+		fr.t.Fatalf("unexpected %+v", f.Frame)
+	}
+	return items(fr.t, f.Frame), false
+}
+
 // next returns the next frame; it fails the test after 20 s or when the
 // connection ended.
 func (fr *frameReader) next() rframe {
@@ -498,14 +512,11 @@ func TestReplayMax(t *testing.T) {
 	}
 	k := newSeqCheck(t, r)
 	for {
-		f := fr.next()
-		if f.Type == ws.TypeReplayEnd {
+		ps, end := fr.nextReplay()
+		if end {
 			break
 		}
-		if f.Type != ws.TypePositions || !f.Replay {
-			t.Fatalf("unexpected %+v", f.Frame)
-		}
-		for _, p := range items(t, f.Frame) {
+		for _, p := range ps {
 			k.next(p)
 		}
 	}
@@ -727,14 +738,11 @@ func TestReplaySlowClient(t *testing.T) {
 	defer tick.Stop()
 	for {
 		<-tick.C
-		f := fr.next()
-		if f.Type == ws.TypeReplayEnd {
+		ps, end := fr.nextReplay()
+		if end {
 			break
 		}
-		if f.Type != ws.TypePositions || !f.Replay {
-			t.Fatalf("unexpected %+v", f.Frame)
-		}
-		for _, p := range items(t, f.Frame) {
+		for _, p := range ps {
 			if prev, ok := last[p.DeviceID]; ok && !p.TS.After(prev) {
 				t.Fatalf("device %s: %s after %s", p.DeviceID, p.TS.Format(contract.TimeLayout), prev.Format(contract.TimeLayout))
 			}
