@@ -3,10 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -113,35 +110,15 @@ func TestLazyFsyncLossReachesDatabase(t *testing.T) {
 			t.Fatalf("position %s missing from the database", id)
 		}
 	}
-	if got := bridgeMetric(t, p.addrs["bridge"], "bridge_jetstream_loss_detected_total"); got != "1" {
-		t.Errorf("bridge_jetstream_loss_detected_total %s, want 1", got)
+	if got := metric(t, p.addrs["bridge"], "bridge_jetstream_loss_detected_total"); got != 1 {
+		t.Errorf("bridge_jetstream_loss_detected_total %v, want 1", got)
 	}
 	// The PubAck of the last re-publish may be counted just after the
 	// persister stored it.
 	testkit.Eventually(t, 30*time.Second, func() error {
-		if got := bridgeMetric(t, p.addrs["bridge"], "bridge_republish_restored_total"); got != strconv.Itoa(lost) {
-			return fmt.Errorf("bridge_republish_restored_total %s, want %d", got, lost)
+		if got := metric(t, p.addrs["bridge"], "bridge_republish_restored_total"); got != lost {
+			return fmt.Errorf("bridge_republish_restored_total %v, want %d", got, lost)
 		}
 		return nil
 	})
-}
-
-// bridgeMetric is the value of an unlabelled series on addr's /metrics.
-func bridgeMetric(t *testing.T, addr, name string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return v
-		}
-	}
-	return ""
 }
