@@ -184,7 +184,7 @@ func newServer(cfg Config) (*server, error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	snap := &snapshotter{nc: nc, js: srv.js, timeout: cfg.SnapshotTimeout, m: m}
-	srv.hub = newHub(nc, snap, m, srv.log)
+	srv.hub = newHub(nc, snap, m, srv.log, cfg)
 	srv.auth = newAuthorizer(auth.NewClient(nc, cfg.AuthTimeout), cfg.ReauthInterval, m)
 	srv.w = newWriters(cfg.FrameMaxPositions, cfg.FrameMaxBytes, m)
 	srv.mel = srv.newMelody()

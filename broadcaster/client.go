@@ -180,7 +180,7 @@ func (c *client) subscribe(req ws.Request) {
 	sub.live = true
 	srv.m.subscriptions.Inc()
 	c.mu.Unlock()
-	n, ok := c.mb.activate(f, snap, req.ID)
+	n, ok := c.mb.activate(f, snap, req.ID, t.sharedFrom(snap))
 	if !ok {
 		return // closed meanwhile; disconnect cleans up
 	}

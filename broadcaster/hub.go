@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"trm-live/contract"
+	"trm-live/contract/ws"
 )
 
 // hub owns the topics of this instance: one core NATS subscription per
@@ -23,6 +24,11 @@ type hub struct {
 	m    *metrics
 	log  *slog.Logger
 
+	// A batch is sent as one shared frame only within the writers' frame
+	// caps (Config.FrameMaxPositions, FrameMaxBytes).
+	maxItems, maxBytes int
+	frameRate          int // Config.TopicFrameRate; -1 = no pacing
+
 	mu     sync.Mutex
 	topics map[string]*topic // by event id
 	closed bool
@@ -33,6 +39,7 @@ type hub struct {
 type topic struct {
 	h       *hub
 	eventID string
+	head    []byte // positions frame of the topic up to its first item
 	sub     *nats.Subscription
 	feeds   atomic.Pointer[[]*feed] // copy-on-write under h.mu; read lock-free per message
 
@@ -50,10 +57,38 @@ type topic struct {
 	spare   []snapItem
 	kick    chan struct{} // cap 1
 	done    chan struct{} // closed when the topic closes
+
+	// The fan-out's order: every batch gets the next seq, and only
+	// positions newer than the last one fanned out of their device pass
+	// (last, by device index), so the batches are newer and newer per
+	// device and a feed that has sent all of them may take the next one
+	// as its shared frame without looking at each position.
+	fanMu sync.Mutex
+	seq   uint64
+	last  []int64
+
+	// Shared batches queued in feeds and not yet taken by a writer; the
+	// fan-out waits for them before the next pass (see fanout).
+	outstanding atomic.Int64
+	drained     chan struct{} // cap 1: outstanding fell to the threshold
+	feedCount   atomic.Int64
 }
 
-func newHub(nc *nats.Conn, snap *snapshotter, m *metrics, log *slog.Logger) *hub {
-	return &hub{nc: nc, snap: snap, m: m, log: log, topics: make(map[string]*topic)}
+// fanoutMaxWait bounds how long a fan-out pass waits for the writers to
+// take the previous batch's shared frames.
+const fanoutMaxWait = 50 * time.Millisecond
+
+// minInterval is the pacing of t's fan-out passes: feeds / frameRate.
+func (t *topic) minInterval() time.Duration {
+	if t.h.frameRate <= 0 {
+		return 0
+	}
+	return time.Duration(t.feedCount.Load()) * time.Second / time.Duration(t.h.frameRate)
+}
+
+func newHub(nc *nats.Conn, snap *snapshotter, m *metrics, log *slog.Logger, cfg Config) *hub {
+	return &hub{nc: nc, snap: snap, m: m, log: log, topics: make(map[string]*topic),
+		maxItems: cfg.FrameMaxPositions, maxBytes: cfg.FrameMaxBytes, frameRate: cfg.TopicFrameRate}
 }
 
 // attach adds f to the topic of eventID, subscribing to NATS if f is the
@@ -66,8 +101,9 @@ func (h *hub) attach(eventID string, f *feed) (*topic, error) {
 	}
 	t := h.topics[eventID]
 	if t == nil {
-		t = &topic{h: h, eventID: eventID, devices: make(map[string]int32),
-			kick: make(chan struct{}, 1), done: make(chan struct{})}
+		t = &topic{h: h, eventID: eventID, head: ws.AppendPositionsHead(nil, ws.EventTopic(eventID)),
+			devices: make(map[string]int32), kick: make(chan struct{}, 1), done: make(chan struct{}),
+			drained: make(chan struct{}, 1)}
 		empty := []*feed{}
 		t.feeds.Store(&empty)
 		sub, err := h.nc.Subscribe(contract.EventSubject(eventID), t.onMsg)
@@ -85,6 +121,7 @@ func (h *hub) attach(eventID string, f *feed) (*topic, error) {
 	copy(feeds, old)
 	feeds = append(feeds, f)
 	t.feeds.Store(&feeds)
+	t.feedCount.Store(int64(len(feeds)))
 	return t, nil
 }
 
@@ -101,6 +138,7 @@ func (h *hub) detach(t *topic, f *feed) {
 		}
 	}
 	t.feeds.Store(&feeds)
+	t.feedCount.Store(int64(len(feeds)))
 	if len(feeds) > 0 || h.topics[t.eventID] != t {
 		return
 	}
@@ -179,18 +217,68 @@ func (t *topic) deliver(idx int32, ts int64, data []byte) {
 	}
 }
 
-// fanout is the topic's fan-out goroutine: it takes every queued position
-// as one batch and offers it to each feed under one mailbox lock. A client
-// that keeps up gets a batch of one at once; under load batches grow, and
-// the per-client cost is one lock per batch rather than per position.
+// fanout is the topic's fan-out goroutine. Each pass takes every queued
+// position as one batch (newest per device), drops those not newer than
+// what the topic already fanned out, and offers the rest to every feed: a
+// feed that has sent everything before queues the batch itself, whose
+// frame is built once and written to all such clients (a shared frame); a
+// feed still sending merges it into its per-device slots under one lock
+// (mailbox.offer). A client that keeps up therefore gets a batch of one at
+// once; under load batches grow.
+//
+// Passes are paced twice; meanwhile positions wait at the topic, newest
+// per device, instead of in every client's slots:
+//   - a pass follows the previous one by at least feeds / TopicFrameRate
+//     (25 ms for 1,000 clients by default, 25 µs for one): under load a
+//     topic sends fewer, larger frames, which costs the server and every
+//     client less per position; a lone position after a quiet spell goes
+//     at once;
+//   - while more than 1/16 of the feeds still hold the previous batch's
+//     shared frame, the next pass waits for the writers (at most
+//     fanoutMaxWait after the previous pass), so most clients stay on the
+//     shared frame instead of falling back to per-client frames.
 func (t *topic) fanout() {
-	var wake []*mailbox
+	var (
+		wake     []*mailbox
+		lastPass time.Time
+		timer    = time.NewTimer(time.Hour)
+	)
+	timer.Stop()
+	defer timer.Stop()
 	for {
 		select {
 		case <-t.done:
 			return
 		case <-t.kick:
 		}
+		if d := time.Until(lastPass.Add(t.minInterval())); d > 0 {
+			timer.Reset(d)
+			select {
+			case <-t.done:
+				return
+			case <-timer.C:
+			}
+		}
+		if !t.drainedEnough() {
+			timer.Reset(time.Until(lastPass.Add(fanoutMaxWait)))
+		wait:
+			for !t.drainedEnough() {
+				select {
+				case <-t.done:
+					return
+				case <-t.drained:
+				case <-timer.C:
+					break wait
+				}
+			}
+			timer.Stop()
+		}
+		lastPass = time.Now()
+		select { // a signal from before this pass
+		case <-t.drained:
+		default:
+		}
+
 		t.pmu.Lock()
 		batch := t.pending
 		t.pending = t.spare[:0]
@@ -198,22 +286,43 @@ func (t *topic) fanout() {
 			t.pendAt[it.idx] = 0
 		}
 		t.pmu.Unlock()
-		var coalesced, stale int
-		for _, f := range *t.feeds.Load() {
-			c, s, sched := f.mb.putBatch(f, batch)
-			coalesced += c
-			stale += s
-			if sched {
-				wake = append(wake, f.mb)
+
+		t.fanMu.Lock()
+		fresh, stale := batch[:0], 0
+		for _, it := range batch {
+			if n := int(it.idx) + 1; len(t.last) < n {
+				t.last = append(t.last, make([]int64, n-len(t.last))...)
 			}
+			if it.ts <= t.last[it.idx] {
+				stale++
+				continue
+			}
+			t.last[it.idx] = it.ts
+			fresh = append(fresh, it)
 		}
-		if len(wake) > 0 {
-			wake[0].w.scheduleAll(wake)
-			clear(wake)
-			wake = wake[:0]
-		}
-		if coalesced > 0 {
-			t.h.m.positionsCoalesced.Add(float64(coalesced))
+		t.seq++
+		seq := t.seq
+		t.fanMu.Unlock()
+
+		if len(fresh) > 0 {
+			b := t.newBatch(seq, fresh)
+			var coalesced int
+			for _, f := range *t.feeds.Load() {
+				c, s, sched := f.mb.offer(f, b)
+				coalesced += c
+				stale += s
+				if sched {
+					wake = append(wake, f.mb)
+				}
+			}
+			if len(wake) > 0 {
+				wake[0].w.scheduleAll(wake)
+				clear(wake)
+				wake = wake[:0]
+			}
+			if coalesced > 0 {
+				t.h.m.positionsCoalesced.Add(float64(coalesced))
+			}
 		}
 		if stale > 0 {
 			t.h.m.positionsStale.Add(float64(stale))
@@ -221,6 +330,89 @@ func (t *topic) fanout() {
 		clear(batch)
 		t.spare = batch[:0]
 	}
+}
+
+// drainedEnough reports whether at most 1/16 of the feeds still hold a
+// shared frame not taken by a writer.
+func (t *topic) drainedEnough() bool {
+	return t.outstanding.Load()*16 <= t.feedCount.Load()
+}
+
+// sharedTaken is called once for every shared batch a feed queued, when
+// a writer takes it or the feed merges or drops it.
+func (t *topic) sharedTaken() {
+	if n := t.outstanding.Add(-1); n*16 <= t.feedCount.Load() {
+		select {
+		case t.drained <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// sharedFrom returns the first batch a feed activated now may take as a
+// shared frame, and offers to the topic the snapshot positions newer than
+// what it fanned out. Those are fanned out in the pass after next at the
+// latest (a pass may already hold its batch and wait for fanMu), to every
+// feed; the new feed merges that pass and the one before it per device,
+// against its snapshot. Every later batch is newer, per device, than the
+// feed's snapshot, so the feed may take it whole.
+func (t *topic) sharedFrom(snap []snapItem) uint64 {
+	t.fanMu.Lock()
+	defer t.fanMu.Unlock()
+	for _, it := range snap {
+		if int(it.idx) >= len(t.last) || it.ts > t.last[it.idx] {
+			t.deliver(it.idx, it.ts, it.data)
+		}
+	}
+	return t.seq + 3
+}
+
+// batch is one fan-out pass's positions, newest per device and each newer
+// than its device's position in every earlier batch of the topic.
+type batch struct {
+	t     *topic
+	seq   uint64
+	items []snapItem
+	fits  bool // within the frame caps: may be sent as one shared frame
+
+	once  sync.Once
+	frame []byte
+}
+
+func (t *topic) newBatch(seq uint64, items []snapItem) *batch {
+	b := &batch{t: t, seq: seq, items: append([]snapItem(nil), items...)}
+	size := len(t.head) + len(ws.PositionsTail) + len(items) - 1
+	for _, it := range items {
+		size += len(it.data)
+	}
+	b.fits = len(items) <= t.h.maxItems && size <= t.h.maxBytes
+	return b
+}
+
+// sharedFrame returns the batch's positions frame, built by the first
+// writer that needs it. Its capacity is never a power of two, so putBuf
+// never recycles it while other sessions still write it.
+func (b *batch) sharedFrame() []byte {
+	b.once.Do(func() {
+		size := len(b.t.head) + len(ws.PositionsTail) + len(b.items) - 1
+		for _, it := range b.items {
+			size += len(it.data)
+		}
+		c := size
+		if c&(c-1) == 0 {
+			c++
+		}
+		f := make([]byte, 0, c)
+		f = append(f, b.t.head...)
+		for i, it := range b.items {
+			if i > 0 {
+				f = append(f, ',')
+			}
+			f = append(f, it.data...)
+		}
+		b.frame = append(f, ws.PositionsTail...)
+	})
+	return b.frame
 }
 
 // snapshot reads the latest position of every device of t from JetStream,

@@ -42,6 +42,13 @@ type feed struct {
 	queued bool    // in mb.feeds
 	closed bool
 
+	// A topic feed that has sent everything may queue a whole fan-out
+	// batch instead (offer): shared, written as the batch's one frame.
+	// Batches before sharedFrom are merged per device (see
+	// topic.sharedFrom). shared != nil implies no dirty device.
+	shared     *batch
+	sharedFrom uint64
+
 	// taken, set on replay feeds only, gets a non-blocking signal each
 	// time the writer takes positions of the feed (replay.go waits on it).
 	taken chan struct{}
@@ -104,6 +111,11 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 		mb.mu.Unlock()
 		return putClosed
 	}
+	if q := f.shared; q != nil { // topic feeds only; kept for the invariant
+		f.shared = nil
+		mb.mergeLocked(f, q.items)
+		q.t.sharedTaken()
+	}
 	if int(idx) >= len(f.slots) {
 		f.growSlots(int(idx) + 1)
 	}
@@ -133,17 +145,43 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 	return res
 }
 
-// putBatch offers several positions, at most one per device, to f under
-// one lock. It returns how many replaced a pending one and how many were
-// stale, and whether the mailbox needs a writer: the caller then passes it
-// to writers.scheduleAll, so a fan-out to many clients takes the writers'
-// lock once, not once per client.
-func (mb *mailbox) putBatch(f *feed, items []snapItem) (coalesced, stale int, sched bool) {
+// offer hands a fan-out batch to f. When f has sent everything before it
+// (no device pending, no shared batch queued) and the batch comes after
+// f's snapshot, f queues the batch itself, to be written as its shared
+// frame. Otherwise the batch, and a shared one still queued, are merged
+// into f's slots, latest per device. It returns how many positions
+// replaced a pending one and how many were stale, and whether the mailbox
+// needs a writer: the caller then passes it to writers.scheduleAll, so a
+// fan-out to many clients takes the writers' lock once, not once per
+// client.
+func (mb *mailbox) offer(f *feed, b *batch) (coalesced, stale int, sched bool) {
 	mb.mu.Lock()
 	if f.closed || mb.closed || mb.closing != nil {
 		mb.mu.Unlock()
 		return 0, 0, false
 	}
+	if f.ready && b.fits && b.seq >= f.sharedFrom && f.shared == nil && f.head0 == len(f.dirty) {
+		f.shared = b
+		b.t.outstanding.Add(1)
+		if !f.queued {
+			f.queued = true
+			mb.feeds = append(mb.feeds, f)
+		}
+	} else {
+		if q := f.shared; q != nil {
+			f.shared = nil
+			mb.mergeLocked(f, q.items)
+			q.t.sharedTaken()
+		}
+		coalesced, stale = mb.mergeLocked(f, b.items)
+	}
+	sched = mb.wantLocked()
+	mb.mu.Unlock()
+	return coalesced, stale, sched
+}
+
+// mergeLocked offers several positions, at most one per device, to f.
+func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int) {
 	for _, it := range items {
 		if int(it.idx) >= len(f.slots) {
 			f.growSlots(int(it.idx) + 1)
@@ -166,9 +204,18 @@ func (mb *mailbox) putBatch(f *feed, items []snapItem) (coalesced, stale int, sc
 			mb.feeds = append(mb.feeds, f)
 		}
 	}
-	sched = mb.wantLocked()
-	mb.mu.Unlock()
-	return coalesced, stale, sched
+	return coalesced, stale
+}
+
+// dropSharedLocked releases the shared batches queued in mb's feeds, which
+// will not be written: the mailbox is closing.
+func (mb *mailbox) dropSharedLocked() {
+	for _, f := range mb.feeds {
+		if q := f.shared; q != nil {
+			f.shared = nil
+			q.t.sharedTaken()
+		}
+	}
 }
 
 func (f *feed) growSlots(n int) {
@@ -198,10 +245,14 @@ type snapItem struct {
 // activate merges a snapshot into f and queues the subscribed frame, under
 // one lock: the frame carries the newest position of every device known
 // to f (from the snapshot or from live messages that arrived meanwhile), and
-// only newer positions follow it. It returns false when f or the mailbox
-// closed meanwhile, or when the control queue overflowed (the client is
-// then closed).
-func (mb *mailbox) activate(f *feed, snap []snapItem, id string) (sent int, ok bool) {
+// only newer positions follow it. Fan-out batches from sharedFrom on may be
+// queued whole (offer). It returns false when f or the mailbox closed
+// meanwhile, or when the control queue overflowed (the client is then
+// closed).
+func (mb *mailbox) activate(f *feed, snap []snapItem, id string, sharedFrom uint64) (sent int, ok bool) {
+	mb.mu.Lock()
+	f.sharedFrom = sharedFrom
+	mb.mu.Unlock()
 	return mb.activateWith(f, snap, false, func(b []byte, items [][]byte) []byte {
 		return ws.AppendSubscribed(b, f.topic, id, items)
 	})
@@ -276,6 +327,10 @@ func (mb *mailbox) end(f *feed, frame []byte) {
 	if !f.closed {
 		f.closed = true
 		f.slots, f.dirty, f.head0 = nil, nil, 0
+		if q := f.shared; q != nil {
+			f.shared = nil
+			q.t.sharedTaken()
+		}
 		if f.queued {
 			f.queued = false
 			for i, g := range mb.feeds {
@@ -323,6 +378,7 @@ func (mb *mailbox) control(frame []byte) {
 func (mb *mailbox) pushCtrlLocked(frame []byte) bool {
 	if len(mb.ctrl) >= mb.ctrlCap {
 		mb.closed = true
+		mb.dropSharedLocked()
 		mb.ctrl, mb.feeds = nil, nil
 		return false
 	}
@@ -346,6 +402,7 @@ func (mb *mailbox) closeAfterControl(code int, reason string) bool {
 		return false
 	}
 	mb.closing = melody.FormatCloseMessage(code, reason)
+	mb.dropSharedLocked()
 	for _, f := range mb.feeds {
 		f.queued = false
 	}
@@ -367,6 +424,7 @@ func (mb *mailbox) close(code int, reason string) bool {
 		return false
 	}
 	mb.closed, mb.closing = true, nil
+	mb.dropSharedLocked()
 	mb.ctrl, mb.feeds = nil, nil
 	mb.mu.Unlock()
 	_ = mb.s.CloseWithMsg(melody.FormatCloseMessage(code, reason))
@@ -378,6 +436,7 @@ func (mb *mailbox) close(code int, reason string) bool {
 func (mb *mailbox) shut() {
 	mb.mu.Lock()
 	mb.closed = true
+	mb.dropSharedLocked()
 	mb.ctrl, mb.feeds = nil, nil
 	mb.mu.Unlock()
 }
@@ -443,6 +502,21 @@ func (mb *mailbox) flush(scratch [][]byte, maxItems, maxBytes int, m *metrics) [
 			continue
 		}
 		f := mb.feeds[0]
+		if b := f.shared; b != nil {
+			f.shared, f.queued = nil, false
+			mb.feeds = mb.feeds[1:]
+			if len(mb.feeds) == 0 {
+				mb.feeds = nil
+			}
+			mb.mu.Unlock()
+			frame := b.sharedFrame()
+			b.t.sharedTaken()
+			m.framesSent.Inc()
+			m.framesShared.Inc()
+			m.positionsSent.Add(float64(len(b.items)))
+			_ = mb.s.Write(frame)
+			continue
+		}
 		scratch = scratch[:0]
 		size := len(f.head) + len(ws.PositionsTail)
 		n := 0
@@ -502,11 +576,17 @@ func (mb *mailbox) pending() (positions, control int) {
 	defer mb.mu.Unlock()
 	for _, f := range mb.feeds {
 		positions += len(f.dirty) - f.head0
+		if f.shared != nil {
+			positions += len(f.shared.items)
+		}
 	}
 	return positions, len(mb.ctrl)
 }
 
-// Frame buffers are recycled once melody has written them.
+// Frame buffers are recycled once melody has written them. Only buffers
+// with a power-of-two capacity are: getBuf makes them so, and a shared
+// frame, written by many sessions at once, never has one
+// (batch.sharedFrame).
 var bufPool sync.Pool
 
 const maxPooledBuf = 256 << 10
@@ -515,15 +595,24 @@ func getBuf(size int) []byte {
 	if p, ok := bufPool.Get().(*[]byte); ok && cap(*p) >= size {
 		return (*p)[:0]
 	}
-	return make([]byte, 0, size)
+	c := 256
+	for c < size {
+		c <<= 1
+	}
+	return make([]byte, 0, c)
 }
 
 func putBuf(b []byte) {
-	if cap(b) == 0 || cap(b) > maxPooledBuf {
+	if !poolable(cap(b)) {
 		return
 	}
 	b = b[:0]
 	bufPool.Put(&b)
+}
+
+// poolable reports whether putBuf recycles a buffer of capacity c.
+func poolable(c int) bool {
+	return c > 0 && c <= maxPooledBuf && c&(c-1) == 0
 }
 
 // writers is a pool of goroutines that build frames for mailboxes that have

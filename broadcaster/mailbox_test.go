@@ -8,6 +8,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"trm-live/contract/ws"
 )
@@ -118,7 +119,7 @@ func pos(dev string, ts int64) []byte {
 
 func activeFeed(x *mbFixture, topic string) *feed {
 	f := newFeed(x.mb, topic)
-	if _, ok := x.mb.activate(f, nil, ""); !ok {
+	if _, ok := x.mb.activate(f, nil, "", 0); !ok {
 		x.t.Fatal("activate failed")
 	}
 	if got := x.flush(); len(got) != 1 || !strings.HasPrefix(got[0], `{"type":"subscribed"`) {
@@ -263,7 +264,7 @@ func TestMailboxSnapshotMerge(t *testing.T) {
 	if got := x.flush(); len(got) != 0 {
 		t.Fatalf("positions before subscribed: %v", got)
 	}
-	n, ok := x.mb.activate(f, []snapItem{{0, 3, pos("a", 3)}, {1, 2, pos("b", 2)}, {2, 7, pos("c", 7)}}, "id1")
+	n, ok := x.mb.activate(f, []snapItem{{0, 3, pos("a", 3)}, {1, 2, pos("b", 2)}, {2, 7, pos("c", 7)}}, "id1", 0)
 	if !ok || n != 3 {
 		t.Fatalf("activate = %d %v", n, ok)
 	}
@@ -321,5 +322,180 @@ func TestMailboxCloseAfterControl(t *testing.T) {
 	}
 	if closeCodeOf(x.rec.closed) != websocket.CloseGoingAway {
 		t.Fatalf("close %v", x.rec.closed)
+	}
+}
+
+// sharedTopic is a topic for offer tests: no NATS, frame caps of x.
+func sharedTopic(x *mbFixture, feeds int) *topic {
+	h := &hub{m: x.m, maxItems: x.w.maxItems, maxBytes: x.w.maxBytes}
+	const id = "00000000-0000-4000-8000-000000000001"
+	tp := &topic{h: h, eventID: id, head: ws.AppendPositionsHead(nil, ws.EventTopic(id)), drained: make(chan struct{}, 1)}
+	tp.feedCount.Store(int64(feeds))
+	return tp
+}
+
+// offer hands b to f as the fan-out does and schedules the mailbox.
+func (x *mbFixture) offer(f *feed, b *batch) (coalesced, stale int) {
+	c, s, sched := x.mb.offer(f, b)
+	if sched {
+		x.w.schedule(x.mb)
+	}
+	return c, s
+}
+
+func positionsFrame(topic string, items ...[]byte) string {
+	var s []string
+	for _, it := range items {
+		s = append(s, string(it))
+	}
+	return `{"type":"positions","topic":"` + topic + `","positions":[` + strings.Join(s, ",") + `]}`
+}
+
+// TestMailboxSharedBatch: a feed that has sent everything takes a fan-out
+// batch whole, as the batch's one frame (built once for every client); a
+// feed still sending merges it per device, together with a shared batch it
+// had queued; nothing is lost or sent out of order, and every queued shared
+// batch is accounted for (the fan-out waits on that count).
+func TestMailboxSharedBatch(t *testing.T) {
+	x := newMB(t, 8, 100, 1<<20)
+	y := newMB(t, 8, 100, 1<<20)
+	y.m = x.m
+	tp := sharedTopic(x, 2)
+	topic := ws.EventTopic(tp.eventID)
+	f, g := activeFeed(x, topic), activeFeed(y, topic)
+
+	// Both clients are free: both send the batch's shared frame.
+	b1 := tp.newBatch(1, []snapItem{{0, 1, pos("a", 1)}, {1, 1, pos("b", 1)}})
+	x.offer(f, b1)
+	y.offer(g, b1)
+	if n := tp.outstanding.Load(); n != 2 {
+		t.Fatalf("outstanding %d, want 2", n)
+	}
+	want := positionsFrame(topic, pos("a", 1), pos("b", 1))
+	for _, z := range []*mbFixture{x, y} {
+		if got := z.flush(); len(got) != 1 || got[0] != want {
+			t.Fatalf("got %v\nwant %s", got, want)
+		}
+	}
+	if n := tp.outstanding.Load(); n != 0 {
+		t.Fatalf("outstanding %d after both took the batch", n)
+	}
+	if v := testutil.ToFloat64(x.m.framesShared); v != 2 {
+		t.Fatalf("frames_shared_total %v, want 2", v)
+	}
+	if c := cap(b1.sharedFrame()); poolable(c) {
+		t.Fatalf("shared frame capacity %d: putBuf would recycle it while other sessions write it", c)
+	}
+	// Also when its length is a power of two.
+	pad := 256 - len(tp.head) - len(ws.PositionsTail)
+	b0 := tp.newBatch(9, []snapItem{{0, 9, []byte(strings.Repeat("x", pad))}})
+	if n, c := len(b0.sharedFrame()), cap(b0.sharedFrame()); n != 256 || poolable(c) {
+		t.Fatalf("shared frame of %d bytes has capacity %d: poolable", n, c)
+	}
+	if !poolable(cap(getBuf(300))) {
+		t.Fatal("getBuf's buffers are not poolable")
+	}
+
+	// x's write is still in flight: the next batch waits, whole; a third
+	// one finds it still queued and both merge per device (a@2 gives way
+	// to a@3).
+	b2 := tp.newBatch(2, []snapItem{{0, 2, pos("a", 2)}, {2, 1, pos("c", 1)}})
+	x.offer(f, b2)
+	if got := x.flush(); len(got) != 0 {
+		t.Fatalf("wrote without credit: %v", got)
+	}
+	b3 := tp.newBatch(3, []snapItem{{0, 3, pos("a", 3)}, {1, 3, pos("b", 3)}})
+	if c, s := x.offer(f, b3); c != 1 || s != 0 {
+		t.Fatalf("merge: %d coalesced, %d stale; want 1, 0", c, s)
+	}
+	if n := tp.outstanding.Load(); n != 0 {
+		t.Fatalf("outstanding %d after the merge", n)
+	}
+	x.release()
+	if got, want := x.drain(), positionsFrame(topic, pos("a", 3), pos("c", 1), pos("b", 3)); len(got) != 1 || got[0] != want {
+		t.Fatalf("merged frame %v\nwant %s", got, want)
+	}
+	// Caught up again: back on shared frames.
+	b4 := tp.newBatch(4, []snapItem{{1, 4, pos("b", 4)}})
+	x.offer(f, b4)
+	if got := x.flush(); len(got) != 1 || got[0] != positionsFrame(topic, pos("b", 4)) {
+		t.Fatalf("after catching up: %v", got)
+	}
+	x.release()
+
+	// A batch over the frame caps is merged and split by the writer.
+	small := newMB(t, 8, 2, 1<<20)
+	ts := sharedTopic(small, 1)
+	h := activeFeed(small, ws.EventTopic(ts.eventID))
+	big := ts.newBatch(1, []snapItem{{0, 1, pos("a", 1)}, {1, 1, pos("b", 1)}, {2, 1, pos("c", 1)}})
+	if big.fits {
+		t.Fatal("3 positions fit a 2-position cap")
+	}
+	small.offer(h, big)
+	if got := small.drain(); len(got) != 2 {
+		t.Fatalf("over the cap: %v", got)
+	}
+	if v := testutil.ToFloat64(small.m.framesShared); v != 0 {
+		t.Fatalf("frames_shared_total %v for a batch over the cap", v)
+	}
+}
+
+// TestMailboxSharedFrom: batches before the feed's sharedFrom are merged
+// against its snapshot, so a live position older than the snapshot's,
+// fanned out late, is never sent after it.
+func TestMailboxSharedFrom(t *testing.T) {
+	x := newMB(t, 8, 100, 1<<20)
+	tp := sharedTopic(x, 1)
+	topic := ws.EventTopic(tp.eventID)
+	f := newFeed(x.mb, topic)
+	if _, ok := x.mb.activate(f, []snapItem{{0, 5, pos("a", 5)}}, "", 3); !ok {
+		t.Fatal("activate failed")
+	}
+	x.drain()
+	if _, s := x.offer(f, tp.newBatch(2, []snapItem{{0, 4, pos("a", 4)}, {1, 1, pos("b", 1)}})); s != 1 {
+		t.Fatalf("a@4 after the snapshot's a@5: %d stale, want 1", s)
+	}
+	if got := x.drain(); len(got) != 1 || got[0] != positionsFrame(topic, pos("b", 1)) {
+		t.Fatalf("before sharedFrom: %v", got)
+	}
+	if v := testutil.ToFloat64(x.m.framesShared); v != 0 {
+		t.Fatalf("shared frame before sharedFrom")
+	}
+	x.offer(f, tp.newBatch(3, []snapItem{{0, 6, pos("a", 6)}}))
+	if got := x.drain(); len(got) != 1 || got[0] != positionsFrame(topic, pos("a", 6)) {
+		t.Fatalf("from sharedFrom: %v", got)
+	}
+	if v := testutil.ToFloat64(x.m.framesShared); v != 1 {
+		t.Fatalf("frames_shared_total %v, want 1", v)
+	}
+}
+
+// TestMailboxSharedDropped: a shared batch queued in a feed that ends, or
+// in a mailbox that closes, is released, so the fan-out never waits for it.
+func TestMailboxSharedDropped(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		drop func(x *mbFixture, f *feed)
+	}{
+		{"end", func(x *mbFixture, f *feed) { x.mb.end(f, nil) }},
+		{"close", func(x *mbFixture, f *feed) { x.mb.close(websocket.CloseGoingAway, "bye") }},
+		{"closeAfterControl", func(x *mbFixture, f *feed) { x.mb.closeAfterControl(websocket.CloseGoingAway, "bye") }},
+		{"shut", func(x *mbFixture, f *feed) { x.mb.shut() }},
+		{"put", func(x *mbFixture, f *feed) { x.mb.put(f, 5, 1, pos("e", 1)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := newMB(t, 8, 100, 1<<20)
+			tp := sharedTopic(x, 1)
+			f := activeFeed(x, ws.EventTopic(tp.eventID))
+			x.occupy(f)
+			x.offer(f, tp.newBatch(1, []snapItem{{0, 1, pos("a", 1)}}))
+			if n := tp.outstanding.Load(); n != 1 {
+				t.Fatalf("outstanding %d, want 1", n)
+			}
+			tc.drop(x, f)
+			if n := tp.outstanding.Load(); n != 0 {
+				t.Fatalf("outstanding %d after %s", n, tc.name)
+			}
+		})
 	}
 }

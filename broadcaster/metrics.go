@@ -9,6 +9,7 @@ type metrics struct {
 	subscriptions      prometheus.Gauge
 	topics             prometheus.Gauge
 	framesSent         prometheus.Counter
+	framesShared       prometheus.Counter
 	positionsSent      prometheus.Counter
 	controlSent        prometheus.Counter
 	positionsCoalesced prometheus.Counter
@@ -38,6 +39,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Topics with at least one subscriber, each one core NATS subscription."}),
 		framesSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "frames_sent_total",
 			Help: "WebSocket frames written to clients (positions and control)."}),
+		framesShared: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "frames_shared_total",
+			Help: "Positions frames that were one fan-out batch of a topic, built once and written to every client that had sent everything before it (included in frames_sent_total)."}),
 		positionsSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "positions_sent_total",
 			Help: "Positions written to clients in positions frames and snapshots."}),
 		controlSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "control_frames_sent_total",
@@ -70,7 +73,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		natsDropped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "nats_slow_consumer_total",
 			Help: "Slow-consumer errors of the broadcaster's NATS subscriptions (messages dropped by the client library)."}),
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.subscriptions, m.topics, m.framesSent,
+	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.subscriptions, m.topics, m.framesSent, m.framesShared,
 		m.positionsSent, m.controlSent, m.positionsCoalesced, m.fanoutCoalesced, m.positionsStale, m.messagesReceived, m.messagesInvalid,
 		m.slowCloses, m.closes, m.requests, m.authLatency, m.snapshotLatency, m.snapshotPositions, m.natsDropped} {
 		if err := reg.Register(c); err != nil {
