@@ -347,6 +347,10 @@ func TestSlowClient(t *testing.T) {
 	if e.metric("broadcaster_positions_coalesced_total") == 0 {
 		t.Fatal("no position coalesced")
 	}
+	// The fast client keeps up, so it is sent the topic's shared frames.
+	if e.metric("broadcaster_frames_shared_total") == 0 {
+		t.Fatal("no shared frame: every frame was built per client")
+	}
 	t.Logf("slow client: %d of %d positions, %d frames, max pending %d", slowGot, rounds*len(devices), k.frames[ws.TypePositions], maxPending)
 }
 

@@ -48,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		positionsCoalesced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "positions_coalesced_total",
 			Help: "Pending positions replaced by a newer one of the same device before a slow client's writer was free."}),
 		fanoutCoalesced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "fanout_coalesced_total",
-			Help: "Positions replaced by a newer one of the same device before fan-out, because the topic's fan-out fell behind (overload: every client of the topic misses them)."}),
+			Help: "Positions replaced by a newer one of the same device before fan-out, while a pass waited for its pacing (BROADCASTER_TOPIC_FRAME_RATE) or for the writers, or because fan-out fell behind; every client of the topic misses them."}),
 		positionsStale: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "positions_stale_total",
 			Help: "Positions not delivered to a client because it already had a newer or equal one of that device."}),
 		messagesReceived: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "nats_messages_total",
