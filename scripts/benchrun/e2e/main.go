@@ -42,8 +42,10 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
+	"trm-live/contract"
 	"trm-live/contract/ws"
 	"trm-live/scripts/benchrun/benchenv"
 	"trm-live/scripts/devauth"
@@ -207,7 +209,7 @@ func run() error {
 		r, err := runScenario(ctx, s, scenarioEnv{
 			rdb: rdb, stream: stream, db: db, directusURL: directusURL, users: users,
 			wsURL: "ws://" + addrs["broadcaster"] + ws.Path, procs: procs, warmup: *warmup, duration: *duration,
-			rcvbuf: *rcvbuf,
+			rcvbuf: *rcvbuf, natsURL: natsURL,
 		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.Name, err)
@@ -532,6 +534,7 @@ type scenarioEnv struct {
 	warmup      time.Duration
 	duration    time.Duration
 	rcvbuf      int // SO_RCVBUF of each viewer connection; 0 = autotuning
+	natsURL     string
 }
 
 type workerStat struct {
@@ -543,6 +546,7 @@ type workerStat struct {
 type result struct {
 	s           scenario
 	lat         *hist
+	natsLat     *hist // XADD → core NATS receive, in the window: the bridge's share
 	produced    int64 // in the window
 	sent        int64 // in the whole scenario
 	dbRows      int64
@@ -558,7 +562,7 @@ type result struct {
 }
 
 func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error) {
-	r := result{s: s, lat: newHist()}
+	r := result{s: s, lat: newHist(), natsLat: newHist()}
 	fmt.Printf("\n== %s: %d devices at %g Hz (%g positions/s), %d viewers\n", s.Name, s.Devices, s.Hz, float64(s.Devices)*s.Hz, s.Viewers)
 
 	// Viewers run in child processes of this binary (-role viewers), so the
@@ -634,6 +638,38 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 			}
 		}
 	}()
+	// Probe: the positions as the broadcaster receives them (core NATS),
+	// to split the latency between the bridge and broadcaster + viewers.
+	nc, err := nats.Connect(e.natsURL)
+	if err != nil {
+		return r, err
+	}
+	defer nc.Close()
+	var probeMu sync.Mutex
+	probe, err := nc.Subscribe(contract.EventSubject(e.db.eventID), func(m *nats.Msg) {
+		at := time.Now()
+		i := bytes.Index(m.Data, []byte(`"sent":`))
+		if i < 0 || at.Before(windowStart) {
+			return
+		}
+		b := m.Data[i+len(`"sent":`):]
+		n := 0
+		for n < len(b) && b[n] >= '0' && b[n] <= '9' {
+			n++
+		}
+		ns, err := strconv.ParseInt(string(b[:n]), 10, 64)
+		if err != nil {
+			return
+		}
+		probeMu.Lock()
+		r.natsLat.add(at.Sub(time.Unix(0, ns)))
+		probeMu.Unlock()
+	})
+	if err != nil {
+		return r, err
+	}
+	_ = probe.SetPendingLimits(-1, -1)
+
 	pipe := e.rdb.Pipeline()
 	var produced, sent int64
 	late := time.Duration(0)
@@ -687,7 +723,10 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 	r.window, r.produced, r.sent = windowDur, produced, sent
 
 	// Let the last positions arrive, then collect the viewers' results.
+	_ = probe.Unsubscribe() // the window is over
 	time.Sleep(3 * time.Second)
+	probeMu.Lock() // no callback runs after the unsubscribe; this orders its last add before the reads
+	probeMu.Unlock()
 	close(sampleStop)
 	sampler.Wait()
 	for i := range r.workers {
@@ -794,6 +833,8 @@ func (r result) print() {
 		r.window.Seconds(), r.produced, rate, ms(r.lateMax), r.lat.n, float64(r.lat.n)/r.window.Seconds())
 	fmt.Printf("latency XADD → WebSocket receive: p50 %s  p99 %s  p99.9 %s  max %s\n",
 		ms(r.lat.quantile(0.5)), ms(r.lat.quantile(0.99)), ms(r.lat.quantile(0.999)), ms(r.lat.max))
+	fmt.Printf("  of which XADD → NATS (bridge; probe subscriber, %d positions): p50 %s  p99 %s  max %s\n",
+		r.natsLat.n, ms(r.natsLat.quantile(0.5)), ms(r.natsLat.quantile(0.99)), ms(r.natsLat.max))
 	d := append([]float64(nil), r.delivered...)
 	sort.Float64s(d)
 	mean := 0.0
