@@ -305,10 +305,10 @@ func (t *topic) fanout() {
 		t.fanMu.Unlock()
 
 		if len(fresh) > 0 {
-			b := t.newBatch(seq, fresh)
+			bs := t.batches(seq, fresh)
 			var coalesced int
 			for _, f := range *t.feeds.Load() {
-				c, s, sched := f.mb.offer(f, b)
+				c, s, sched := f.mb.offer(f, bs)
 				coalesced += c
 				stale += s
 				if sched {
@@ -367,26 +367,42 @@ func (t *topic) sharedFrom(snap []snapItem) uint64 {
 	return t.seq + 3
 }
 
-// batch is one fan-out pass's positions, newest per device and each newer
-// than its device's position in every earlier batch of the topic.
+// batch is one frame's worth of a fan-out pass's positions (a pass over
+// the frame caps is cut into several), newest per device and each newer
+// than its device's position in every earlier pass of the topic.
 type batch struct {
 	t     *topic
-	seq   uint64
+	seq   uint64 // of the pass
 	items []snapItem
-	fits  bool // within the frame caps: may be sent as one shared frame
 
 	once  sync.Once
 	frame []byte
 }
 
-func (t *topic) newBatch(seq uint64, items []snapItem) *batch {
-	b := &batch{t: t, seq: seq, items: append([]snapItem(nil), items...)}
-	size := len(t.head) + len(ws.PositionsTail) + len(items) - 1
-	for _, it := range items {
-		size += len(it.data)
+// batches cuts the positions of pass seq into batches within the frame
+// caps (Config.FrameMaxPositions, FrameMaxBytes); a position alone over
+// the byte cap is a batch of its own.
+func (t *topic) batches(seq uint64, items []snapItem) []*batch {
+	items = append([]snapItem(nil), items...)
+	var bs []*batch
+	fixed := len(t.head) + len(ws.PositionsTail)
+	for len(items) > 0 {
+		n, size := 0, fixed
+		for n < len(items) && n < t.h.maxItems {
+			add := len(items[n].data)
+			if n > 0 {
+				add++ // comma
+			}
+			if n > 0 && size+add > t.h.maxBytes {
+				break
+			}
+			size += add
+			n++
+		}
+		bs = append(bs, &batch{t: t, seq: seq, items: items[:n:n]})
+		items = items[n:]
 	}
-	b.fits = len(items) <= t.h.maxItems && size <= t.h.maxBytes
-	return b
+	return bs
 }
 
 // sharedFrame returns the batch's positions frame, built by the first

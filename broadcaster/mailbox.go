@@ -42,11 +42,11 @@ type feed struct {
 	queued bool    // in mb.feeds
 	closed bool
 
-	// A topic feed that has sent everything may queue a whole fan-out
-	// batch instead (offer): shared, written as the batch's one frame.
-	// Batches before sharedFrom are merged per device (see
-	// topic.sharedFrom). shared != nil implies no dirty device.
-	shared     *batch
+	// A topic feed that has sent everything queues whole fan-out batches
+	// instead (offer), up to sharedQueue: shared, each written as its
+	// batch's one frame. Batches before sharedFrom are merged per device
+	// (see topic.sharedFrom). A non-empty shared implies no dirty device.
+	shared     []*batch
 	sharedFrom uint64
 
 	// taken, set on replay feeds only, gets a non-blocking signal each
@@ -111,11 +111,7 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 		mb.mu.Unlock()
 		return putClosed
 	}
-	if q := f.shared; q != nil { // topic feeds only; kept for the invariant
-		f.shared = nil
-		mb.mergeLocked(f, q.items)
-		q.t.sharedTaken()
-	}
+	mb.unshareLocked(f) // topic feeds only; kept for the invariant
 	if int(idx) >= len(f.slots) {
 		f.growSlots(int(idx) + 1)
 	}
@@ -145,39 +141,67 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 	return res
 }
 
-// offer hands a fan-out batch to f. When f has sent everything before it
-// (no device pending, no shared batch queued) and the batch comes after
-// f's snapshot, f queues the batch itself, to be written as its shared
-// frame. Otherwise the batch, and a shared one still queued, are merged
-// into f's slots, latest per device. It returns how many positions
-// replaced a pending one and how many were stale, and whether the mailbox
-// needs a writer: the caller then passes it to writers.scheduleAll, so a
-// fan-out to many clients takes the writers' lock once, not once per
-// client.
-func (mb *mailbox) offer(f *feed, b *batch) (coalesced, stale int, sched bool) {
+// sharedQueue is how many fan-out batches a feed may hold whole. A feed
+// that falls further behind merges them per device: its client then gets
+// the newest position of each device in one frame.
+const sharedQueue = 4
+
+// offer hands the batches of one fan-out pass to f. When f has sent
+// everything but whole batches, holds fewer than sharedQueue with these,
+// and the pass comes after f's snapshot, f queues them whole, each to be
+// written as its shared frame. Otherwise they, and the batches f holds,
+// are merged into f's slots, latest per device. It returns how many
+// positions replaced a pending one and how many were stale, and whether
+// the mailbox needs a writer: the caller then passes it to
+// writers.scheduleAll, so a fan-out to many clients takes the writers'
+// lock once, not once per client.
+func (mb *mailbox) offer(f *feed, bs []*batch) (coalesced, stale int, sched bool) {
 	mb.mu.Lock()
-	if f.closed || mb.closed || mb.closing != nil {
+	if f.closed || mb.closed || mb.closing != nil || len(bs) == 0 {
 		mb.mu.Unlock()
 		return 0, 0, false
 	}
-	if f.ready && b.fits && b.seq >= f.sharedFrom && f.shared == nil && f.head0 == len(f.dirty) {
-		f.shared = b
-		b.t.outstanding.Add(1)
+	if f.ready && bs[0].seq >= f.sharedFrom && f.head0 == len(f.dirty) && len(f.shared)+len(bs) <= sharedQueue {
+		f.shared = append(f.shared, bs...)
+		bs[0].t.outstanding.Add(int64(len(bs)))
 		if !f.queued {
 			f.queued = true
 			mb.feeds = append(mb.feeds, f)
 		}
 	} else {
-		if q := f.shared; q != nil {
-			f.shared = nil
-			mb.mergeLocked(f, q.items)
-			q.t.sharedTaken()
+		coalesced, stale = mb.unshareLocked(f)
+		for _, b := range bs {
+			c, s := mb.mergeLocked(f, b.items)
+			coalesced += c
+			stale += s
 		}
-		coalesced, stale = mb.mergeLocked(f, b.items)
 	}
 	sched = mb.wantLocked()
 	mb.mu.Unlock()
 	return coalesced, stale, sched
+}
+
+// unshareLocked merges the batches f holds whole into its slots.
+func (mb *mailbox) unshareLocked(f *feed) (coalesced, stale int) {
+	for i, b := range f.shared {
+		c, s := mb.mergeLocked(f, b.items)
+		coalesced += c
+		stale += s
+		b.t.sharedTaken()
+		f.shared[i] = nil
+	}
+	f.shared = f.shared[:0]
+	return coalesced, stale
+}
+
+// dropSharedLocked releases the batches f holds whole, which will not be
+// written.
+func dropSharedLocked(f *feed) {
+	for i, b := range f.shared {
+		b.t.sharedTaken()
+		f.shared[i] = nil
+	}
+	f.shared = f.shared[:0]
 }
 
 // mergeLocked offers several positions, at most one per device, to f.
@@ -211,10 +235,7 @@ func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int)
 // will not be written: the mailbox is closing.
 func (mb *mailbox) dropSharedLocked() {
 	for _, f := range mb.feeds {
-		if q := f.shared; q != nil {
-			f.shared = nil
-			q.t.sharedTaken()
-		}
+		dropSharedLocked(f)
 	}
 }
 
@@ -327,10 +348,7 @@ func (mb *mailbox) end(f *feed, frame []byte) {
 	if !f.closed {
 		f.closed = true
 		f.slots, f.dirty, f.head0 = nil, nil, 0
-		if q := f.shared; q != nil {
-			f.shared = nil
-			q.t.sharedTaken()
-		}
+		dropSharedLocked(f)
 		if f.queued {
 			f.queued = false
 			for i, g := range mb.feeds {
@@ -502,9 +520,17 @@ func (mb *mailbox) flush(scratch [][]byte, maxItems, maxBytes int, m *metrics) [
 			continue
 		}
 		f := mb.feeds[0]
-		if b := f.shared; b != nil {
-			f.shared, f.queued = nil, false
-			mb.feeds = mb.feeds[1:]
+		if len(f.shared) > 0 {
+			b := f.shared[0]
+			n := copy(f.shared, f.shared[1:])
+			f.shared[n] = nil
+			f.shared = f.shared[:n]
+			if n == 0 {
+				f.queued = false
+				mb.feeds = mb.feeds[1:]
+			} else {
+				mb.feeds = append(mb.feeds[1:], f) // round robin
+			}
 			if len(mb.feeds) == 0 {
 				mb.feeds = nil
 			}
@@ -576,8 +602,8 @@ func (mb *mailbox) pending() (positions, control int) {
 	defer mb.mu.Unlock()
 	for _, f := range mb.feeds {
 		positions += len(f.dirty) - f.head0
-		if f.shared != nil {
-			positions += len(f.shared.items)
+		for _, b := range f.shared {
+			positions += len(b.items)
 		}
 	}
 	return positions, len(mb.ctrl)

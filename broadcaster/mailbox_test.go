@@ -334,9 +334,10 @@ func sharedTopic(x *mbFixture, feeds int) *topic {
 	return tp
 }
 
-// offer hands b to f as the fan-out does and schedules the mailbox.
-func (x *mbFixture) offer(f *feed, b *batch) (coalesced, stale int) {
-	c, s, sched := x.mb.offer(f, b)
+// offer hands the batches of pass seq to f as the fan-out does and
+// schedules the mailbox.
+func (x *mbFixture) offer(f *feed, tp *topic, seq uint64, items ...snapItem) (coalesced, stale int) {
+	c, s, sched := x.mb.offer(f, tp.batches(seq, items))
 	if sched {
 		x.w.schedule(x.mb)
 	}
@@ -351,11 +352,11 @@ func positionsFrame(topic string, items ...[]byte) string {
 	return `{"type":"positions","topic":"` + topic + `","positions":[` + strings.Join(s, ",") + `]}`
 }
 
-// TestMailboxSharedBatch: a feed that has sent everything takes a fan-out
-// batch whole, as the batch's one frame (built once for every client); a
-// feed still sending merges it per device, together with a shared batch it
-// had queued; nothing is lost or sent out of order, and every queued shared
-// batch is accounted for (the fan-out waits on that count).
+// TestMailboxSharedBatch: a feed that has sent everything takes fan-out
+// batches whole, each as the batch's one frame (built once for every
+// client), up to sharedQueue of them; a feed further behind merges them per
+// device; nothing is lost or sent out of order, and every queued batch is
+// accounted for (the fan-out waits on that count).
 func TestMailboxSharedBatch(t *testing.T) {
 	x := newMB(t, 8, 100, 1<<20)
 	y := newMB(t, 8, 100, 1<<20)
@@ -365,9 +366,15 @@ func TestMailboxSharedBatch(t *testing.T) {
 	f, g := activeFeed(x, topic), activeFeed(y, topic)
 
 	// Both clients are free: both send the batch's shared frame.
-	b1 := tp.newBatch(1, []snapItem{{0, 1, pos("a", 1)}, {1, 1, pos("b", 1)}})
-	x.offer(f, b1)
-	y.offer(g, b1)
+	b1 := tp.batches(1, []snapItem{{0, 1, pos("a", 1)}, {1, 1, pos("b", 1)}})
+	for _, z := range []struct {
+		x *mbFixture
+		f *feed
+	}{{x, f}, {y, g}} {
+		if _, _, sched := z.x.mb.offer(z.f, b1); sched {
+			z.x.w.schedule(z.x.mb)
+		}
+	}
 	if n := tp.outstanding.Load(); n != 2 {
 		t.Fatalf("outstanding %d, want 2", n)
 	}
@@ -383,12 +390,12 @@ func TestMailboxSharedBatch(t *testing.T) {
 	if v := testutil.ToFloat64(x.m.framesShared); v != 2 {
 		t.Fatalf("frames_shared_total %v, want 2", v)
 	}
-	if c := cap(b1.sharedFrame()); poolable(c) {
+	if c := cap(b1[0].sharedFrame()); poolable(c) {
 		t.Fatalf("shared frame capacity %d: putBuf would recycle it while other sessions write it", c)
 	}
 	// Also when its length is a power of two.
 	pad := 256 - len(tp.head) - len(ws.PositionsTail)
-	b0 := tp.newBatch(9, []snapItem{{0, 9, []byte(strings.Repeat("x", pad))}})
+	b0 := tp.batches(9, []snapItem{{0, 9, []byte(strings.Repeat("x", pad))}})[0]
 	if n, c := len(b0.sharedFrame()), cap(b0.sharedFrame()); n != 256 || poolable(c) {
 		t.Fatalf("shared frame of %d bytes has capacity %d: poolable", n, c)
 	}
@@ -396,47 +403,80 @@ func TestMailboxSharedBatch(t *testing.T) {
 		t.Fatal("getBuf's buffers are not poolable")
 	}
 
-	// x's write is still in flight: the next batch waits, whole; a third
-	// one finds it still queued and both merge per device (a@2 gives way
-	// to a@3).
-	b2 := tp.newBatch(2, []snapItem{{0, 2, pos("a", 2)}, {2, 1, pos("c", 1)}})
-	x.offer(f, b2)
+	// x's write is still in flight: the next batches wait whole, and go
+	// as their own frames once it is written.
+	x.offer(f, tp, 2, snapItem{0, 2, pos("a", 2)})
+	x.offer(f, tp, 3, snapItem{1, 3, pos("b", 3)})
 	if got := x.flush(); len(got) != 0 {
 		t.Fatalf("wrote without credit: %v", got)
 	}
-	b3 := tp.newBatch(3, []snapItem{{0, 3, pos("a", 3)}, {1, 3, pos("b", 3)}})
-	if c, s := x.offer(f, b3); c != 1 || s != 0 {
-		t.Fatalf("merge: %d coalesced, %d stale; want 1, 0", c, s)
+	x.release()
+	if got := x.drain(); fmt.Sprint(got) != fmt.Sprint([]string{positionsFrame(topic, pos("a", 2)), positionsFrame(topic, pos("b", 3))}) {
+		t.Fatalf("queued batches: %v", got)
+	}
+	if v := testutil.ToFloat64(x.m.framesShared); v != 4 {
+		t.Fatalf("frames_shared_total %v, want 4", v)
+	}
+
+	// Further behind than sharedQueue batches: they merge per device (a@4
+	// and a@5 give way to a@6, b@5 to b@7).
+	x.occupy(f)
+	items := [][]snapItem{{{0, 4, pos("a", 4)}, {2, 1, pos("c", 1)}}, {{0, 5, pos("a", 5)}, {1, 5, pos("b", 5)}}, {{3, 1, pos("d", 1)}}, {{0, 6, pos("a", 6)}}}
+	for i, it := range items {
+		x.offer(f, tp, uint64(4+i), it...)
+	}
+	if n := tp.outstanding.Load(); n != sharedQueue {
+		t.Fatalf("outstanding %d, want %d", n, sharedQueue)
+	}
+	if c, s := x.offer(f, tp, 8, snapItem{1, 7, pos("b", 7)}); c != 3 || s != 0 {
+		t.Fatalf("merge: %d coalesced, %d stale; want 3, 0", c, s)
 	}
 	if n := tp.outstanding.Load(); n != 0 {
 		t.Fatalf("outstanding %d after the merge", n)
 	}
 	x.release()
-	if got, want := x.drain(), positionsFrame(topic, pos("a", 3), pos("c", 1), pos("b", 3)); len(got) != 1 || got[0] != want {
+	if got, want := x.drain(), positionsFrame(topic, pos("a", 6), pos("c", 1), pos("b", 7), pos("d", 1)); len(got) != 1 || got[0] != want {
 		t.Fatalf("merged frame %v\nwant %s", got, want)
 	}
 	// Caught up again: back on shared frames.
-	b4 := tp.newBatch(4, []snapItem{{1, 4, pos("b", 4)}})
-	x.offer(f, b4)
-	if got := x.flush(); len(got) != 1 || got[0] != positionsFrame(topic, pos("b", 4)) {
+	x.offer(f, tp, 9, snapItem{1, 9, pos("b", 9)})
+	if got := x.flush(); len(got) != 1 || got[0] != positionsFrame(topic, pos("b", 9)) {
 		t.Fatalf("after catching up: %v", got)
 	}
-	x.release()
+	if v := testutil.ToFloat64(x.m.framesShared); v != 5 {
+		t.Fatalf("frames_shared_total %v, want 5", v)
+	}
+}
 
-	// A batch over the frame caps is merged and split by the writer.
-	small := newMB(t, 8, 2, 1<<20)
-	ts := sharedTopic(small, 1)
-	h := activeFeed(small, ws.EventTopic(ts.eventID))
-	big := ts.newBatch(1, []snapItem{{0, 1, pos("a", 1)}, {1, 1, pos("b", 1)}, {2, 1, pos("c", 1)}})
-	if big.fits {
-		t.Fatal("3 positions fit a 2-position cap")
+// TestBatchesCaps: a pass over the frame caps is cut into shared batches
+// within them; a position alone over the byte cap is a batch of its own.
+func TestBatchesCaps(t *testing.T) {
+	x := newMB(t, 8, 2, 1<<20)
+	tp := sharedTopic(x, 1)
+	f := activeFeed(x, ws.EventTopic(tp.eventID))
+	x.offer(f, tp, 1, snapItem{0, 1, pos("a", 1)}, snapItem{1, 1, pos("b", 1)}, snapItem{2, 1, pos("c", 1)})
+	if got := x.drain(); len(got) != 2 || strings.Count(got[0], "device_id") != 2 || strings.Count(got[1], "device_id") != 1 {
+		t.Fatalf("item cap: %v", got)
 	}
-	small.offer(h, big)
-	if got := small.drain(); len(got) != 2 {
-		t.Fatalf("over the cap: %v", got)
+	if v := testutil.ToFloat64(x.m.framesShared); v != 2 {
+		t.Fatalf("frames_shared_total %v, want 2", v)
 	}
-	if v := testutil.ToFloat64(small.m.framesShared); v != 0 {
-		t.Fatalf("frames_shared_total %v for a batch over the cap", v)
+
+	y := newMB(t, 8, 100, 1024)
+	ty := sharedTopic(y, 1)
+	big := []byte(`{"device_id":"` + strings.Repeat("x", 600) + `"}`)
+	huge := []byte(`{"device_id":"` + strings.Repeat("y", 2000) + `"}`)
+	bs := ty.batches(1, []snapItem{{0, 1, big}, {1, 1, pos("s", 1)}, {2, 1, big}, {3, 1, huge}, {4, 1, pos("t", 1)}})
+	var sizes []string
+	for _, b := range bs {
+		n := len(b.sharedFrame())
+		if n > 1024 && len(b.items) > 1 {
+			t.Fatalf("batch of %d positions, %d bytes, over the 1,024-byte cap", len(b.items), n)
+		}
+		sizes = append(sizes, fmt.Sprint(len(b.items)))
+	}
+	if got := strings.Join(sizes, ","); got != "2,1,1,1" {
+		t.Fatalf("positions per batch %s, want 2,1,1,1", got)
 	}
 }
 
@@ -452,7 +492,7 @@ func TestMailboxSharedFrom(t *testing.T) {
 		t.Fatal("activate failed")
 	}
 	x.drain()
-	if _, s := x.offer(f, tp.newBatch(2, []snapItem{{0, 4, pos("a", 4)}, {1, 1, pos("b", 1)}})); s != 1 {
+	if _, s := x.offer(f, tp, 2, snapItem{0, 4, pos("a", 4)}, snapItem{1, 1, pos("b", 1)}); s != 1 {
 		t.Fatalf("a@4 after the snapshot's a@5: %d stale, want 1", s)
 	}
 	if got := x.drain(); len(got) != 1 || got[0] != positionsFrame(topic, pos("b", 1)) {
@@ -461,7 +501,7 @@ func TestMailboxSharedFrom(t *testing.T) {
 	if v := testutil.ToFloat64(x.m.framesShared); v != 0 {
 		t.Fatalf("shared frame before sharedFrom")
 	}
-	x.offer(f, tp.newBatch(3, []snapItem{{0, 6, pos("a", 6)}}))
+	x.offer(f, tp, 3, snapItem{0, 6, pos("a", 6)})
 	if got := x.drain(); len(got) != 1 || got[0] != positionsFrame(topic, pos("a", 6)) {
 		t.Fatalf("from sharedFrom: %v", got)
 	}
@@ -488,7 +528,7 @@ func TestMailboxSharedDropped(t *testing.T) {
 			tp := sharedTopic(x, 1)
 			f := activeFeed(x, ws.EventTopic(tp.eventID))
 			x.occupy(f)
-			x.offer(f, tp.newBatch(1, []snapItem{{0, 1, pos("a", 1)}}))
+			x.offer(f, tp, 1, snapItem{0, 1, pos("a", 1)})
 			if n := tp.outstanding.Load(); n != 1 {
 				t.Fatalf("outstanding %d, want 1", n)
 			}
