@@ -80,6 +80,7 @@ func run() error {
 	duration := flag.Duration("duration", 30*time.Second, "measurement window of each scenario")
 	warmup := flag.Duration("warmup", 5*time.Second, "load before the window opens")
 	rcvbuf := flag.Int("rcvbuf", 64<<10, "SO_RCVBUF of each viewer connection in bytes, 0 = system autotuning (docs/BENCHMARKS.md)")
+	probeF := flag.Bool("probe", false, "also subscribe to the positions on core NATS in this process and print the XADD → NATS share of the latency (the bridge's); costs this process, which hosts nats-server, about 5 % of a core at 10x")
 	svgPath := flag.String("svg", "", "write the latency plot here (default docs/bench/e2e-latency.svg in the repository)")
 	flag.Parse()
 
@@ -209,7 +210,7 @@ func run() error {
 		r, err := runScenario(ctx, s, scenarioEnv{
 			rdb: rdb, stream: stream, db: db, directusURL: directusURL, users: users,
 			wsURL: "ws://" + addrs["broadcaster"] + ws.Path, procs: procs, warmup: *warmup, duration: *duration,
-			rcvbuf: *rcvbuf, natsURL: natsURL,
+			rcvbuf: *rcvbuf, natsURL: natsURL, probe: *probeF,
 		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.Name, err)
@@ -535,6 +536,7 @@ type scenarioEnv struct {
 	duration    time.Duration
 	rcvbuf      int // SO_RCVBUF of each viewer connection; 0 = autotuning
 	natsURL     string
+	probe       bool // subscribe to core NATS for the XADD → NATS split
 }
 
 type workerStat struct {
@@ -638,37 +640,42 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 			}
 		}
 	}()
-	// Probe: the positions as the broadcaster receives them (core NATS),
-	// to split the latency between the bridge and broadcaster + viewers.
-	nc, err := nats.Connect(e.natsURL)
-	if err != nil {
-		return r, err
-	}
-	defer nc.Close()
-	var probeMu sync.Mutex
-	probe, err := nc.Subscribe(contract.EventSubject(e.db.eventID), func(m *nats.Msg) {
-		at := time.Now()
-		i := bytes.Index(m.Data, []byte(`"sent":`))
-		if i < 0 || at.Before(windowStart) {
-			return
-		}
-		b := m.Data[i+len(`"sent":`):]
-		n := 0
-		for n < len(b) && b[n] >= '0' && b[n] <= '9' {
-			n++
-		}
-		ns, err := strconv.ParseInt(string(b[:n]), 10, 64)
+	// Probe (-probe): the positions as the broadcaster receives them (core
+	// NATS), to split the latency between the bridge and broadcaster +
+	// viewers.
+	var (
+		probeMu sync.Mutex
+		probe   *nats.Subscription
+	)
+	if e.probe {
+		nc, err := nats.Connect(e.natsURL)
 		if err != nil {
-			return
+			return r, err
 		}
-		probeMu.Lock()
-		r.natsLat.add(at.Sub(time.Unix(0, ns)))
-		probeMu.Unlock()
-	})
-	if err != nil {
-		return r, err
+		defer nc.Close()
+		if probe, err = nc.Subscribe(contract.EventSubject(e.db.eventID), func(m *nats.Msg) {
+			at := time.Now()
+			i := bytes.Index(m.Data, []byte(`"sent":`))
+			if i < 0 || at.Before(windowStart) {
+				return
+			}
+			b := m.Data[i+len(`"sent":`):]
+			n := 0
+			for n < len(b) && b[n] >= '0' && b[n] <= '9' {
+				n++
+			}
+			ns, err := strconv.ParseInt(string(b[:n]), 10, 64)
+			if err != nil {
+				return
+			}
+			probeMu.Lock()
+			r.natsLat.add(at.Sub(time.Unix(0, ns)))
+			probeMu.Unlock()
+		}); err != nil {
+			return r, err
+		}
+		_ = probe.SetPendingLimits(-1, -1)
 	}
-	_ = probe.SetPendingLimits(-1, -1)
 
 	pipe := e.rdb.Pipeline()
 	var produced, sent int64
@@ -723,7 +730,9 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 	r.window, r.produced, r.sent = windowDur, produced, sent
 
 	// Let the last positions arrive, then collect the viewers' results.
-	_ = probe.Unsubscribe() // the window is over
+	if probe != nil {
+		_ = probe.Unsubscribe() // the window is over
+	}
 	time.Sleep(3 * time.Second)
 	probeMu.Lock() // no callback runs after the unsubscribe; this orders its last add before the reads
 	probeMu.Unlock()
@@ -833,8 +842,10 @@ func (r result) print() {
 		r.window.Seconds(), r.produced, rate, ms(r.lateMax), r.lat.n, float64(r.lat.n)/r.window.Seconds())
 	fmt.Printf("latency XADD → WebSocket receive: p50 %s  p99 %s  p99.9 %s  max %s\n",
 		ms(r.lat.quantile(0.5)), ms(r.lat.quantile(0.99)), ms(r.lat.quantile(0.999)), ms(r.lat.max))
-	fmt.Printf("  of which XADD → NATS (bridge; probe subscriber, %d positions): p50 %s  p99 %s  max %s\n",
-		r.natsLat.n, ms(r.natsLat.quantile(0.5)), ms(r.natsLat.quantile(0.99)), ms(r.natsLat.max))
+	if r.natsLat.n > 0 {
+		fmt.Printf("  of which XADD → NATS (bridge; -probe subscriber, %d positions): p50 %s  p99 %s  max %s\n",
+			r.natsLat.n, ms(r.natsLat.quantile(0.5)), ms(r.natsLat.quantile(0.99)), ms(r.natsLat.max))
+	}
 	d := append([]float64(nil), r.delivered...)
 	sort.Float64s(d)
 	mean := 0.0
