@@ -344,6 +344,14 @@ func (x *mbFixture) offer(f *feed, tp *topic, seq uint64, items ...snapItem) (co
 	return c, s
 }
 
+// wantShared checks how many shared frames x's metrics counted.
+func (x *mbFixture) wantShared(n float64) {
+	x.t.Helper()
+	if v := testutil.ToFloat64(x.m.framesShared); v != n {
+		x.t.Fatalf("frames_shared_total %v, want %v", v, n)
+	}
+}
+
 func positionsFrame(topic string, items ...[]byte) string {
 	var s []string
 	for _, it := range items {
@@ -387,9 +395,7 @@ func TestMailboxSharedBatch(t *testing.T) {
 	if n := tp.outstanding.Load(); n != 0 {
 		t.Fatalf("outstanding %d after both took the batch", n)
 	}
-	if v := testutil.ToFloat64(x.m.framesShared); v != 2 {
-		t.Fatalf("frames_shared_total %v, want 2", v)
-	}
+	x.wantShared(2)
 	if c := cap(b1[0].sharedFrame()); poolable(c) {
 		t.Fatalf("shared frame capacity %d: putBuf would recycle it while other sessions write it", c)
 	}
@@ -414,9 +420,7 @@ func TestMailboxSharedBatch(t *testing.T) {
 	if got := x.drain(); fmt.Sprint(got) != fmt.Sprint([]string{positionsFrame(topic, pos("a", 2)), positionsFrame(topic, pos("b", 3))}) {
 		t.Fatalf("queued batches: %v", got)
 	}
-	if v := testutil.ToFloat64(x.m.framesShared); v != 4 {
-		t.Fatalf("frames_shared_total %v, want 4", v)
-	}
+	x.wantShared(4)
 
 	// Further behind than sharedQueue batches: they merge per device (a@4
 	// and a@5 give way to a@6, b@5 to b@7).
@@ -443,9 +447,7 @@ func TestMailboxSharedBatch(t *testing.T) {
 	if got := x.flush(); len(got) != 1 || got[0] != positionsFrame(topic, pos("b", 9)) {
 		t.Fatalf("after catching up: %v", got)
 	}
-	if v := testutil.ToFloat64(x.m.framesShared); v != 5 {
-		t.Fatalf("frames_shared_total %v, want 5", v)
-	}
+	x.wantShared(5)
 }
 
 // TestBatchesCaps: a pass over the frame caps is cut into shared batches
@@ -458,9 +460,7 @@ func TestBatchesCaps(t *testing.T) {
 	if got := x.drain(); len(got) != 2 || strings.Count(got[0], "device_id") != 2 || strings.Count(got[1], "device_id") != 1 {
 		t.Fatalf("item cap: %v", got)
 	}
-	if v := testutil.ToFloat64(x.m.framesShared); v != 2 {
-		t.Fatalf("frames_shared_total %v, want 2", v)
-	}
+	x.wantShared(2)
 
 	y := newMB(t, 8, 100, 1024)
 	ty := sharedTopic(y, 1)
@@ -498,16 +498,12 @@ func TestMailboxSharedFrom(t *testing.T) {
 	if got := x.drain(); len(got) != 1 || got[0] != positionsFrame(topic, pos("b", 1)) {
 		t.Fatalf("before sharedFrom: %v", got)
 	}
-	if v := testutil.ToFloat64(x.m.framesShared); v != 0 {
-		t.Fatalf("shared frame before sharedFrom")
-	}
+	x.wantShared(0)
 	x.offer(f, tp, 3, snapItem{0, 6, pos("a", 6)})
 	if got := x.drain(); len(got) != 1 || got[0] != positionsFrame(topic, pos("a", 6)) {
 		t.Fatalf("from sharedFrom: %v", got)
 	}
-	if v := testutil.ToFloat64(x.m.framesShared); v != 1 {
-		t.Fatalf("frames_shared_total %v, want 1", v)
-	}
+	x.wantShared(1)
 }
 
 // TestMailboxSharedDropped: a shared batch queued in a feed that ends, or
