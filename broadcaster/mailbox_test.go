@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -533,5 +534,33 @@ func TestMailboxSharedDropped(t *testing.T) {
 				t.Fatalf("outstanding %d after %s", n, tc.name)
 			}
 		})
+	}
+}
+
+// TestFanoutPacing: a pass to F feeds follows the previous one by at least
+// F / TopicFrameRate; -1 turns it off; the writers hold the next pass while
+// more than 1/16 of the feeds still hold a shared batch.
+func TestFanoutPacing(t *testing.T) {
+	x := newMB(t, 8, 100, 1<<20)
+	tp := sharedTopic(x, 1000)
+	for rate, want := range map[int]time.Duration{40000: 25 * time.Millisecond, 80000: 12500 * time.Microsecond, -1: 0} {
+		tp.h.frameRate = rate
+		if got := tp.minInterval(); got != want {
+			t.Errorf("rate %d, 1,000 feeds: interval %s, want %s", rate, got, want)
+		}
+	}
+	tp.outstanding.Store(62)
+	if !tp.drainedEnough() {
+		t.Error("62 of 1,000 feeds holding a batch should not hold the next pass")
+	}
+	tp.outstanding.Store(63)
+	if tp.drainedEnough() {
+		t.Error("63 of 1,000 feeds holding a batch should hold the next pass")
+	}
+	tp.sharedTaken()
+	select {
+	case <-tp.drained:
+	default:
+		t.Error("no drained signal when the count fell to the threshold")
 	}
 }
