@@ -71,8 +71,10 @@ type topic struct {
 	// fan-out waits for them before the next pass (see fanout).
 	outstanding atomic.Int64
 	drained     chan struct{} // cap 1: outstanding fell to the threshold
-	feedCount   atomic.Int64
 }
+
+// feedCount is the number of feeds of t.
+func (t *topic) feedCount() int64 { return int64(len(*t.feeds.Load())) }
 
 // fanoutMaxWait bounds how long a fan-out pass waits for the writers to
 // take the previous batch's shared frames.
@@ -83,7 +85,7 @@ func (t *topic) minInterval() time.Duration {
 	if t.h.frameRate <= 0 {
 		return 0
 	}
-	return time.Duration(t.feedCount.Load()) * time.Second / time.Duration(t.h.frameRate)
+	return time.Duration(t.feedCount()) * time.Second / time.Duration(t.h.frameRate)
 }
 
 func newHub(nc *nats.Conn, snap *snapshotter, m *metrics, log *slog.Logger, cfg Config) *hub {
@@ -121,7 +123,6 @@ func (h *hub) attach(eventID string, f *feed) (*topic, error) {
 	copy(feeds, old)
 	feeds = append(feeds, f)
 	t.feeds.Store(&feeds)
-	t.feedCount.Store(int64(len(feeds)))
 	return t, nil
 }
 
@@ -138,7 +139,6 @@ func (h *hub) detach(t *topic, f *feed) {
 		}
 	}
 	t.feeds.Store(&feeds)
-	t.feedCount.Store(int64(len(feeds)))
 	if len(feeds) > 0 || h.topics[t.eventID] != t {
 		return
 	}
@@ -335,13 +335,13 @@ func (t *topic) fanout() {
 // drainedEnough reports whether at most 1/16 of the feeds still hold a
 // shared frame not taken by a writer.
 func (t *topic) drainedEnough() bool {
-	return t.outstanding.Load()*16 <= t.feedCount.Load()
+	return t.outstanding.Load()*16 <= t.feedCount()
 }
 
 // sharedTaken is called once for every shared batch a feed queued, when
 // a writer takes it or the feed merges or drops it.
 func (t *topic) sharedTaken() {
-	if n := t.outstanding.Add(-1); n*16 <= t.feedCount.Load() {
+	if n := t.outstanding.Add(-1); n*16 <= t.feedCount() {
 		select {
 		case t.drained <- struct{}{}:
 		default:
@@ -374,6 +374,7 @@ type batch struct {
 	t     *topic
 	seq   uint64 // of the pass
 	items []snapItem
+	size  int // of its frame
 
 	once  sync.Once
 	frame []byte
@@ -399,7 +400,7 @@ func (t *topic) batches(seq uint64, items []snapItem) []*batch {
 			size += add
 			n++
 		}
-		bs = append(bs, &batch{t: t, seq: seq, items: items[:n:n]})
+		bs = append(bs, &batch{t: t, seq: seq, items: items[:n:n], size: size})
 		items = items[n:]
 	}
 	return bs
@@ -410,23 +411,15 @@ func (t *topic) batches(seq uint64, items []snapItem) []*batch {
 // never recycles it while other sessions still write it.
 func (b *batch) sharedFrame() []byte {
 	b.once.Do(func() {
-		size := len(b.t.head) + len(ws.PositionsTail) + len(b.items) - 1
-		for _, it := range b.items {
-			size += len(it.data)
-		}
-		c := size
+		c := b.size
 		if c&(c-1) == 0 {
 			c++
 		}
-		f := make([]byte, 0, c)
-		f = append(f, b.t.head...)
+		items := make([][]byte, len(b.items))
 		for i, it := range b.items {
-			if i > 0 {
-				f = append(f, ',')
-			}
-			f = append(f, it.data...)
+			items[i] = it.data
 		}
-		b.frame = append(f, ws.PositionsTail...)
+		b.frame = appendFrame(make([]byte, 0, c), b.t.head, items)
 	})
 	return b.frame
 }

@@ -183,20 +183,18 @@ func (mb *mailbox) offer(f *feed, bs []*batch) (coalesced, stale int, sched bool
 
 // unshareLocked merges the batches f holds whole into its slots.
 func (mb *mailbox) unshareLocked(f *feed) (coalesced, stale int) {
-	for i, b := range f.shared {
+	for _, b := range f.shared {
 		c, s := mb.mergeLocked(f, b.items)
 		coalesced += c
 		stale += s
-		b.t.sharedTaken()
-		f.shared[i] = nil
 	}
-	f.shared = f.shared[:0]
+	f.releaseShared()
 	return coalesced, stale
 }
 
-// dropSharedLocked releases the batches f holds whole, which will not be
-// written.
-func dropSharedLocked(f *feed) {
+// releaseShared forgets the batches f holds whole (merged or never to be
+// written), so the fan-out no longer waits for them. Under mb.mu.
+func (f *feed) releaseShared() {
 	for i, b := range f.shared {
 		b.t.sharedTaken()
 		f.shared[i] = nil
@@ -235,7 +233,7 @@ func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int)
 // will not be written: the mailbox is closing.
 func (mb *mailbox) dropSharedLocked() {
 	for _, f := range mb.feeds {
-		dropSharedLocked(f)
+		f.releaseShared()
 	}
 }
 
@@ -348,7 +346,7 @@ func (mb *mailbox) end(f *feed, frame []byte) {
 	if !f.closed {
 		f.closed = true
 		f.slots, f.dirty, f.head0 = nil, nil, 0
-		dropSharedLocked(f)
+		f.releaseShared()
 		if f.queued {
 			f.queued = false
 			for i, g := range mb.feeds {
@@ -525,15 +523,7 @@ func (mb *mailbox) flush(scratch [][]byte, maxItems, maxBytes int, m *metrics) [
 			n := copy(f.shared, f.shared[1:])
 			f.shared[n] = nil
 			f.shared = f.shared[:n]
-			if n == 0 {
-				f.queued = false
-				mb.feeds = mb.feeds[1:]
-			} else {
-				mb.feeds = append(mb.feeds[1:], f) // round robin
-			}
-			if len(mb.feeds) == 0 {
-				mb.feeds = nil
-			}
+			mb.nextFeedLocked(n == 0)
 			mb.mu.Unlock()
 			frame := b.sharedFrame()
 			b.t.sharedTaken()
@@ -563,36 +553,49 @@ func (mb *mailbox) flush(scratch [][]byte, maxItems, maxBytes int, m *metrics) [
 			default:
 			}
 		}
-		if f.head0 == len(f.dirty) {
+		done := f.head0 == len(f.dirty)
+		if done {
 			f.dirty, f.head0 = f.dirty[:0], 0
-			f.queued = false
-			mb.feeds = mb.feeds[1:]
-		} else {
-			if f.head0 > len(f.dirty)/2 {
-				k := copy(f.dirty, f.dirty[f.head0:])
-				f.dirty, f.head0 = f.dirty[:k], 0
-			}
-			// Round robin: the feed goes behind the others.
-			mb.feeds = append(mb.feeds[1:], f)
+		} else if f.head0 > len(f.dirty)/2 {
+			k := copy(f.dirty, f.dirty[f.head0:])
+			f.dirty, f.head0 = f.dirty[:k], 0
 		}
-		if len(mb.feeds) == 0 {
-			mb.feeds = nil
-		}
+		mb.nextFeedLocked(done)
 		mb.mu.Unlock()
-		frame := getBuf(size)
-		frame = append(frame, f.head...)
-		for i, it := range scratch {
-			if i > 0 {
-				frame = append(frame, ',')
-			}
-			frame = append(frame, it...)
-			scratch[i] = nil
-		}
-		frame = append(frame, ws.PositionsTail...)
+		frame := appendFrame(getBuf(size), f.head, scratch)
+		clear(scratch)
 		m.framesSent.Inc()
 		m.positionsSent.Add(float64(n))
 		_ = mb.s.Write(frame)
 	}
+}
+
+// nextFeedLocked moves on from mb.feeds[0] after a frame of it: it leaves
+// the round robin when done (nothing pending), else goes behind the others.
+func (mb *mailbox) nextFeedLocked(done bool) {
+	f := mb.feeds[0]
+	if done {
+		f.queued = false
+		mb.feeds = mb.feeds[1:]
+	} else {
+		mb.feeds = append(mb.feeds[1:], f)
+	}
+	if len(mb.feeds) == 0 {
+		mb.feeds = nil
+	}
+}
+
+// appendFrame appends a positions frame: head (the topic's, up to its
+// first item), the items separated by commas, and the tail.
+func appendFrame(b, head []byte, items [][]byte) []byte {
+	b = append(b, head...)
+	for i, it := range items {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, it...)
+	}
+	return append(b, ws.PositionsTail...)
 }
 
 // pending reports the positions and control frames waiting, for tests and

@@ -331,7 +331,8 @@ func sharedTopic(x *mbFixture, feeds int) *topic {
 	h := &hub{m: x.m, maxItems: x.w.maxItems, maxBytes: x.w.maxBytes}
 	const id = "00000000-0000-4000-8000-000000000001"
 	tp := &topic{h: h, eventID: id, head: ws.AppendPositionsHead(nil, ws.EventTopic(id)), drained: make(chan struct{}, 1)}
-	tp.feedCount.Store(int64(feeds))
+	fs := make([]*feed, feeds) // counted only: no fan-out runs here
+	tp.feeds.Store(&fs)
 	return tp
 }
 
