@@ -78,13 +78,14 @@ type Config struct {
 	// slow client's view fresh; a large one helps only raw throughput on
 	// long links.
 	SocketSendBuffer int
-	// TopicFrameRate paces each topic's fan-out
+	// TopicFrameRate, when set, paces each topic's fan-out
 	// (BROADCASTER_TOPIC_FRAME_RATE): a pass that hands a batch to F
 	// clients follows the previous one by at least F / TopicFrameRate
-	// seconds (25 ms for 1,000 clients at the default 40,000; 25 µs for
-	// one), so under load batches, and frames, grow instead of every
-	// client getting more, smaller frames; at low rates nothing waits.
-	// -1 turns the pacing off (passes then wait only for the writers).
+	// seconds (25 ms for 1,000 clients at 40,000), so under load frames
+	// grow and the instance spends less CPU, at the price of up to that
+	// interval of added delay for every client. Default 0: no pacing,
+	// passes wait only for the writers, and a client that keeps up gets
+	// each position at once (decision 58).
 	TopicFrameRate int
 	// Writers is the number of goroutines that build and queue frames
 	// (BROADCASTER_WRITERS). Default 2 × GOMAXPROCS.
@@ -152,7 +153,6 @@ func (c Config) withDefaults() Config {
 	defInt(&c.FrameMaxPositions, 500)
 	defInt(&c.FrameMaxBytes, 32<<10)
 	defInt(&c.Writers, 2*runtime.GOMAXPROCS(0))
-	defInt(&c.TopicFrameRate, 40000)
 	defInt(&c.SocketSendBuffer, 16<<10)
 	defDur(&c.PingPeriod, 30*time.Second)
 	defDur(&c.PongWait, 60*time.Second)
@@ -192,8 +192,8 @@ func (c Config) Validate() error {
 		return errors.New("BROADCASTER_FRAME_MAX_BYTES: must be at least 1024")
 	case c.SocketSendBuffer < -1 || c.SocketSendBuffer > 0 && c.SocketSendBuffer < 4096:
 		return errors.New("BROADCASTER_SOCKET_SEND_BUFFER: must be -1 (system default) or at least 4096")
-	case c.TopicFrameRate != -1 && c.TopicFrameRate < 100:
-		return errors.New("BROADCASTER_TOPIC_FRAME_RATE: must be -1 (no pacing) or at least 100")
+	case c.TopicFrameRate != 0 && c.TopicFrameRate < 100:
+		return errors.New("BROADCASTER_TOPIC_FRAME_RATE: must be 0 (no pacing) or at least 100")
 	case c.Writers < 1:
 		return errors.New("BROADCASTER_WRITERS: must be at least 1")
 	case c.PingPeriod <= 0 || c.PingPeriod >= c.PongWait:
@@ -334,7 +334,7 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	num(&c.FrameMaxPositions, "frame-max-positions", "BROADCASTER_FRAME_MAX_POSITIONS", "positions per frame")
 	num(&c.FrameMaxBytes, "frame-max-bytes", "BROADCASTER_FRAME_MAX_BYTES", "bytes per positions frame")
 	num(&c.SocketSendBuffer, "socket-send-buffer", "BROADCASTER_SOCKET_SEND_BUFFER", "kernel send buffer per connection in bytes; -1 = system default")
-	num(&c.TopicFrameRate, "topic-frame-rate", "BROADCASTER_TOPIC_FRAME_RATE", "frames per second a topic's fan-out paces itself to over all its clients; -1 = no pacing")
+	num(&c.TopicFrameRate, "topic-frame-rate", "BROADCASTER_TOPIC_FRAME_RATE", "frames per second a topic's fan-out paces itself to over all its clients; 0 = no pacing")
 	num(&c.Writers, "writers", "BROADCASTER_WRITERS", "frame-building goroutines")
 	dur(&c.PingPeriod, "ping-period", "BROADCASTER_PING_PERIOD", "WebSocket ping period")
 	dur(&c.PongWait, "pong-wait", "BROADCASTER_PONG_WAIT", "close after this long without a pong")

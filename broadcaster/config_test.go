@@ -64,6 +64,7 @@ func TestConfigRejects(t *testing.T) {
 		"bad format":     {env: map[string]string{"LOG_FORMAT": "xml"}, want: "LOG_FORMAT"},
 		"bad rate":       {env: map[string]string{"BROADCASTER_MSG_RATE": "fast"}, want: "BROADCASTER_MSG_RATE"},
 		"frame rate":     {env: map[string]string{"BROADCASTER_TOPIC_FRAME_RATE": "10"}, want: "BROADCASTER_TOPIC_FRAME_RATE"},
+		"negative rate":  {env: map[string]string{"BROADCASTER_TOPIC_FRAME_RATE": "-1"}, want: "BROADCASTER_TOPIC_FRAME_RATE"},
 		"stray argument": {args: []string{"extra"}, want: "unexpected"},
 		"unknown flag":   {args: []string{"-nope"}, want: "nope"},
 	} {

@@ -27,7 +27,7 @@ type hub struct {
 	// A batch is sent as one shared frame only within the writers' frame
 	// caps (Config.FrameMaxPositions, FrameMaxBytes).
 	maxItems, maxBytes int
-	frameRate          int // Config.TopicFrameRate; -1 = no pacing
+	frameRate          int // Config.TopicFrameRate; 0 = no pacing
 
 	mu     sync.Mutex
 	topics map[string]*topic // by event id
@@ -228,11 +228,12 @@ func (t *topic) deliver(idx int32, ts int64, data []byte) {
 //
 // Passes are paced twice; meanwhile positions wait at the topic, newest
 // per device, instead of in every client's slots:
-//   - a pass follows the previous one by at least feeds / TopicFrameRate
-//     (25 ms for 1,000 clients by default, 25 µs for one): under load a
-//     topic sends fewer, larger frames, which costs the server and every
-//     client less per position; a lone position after a quiet spell goes
-//     at once;
+//   - with Config.TopicFrameRate set (off by default), a pass follows the
+//     previous one by at least feeds / TopicFrameRate (25 ms for 1,000
+//     clients at 40,000): under load a topic sends fewer, larger frames,
+//     which costs the server and every client less per position, at the
+//     price of that delay; a lone position after a quiet spell goes at
+//     once;
 //   - while more than 1/16 of the feeds still hold the previous batch's
 //     shared frame, the next pass waits for the writers (at most
 //     fanoutMaxWait after the previous pass), so most clients stay on the

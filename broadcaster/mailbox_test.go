@@ -539,12 +539,12 @@ func TestMailboxSharedDropped(t *testing.T) {
 }
 
 // TestFanoutPacing: a pass to F feeds follows the previous one by at least
-// F / TopicFrameRate; -1 turns it off; the writers hold the next pass while
+// F / TopicFrameRate; 0 turns it off; the writers hold the next pass while
 // more than 1/16 of the feeds still hold a shared batch.
 func TestFanoutPacing(t *testing.T) {
 	x := newMB(t, 8, 100, 1<<20)
 	tp := sharedTopic(x, 1000)
-	for rate, want := range map[int]time.Duration{40000: 25 * time.Millisecond, 80000: 12500 * time.Microsecond, -1: 0} {
+	for rate, want := range map[int]time.Duration{40000: 25 * time.Millisecond, 80000: 12500 * time.Microsecond, 0: 0} {
 		tp.h.frameRate = rate
 		if got := tp.minInterval(); got != want {
 			t.Errorf("rate %d, 1,000 feeds: interval %s, want %s", rate, got, want)
