@@ -81,17 +81,23 @@ type server struct {
 	handlers sync.WaitGroup // /ws-live handlers in flight (each holds a session)
 }
 
-// sendBufferListener sets the kernel send buffer of every accepted TCP
-// connection: what sits there cannot be coalesced any more.
+// sendBufferListener sets the kernel send buffer and the unsent-bytes
+// mark of every accepted TCP connection (0 = leave as is): what sits
+// unsent there cannot be coalesced any more.
 type sendBufferListener struct {
 	net.Listener
-	size int
+	size, notsentLowat int
 }
 
 func (l sendBufferListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetWriteBuffer(l.size)
+		if l.size > 0 {
+			_ = tc.SetWriteBuffer(l.size)
+		}
+		if l.notsentLowat > 0 {
+			_ = setNotsentLowat(tc, l.notsentLowat)
+		}
 	}
 	return c, err
 }
@@ -146,8 +152,8 @@ func newServer(cfg Config) (*server, error) {
 		}
 	}
 	srv.ln = ln
-	if cfg.SocketSendBuffer > 0 {
-		srv.ln = sendBufferListener{ln, cfg.SocketSendBuffer}
+	if cfg.SocketSendBuffer > 0 || cfg.SocketNotsentLowat > 0 {
+		srv.ln = sendBufferListener{ln, max(cfg.SocketSendBuffer, 0), max(cfg.SocketNotsentLowat, 0)}
 	}
 
 	nc, err := nats.Connect(cfg.NATSURL,

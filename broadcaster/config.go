@@ -72,12 +72,21 @@ type Config struct {
 	FrameMaxPositions int
 	FrameMaxBytes     int
 	// SocketSendBuffer is the kernel send buffer of each WebSocket
-	// connection in bytes (BROADCASTER_SOCKET_SEND_BUFFER). Default 16 KiB;
-	// -1 keeps the operating system's autotuned buffer. Positions in the
-	// kernel buffer can no longer be coalesced, so a small buffer keeps a
-	// slow client's view fresh; a large one helps only raw throughput on
-	// long links.
+	// connection in bytes (BROADCASTER_SOCKET_SEND_BUFFER). Default
+	// 128 KiB; -1 keeps the operating system's autotuned buffer. It bounds
+	// the bytes in flight (sent, not yet acknowledged); the unsent part is
+	// bounded by SocketNotsentLowat. A buffer smaller than a frame costs a
+	// second write and a poller wake-up per frame.
 	SocketSendBuffer int
+	// SocketNotsentLowat caps the bytes each WebSocket connection's
+	// kernel send queue holds not yet sent to the peer
+	// (BROADCASTER_SOCKET_NOTSENT_LOWAT, Linux TCP_NOTSENT_LOWAT). Default
+	// 16 KiB; -1 leaves the system's (unlimited). A write goes on only
+	// while less than this is unsent, so a frame the socket accepts goes in
+	// one write, yet a client that does not read never has more than this
+	// plus one frame queued in the kernel, where it can no longer be
+	// coalesced (decision 59).
+	SocketNotsentLowat int
 	// TopicFrameRate, when set, paces each topic's fan-out
 	// (BROADCASTER_TOPIC_FRAME_RATE): a pass that hands a batch to F
 	// clients follows the previous one by at least F / TopicFrameRate
@@ -153,7 +162,8 @@ func (c Config) withDefaults() Config {
 	defInt(&c.FrameMaxPositions, 500)
 	defInt(&c.FrameMaxBytes, 32<<10)
 	defInt(&c.Writers, 2*runtime.GOMAXPROCS(0))
-	defInt(&c.SocketSendBuffer, 16<<10)
+	defInt(&c.SocketSendBuffer, 128<<10)
+	defInt(&c.SocketNotsentLowat, 16<<10)
 	defDur(&c.PingPeriod, 30*time.Second)
 	defDur(&c.PongWait, 60*time.Second)
 	defDur(&c.WriteWait, 10*time.Second)
@@ -192,6 +202,8 @@ func (c Config) Validate() error {
 		return errors.New("BROADCASTER_FRAME_MAX_BYTES: must be at least 1024")
 	case c.SocketSendBuffer < -1 || c.SocketSendBuffer > 0 && c.SocketSendBuffer < 4096:
 		return errors.New("BROADCASTER_SOCKET_SEND_BUFFER: must be -1 (system default) or at least 4096")
+	case c.SocketNotsentLowat < -1 || c.SocketNotsentLowat > 0 && c.SocketNotsentLowat < 1024:
+		return errors.New("BROADCASTER_SOCKET_NOTSENT_LOWAT: must be -1 (system default) or at least 1024")
 	case c.TopicFrameRate != 0 && c.TopicFrameRate < 100:
 		return errors.New("BROADCASTER_TOPIC_FRAME_RATE: must be 0 (no pacing) or at least 100")
 	case c.Writers < 1:
@@ -271,12 +283,12 @@ func (c Config) String() string {
 	return fmt.Sprintf("NATS_URL=%s HTTP_ADDR=%s LOG_LEVEL=%s LOG_FORMAT=%s"+
 		" BROADCASTER_COOKIE_NAME=%s BROADCASTER_ALLOWED_ORIGINS=%s BROADCASTER_AUTH_TIMEOUT=%s BROADCASTER_REAUTH_INTERVAL=%s"+
 		" BROADCASTER_MAX_CONNS_PER_USER=%d BROADCASTER_MAX_SUBSCRIPTIONS=%d BROADCASTER_MSG_RATE=%g BROADCASTER_MSG_BURST=%d"+
-		" BROADCASTER_CONTROL_QUEUE=%d BROADCASTER_FRAME_MAX_POSITIONS=%d BROADCASTER_FRAME_MAX_BYTES=%d BROADCASTER_SOCKET_SEND_BUFFER=%d BROADCASTER_TOPIC_FRAME_RATE=%d BROADCASTER_WRITERS=%d"+
+		" BROADCASTER_CONTROL_QUEUE=%d BROADCASTER_FRAME_MAX_POSITIONS=%d BROADCASTER_FRAME_MAX_BYTES=%d BROADCASTER_SOCKET_SEND_BUFFER=%d BROADCASTER_SOCKET_NOTSENT_LOWAT=%d BROADCASTER_TOPIC_FRAME_RATE=%d BROADCASTER_WRITERS=%d"+
 		" BROADCASTER_PING_PERIOD=%s BROADCASTER_PONG_WAIT=%s BROADCASTER_WRITE_WAIT=%s BROADCASTER_SNAPSHOT_TIMEOUT=%s BROADCASTER_SHUTDOWN_TIMEOUT=%s",
 		contract.RedactURLs(c.NATSURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		c.CookieName, origins, c.AuthTimeout, c.ReauthInterval,
 		c.MaxConnsPerUser, c.MaxSubscriptions, c.MsgRate, c.MsgBurst,
-		c.ControlQueue, c.FrameMaxPositions, c.FrameMaxBytes, c.SocketSendBuffer, c.TopicFrameRate, c.Writers,
+		c.ControlQueue, c.FrameMaxPositions, c.FrameMaxBytes, c.SocketSendBuffer, c.SocketNotsentLowat, c.TopicFrameRate, c.Writers,
 		c.PingPeriod, c.PongWait, c.WriteWait, c.SnapshotTimeout, c.ShutdownTimeout) + " " + c.Replay.String()
 }
 
@@ -334,6 +346,7 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	num(&c.FrameMaxPositions, "frame-max-positions", "BROADCASTER_FRAME_MAX_POSITIONS", "positions per frame")
 	num(&c.FrameMaxBytes, "frame-max-bytes", "BROADCASTER_FRAME_MAX_BYTES", "bytes per positions frame")
 	num(&c.SocketSendBuffer, "socket-send-buffer", "BROADCASTER_SOCKET_SEND_BUFFER", "kernel send buffer per connection in bytes; -1 = system default")
+	num(&c.SocketNotsentLowat, "socket-notsent-lowat", "BROADCASTER_SOCKET_NOTSENT_LOWAT", "unsent bytes the kernel holds per connection (TCP_NOTSENT_LOWAT); -1 = system default")
 	num(&c.TopicFrameRate, "topic-frame-rate", "BROADCASTER_TOPIC_FRAME_RATE", "frames per second a topic's fan-out paces itself to over all its clients; 0 = no pacing")
 	num(&c.Writers, "writers", "BROADCASTER_WRITERS", "frame-building goroutines")
 	dur(&c.PingPeriod, "ping-period", "BROADCASTER_PING_PERIOD", "WebSocket ping period")

@@ -39,7 +39,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -442,59 +441,6 @@ func selfCPUTicks() int64 {
 	return ut + st
 }
 
-// ---- latency histogram: log buckets of 1% width from 1 µs ----
-
-type hist struct {
-	counts []uint64
-	n      uint64
-	max    time.Duration
-}
-
-const histBase = 1.01
-
-func newHist() *hist { return &hist{counts: make([]uint64, 2400)} } // up to ~ 4e10 µs
-
-func (h *hist) add(d time.Duration) {
-	us := float64(d) / float64(time.Microsecond)
-	i := 0
-	if us > 1 {
-		i = int(math.Log(us) / math.Log(histBase))
-	}
-	if i >= len(h.counts) {
-		i = len(h.counts) - 1
-	}
-	h.counts[i]++
-	h.n++
-	if d > h.max {
-		h.max = d
-	}
-}
-
-func (h *hist) merge(o *hist) {
-	for i, c := range o.counts {
-		h.counts[i] += c
-	}
-	h.n += o.n
-	h.max = max(h.max, o.max)
-}
-
-// quantile returns the upper edge of the bucket holding quantile q.
-func (h *hist) quantile(q float64) time.Duration {
-	if h.n == 0 {
-		return 0
-	}
-	want := uint64(math.Ceil(q * float64(h.n)))
-	var acc uint64
-	for i, c := range h.counts {
-		acc += c
-		if acc >= want {
-			d := time.Duration(math.Pow(histBase, float64(i+1)) * float64(time.Microsecond))
-			return min(d, h.max)
-		}
-	}
-	return h.max
-}
-
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 
 // ---- floor ----
@@ -781,7 +727,7 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 	return r, nil
 }
 
-func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.User, eventID string, rcvbuf int) (*websocket.Conn, error) {
+func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.User, eventID string, rcvbuf int) (*benchenv.RawConn, error) {
 	body, _ := json.Marshal(map[string]string{"email": u.Email, "password": u.Password, "mode": "session"})
 	resp, err := http.Post(directusURL+"/auth/login", "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -801,21 +747,19 @@ func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.Use
 	wu, _ := url.Parse(wsURL)
 	h.Set("Origin", "http://"+wu.Host)
 	h.Set("Cookie", devauth.CookieName+"="+cookie)
-	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 64 << 10}
-	if rcvbuf > 0 {
-		d.NetDialContext = benchenv.DialReceiveBuffer(rcvbuf)
-	}
-	c, _, err := d.DialContext(ctx, wsURL, h)
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := benchenv.DialRaw(dctx, wsURL, h, rcvbuf)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.WriteMessage(websocket.TextMessage, ws.Request{Type: ws.TypeSubscribe, Topic: ws.EventTopic(eventID), ID: "s"}.Encode()); err != nil {
+	if err := c.WriteText(ws.Request{Type: ws.TypeSubscribe, Topic: ws.EventTopic(eventID), ID: "s"}.Encode()); err != nil {
 		c.Close()
 		return nil, err
 	}
-	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for {
-		_, data, err := c.ReadMessage()
+		data, err := c.ReadMessage()
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("subscribe: %w", err)
@@ -832,7 +776,7 @@ func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.Use
 			return nil, fmt.Errorf("subscribe: %s %s", f.Code, f.Message)
 		}
 	}
-	_ = c.SetReadDeadline(time.Time{})
+	c.SetReadDeadline(time.Time{})
 	return c, nil
 }
 

@@ -62,7 +62,7 @@ func plotSVG(results []result, floor *hist, note string) []byte {
 			if c == 0 {
 				continue
 			}
-			edge := math.Pow(histBase, float64(i)) / 1000 // ms, lower edge of the bucket
+			edge := float64(histLower(i)) / 1000 // ms, lower edge of the bucket
 			above := 1 - float64(acc)/float64(hs.n)
 			if first {
 				fmt.Fprintf(&b, "%.1f,%.1f ", x(edge), y(1))

@@ -16,8 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"trm-live/scripts/benchrun/benchenv"
 	"trm-live/scripts/devauth"
 )
@@ -49,7 +47,7 @@ func viewerMain(args []string) error {
 	}
 	ctx := context.Background()
 	type viewer struct {
-		conn     *websocket.Conn
+		conn     *benchenv.RawConn
 		h        *hist
 		received int64
 	}
@@ -98,10 +96,8 @@ func viewerMain(args []string) error {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			var buf []byte
 			for {
-				data, b, err := benchenv.ReadFrame(v.conn, buf)
-				buf = b
+				data, err := v.conn.ReadMessage()
 				if err != nil {
 					if !stopping.Load() {
 						closed.Add(1)
@@ -136,7 +132,6 @@ func viewerMain(args []string) error {
 	_, _ = io.Copy(io.Discard, in) // until the parent closes stdin
 	stopping.Store(true)
 	for _, v := range viewers {
-		_ = v.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 		v.conn.Close()
 	}
 	readers.Wait()
@@ -165,6 +160,9 @@ func startViewers(ctx context.Context, self string, e scenarioEnv, first, n int)
 	cmd := exec.CommandContext(ctx, self, "-role=viewers", "-directus", e.directusURL, "-ws", e.wsURL,
 		"-event", e.db.eventID, "-first", strconv.Itoa(first), "-n", strconv.Itoa(n), "-rcvbuf", strconv.Itoa(e.rcvbuf))
 	cmd.Stderr = os.Stderr
+	if g := os.Getenv("BENCH_VIEWER_GOMAXPROCS"); g != "" {
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+g)
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
