@@ -65,6 +65,8 @@ func TestConfigRejects(t *testing.T) {
 		"bad rate":       {env: map[string]string{"BROADCASTER_MSG_RATE": "fast"}, want: "BROADCASTER_MSG_RATE"},
 		"frame rate":     {env: map[string]string{"BROADCASTER_TOPIC_FRAME_RATE": "10"}, want: "BROADCASTER_TOPIC_FRAME_RATE"},
 		"negative rate":  {env: map[string]string{"BROADCASTER_TOPIC_FRAME_RATE": "-1"}, want: "BROADCASTER_TOPIC_FRAME_RATE"},
+		"small lowat":    {env: map[string]string{"BROADCASTER_SOCKET_NOTSENT_LOWAT": "100"}, want: "BROADCASTER_SOCKET_NOTSENT_LOWAT"},
+		"negative lowat": {env: map[string]string{"BROADCASTER_SOCKET_NOTSENT_LOWAT": "-2"}, want: "BROADCASTER_SOCKET_NOTSENT_LOWAT"},
 		"stray argument": {args: []string{"extra"}, want: "unexpected"},
 		"unknown flag":   {args: []string{"-nope"}, want: "nope"},
 	} {

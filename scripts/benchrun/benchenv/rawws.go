@@ -70,7 +70,7 @@ func DialRaw(ctx context.Context, wsURL string, h http.Header, rcvbuf int) (*Raw
 		c.Close()
 		return nil, err
 	}
-	rc := &RawConn{c: c, buf: make([]byte, 256<<10)}
+	rc := &RawConn{c: c, buf: make([]byte, 64<<10)}
 	end := -1
 	for end < 0 {
 		if rc.w == len(rc.buf) {

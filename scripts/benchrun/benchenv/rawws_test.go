@@ -19,7 +19,7 @@ import (
 // ping with its payload, its own text message arrives unmasked, and the
 // server's close ends the reads.
 func TestRawConn(t *testing.T) {
-	big := bytes.Repeat([]byte("x"), 300<<10) // over the 256 KiB read buffer
+	big := bytes.Repeat([]byte("x"), 100<<10) // over the 64 KiB read buffer
 	mid := bytes.Repeat([]byte("m"), 1000)
 	got := make(chan string, 1)
 	pong := make(chan string, 1)
