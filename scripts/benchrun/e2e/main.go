@@ -58,6 +58,13 @@ type scenario struct {
 }
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "-role=nats" {
+		if err := natsMain(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench e2e nats:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "-role=viewers" {
 		if err := viewerMain(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "bench e2e viewers:", err)
@@ -79,6 +86,7 @@ func run() error {
 	duration := flag.Duration("duration", 30*time.Second, "measurement window of each scenario")
 	warmup := flag.Duration("warmup", 5*time.Second, "load before the window opens")
 	rcvbuf := flag.Int("rcvbuf", 64<<10, "SO_RCVBUF of each viewer connection in bytes, 0 = system autotuning (docs/BENCHMARKS.md)")
+	natsProcess := flag.Bool("nats-process", true, "run nats-server in a process of its own (as in production); false embeds it in the bench process, beside the producer")
 	probeF := flag.Bool("probe", false, "also subscribe to the positions on core NATS in this process and print the XADD → NATS share of the latency (the bridge's); costs this process, which hosts nats-server, about 5 % of a core at 10x")
 	svgPath := flag.String("svg", "", "write the latency plot here (default docs/bench/e2e-latency.svg in the repository)")
 	flag.Parse()
@@ -121,15 +129,27 @@ func run() error {
 	}
 	fmt.Printf("built worker binaries in %.1f s\n", time.Since(t0).Seconds())
 
-	// NATS, embedded, on loopback so the worker processes can reach it.
+	// NATS on loopback so the worker processes can reach it: in a process
+	// of its own, as in production (-nats-process=false embeds it here).
 	store := filepath.Join(dataDir, "e2e-nats")
 	_ = os.RemoveAll(store)
-	ns, stopNATS, err := benchenv.StartNATS(server.Options{ServerName: "bench-e2e", JetStream: true,
-		StoreDir: store, JetStreamMaxMemory: 512 << 20, JetStreamMaxStore: 16 << 30})
-	if err != nil {
-		return err
+	var natsURL string
+	var natsProc *workerProc
+	if *natsProcess {
+		p, url, err := startNATSProcess(store, filepath.Join(dataDir, "e2e-logs"))
+		if err != nil {
+			return err
+		}
+		defer p.stop()
+		natsProc, natsURL = p, url
+	} else {
+		ns, stopNATS, err := benchenv.StartNATS(natsOptions(store))
+		if err != nil {
+			return err
+		}
+		defer stopNATS()
+		natsURL = ns.ClientURL()
 	}
-	defer stopNATS()
 
 	db, err := setupDB(ctx, root, dbURL, *devices, maxViewers)
 	if err != nil {
@@ -165,7 +185,6 @@ func run() error {
 	// The workers, each its own process.
 	logDir := filepath.Join(dataDir, "e2e-logs")
 	_ = os.MkdirAll(logDir, 0o755)
-	natsURL := ns.ClientURL()
 	addrs := map[string]string{}
 	workers := []string{"bridge", "persister", "authsvc", "broadcaster"}
 	free, err := benchenv.FreeAddrs(len(workers))
@@ -194,6 +213,9 @@ func run() error {
 		if err := waitReady(ctx, p, addrs[p.name], time.Minute); err != nil {
 			return err
 		}
+	}
+	if natsProc != nil {
+		procs = append(procs, natsProc)
 	}
 	fmt.Printf("workers ready (logs in %s)\n", logDir)
 
@@ -324,6 +346,59 @@ func uuid() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
+// ---- nats-server process ----
+
+func natsOptions(store string) server.Options {
+	return server.Options{ServerName: "bench-e2e", JetStream: true,
+		StoreDir: store, JetStreamMaxMemory: 512 << 20, JetStreamMaxStore: 16 << 30}
+}
+
+// natsMain is the -role=nats child: nats-server with JetStream on a free
+// loopback port; it prints its client URL and stops at stdin EOF.
+func natsMain(store string) error {
+	ns, stop, err := benchenv.StartNATS(natsOptions(store))
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Println(ns.ClientURL())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// startNATSProcess starts the -role=nats child and returns it with its
+// client URL. Its stdin stays open until stop closes it.
+func startNATSProcess(store, logDir string) (*workerProc, string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, "", err
+	}
+	cmd := exec.Command(self, "-role=nats", store)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	p := &workerProc{name: "nats-server", cmd: cmd, done: make(chan struct{}), stdin: stdin}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		p.stop()
+		return nil, "", fmt.Errorf("nats-server process: %w", err)
+	}
+	return p, strings.TrimSpace(line), nil
+}
+
 // ---- worker processes ----
 
 type workerProc struct {
@@ -333,6 +408,8 @@ type workerProc struct {
 
 	mu      sync.Mutex
 	peakRSS int64 // bytes, sampled
+
+	stdin io.Closer // the nats-server child stops when it is closed
 }
 
 func startWorker(path, name string, env []string, logDir string) (*workerProc, error) {
@@ -360,7 +437,11 @@ func startWorker(path, name string, env []string, logDir string) (*workerProc, e
 }
 
 func (p *workerProc) stop() {
-	_ = p.cmd.Process.Signal(os.Interrupt)
+	if p.stdin != nil {
+		_ = p.stdin.Close()
+	} else {
+		_ = p.cmd.Process.Signal(os.Interrupt)
+	}
 	select {
 	case <-p.done:
 	case <-time.After(20 * time.Second):
