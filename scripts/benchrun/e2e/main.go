@@ -87,7 +87,7 @@ func run() error {
 	warmup := flag.Duration("warmup", 5*time.Second, "load before the window opens")
 	rcvbuf := flag.Int("rcvbuf", 64<<10, "SO_RCVBUF of each viewer connection in bytes, 0 = system autotuning (docs/BENCHMARKS.md)")
 	natsProcess := flag.Bool("nats-process", true, "run nats-server in a process of its own (as in production); false embeds it in the bench process, beside the producer")
-	probeF := flag.Bool("probe", false, "also subscribe to the positions on core NATS in this process and print the XADD → NATS share of the latency (the bridge's); costs this process, which hosts nats-server, about 5 % of a core at 10x")
+	probeF := flag.Bool("probe", false, "also subscribe to the positions on core NATS in this process and print the XADD → NATS share of the latency (the bridge's); costs about 5 % of a core at 10x")
 	svgPath := flag.String("svg", "", "write the latency plot here (default docs/bench/e2e-latency.svg in the repository)")
 	flag.Parse()
 
