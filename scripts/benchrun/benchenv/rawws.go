@@ -45,12 +45,13 @@ func DialRaw(ctx context.Context, wsURL string, h http.Header, rcvbuf int) (*Raw
 	if u.Scheme != "ws" {
 		return nil, fmt.Errorf("DialRaw %s: only ws:// URLs", wsURL)
 	}
-	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", u.Host)
+	dial := (&net.Dialer{}).DialContext
+	if rcvbuf > 0 {
+		dial = DialReceiveBuffer(rcvbuf)
+	}
+	c, err := dial(ctx, "tcp", u.Host)
 	if err != nil {
 		return nil, err
-	}
-	if tc, ok := c.(*net.TCPConn); ok && rcvbuf > 0 {
-		_ = tc.SetReadBuffer(rcvbuf)
 	}
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])

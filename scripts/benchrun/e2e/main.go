@@ -136,12 +136,12 @@ func run() error {
 	var natsURL string
 	var natsProc *workerProc
 	if *natsProcess {
-		p, url, err := startNATSProcess(store, filepath.Join(dataDir, "e2e-logs"))
+		p, u, err := startNATSProcess(ctx, store)
 		if err != nil {
 			return err
 		}
 		defer p.stop()
-		natsProc, natsURL = p, url
+		natsProc, natsURL = p, u
 	} else {
 		ns, stopNATS, err := benchenv.StartNATS(natsOptions(store))
 		if err != nil {
@@ -367,36 +367,44 @@ func natsMain(store string) error {
 }
 
 // startNATSProcess starts the -role=nats child and returns it with its
-// client URL. Its stdin stays open until stop closes it.
-func startNATSProcess(store, logDir string) (*workerProc, string, error) {
-	self, err := os.Executable()
+// client URL. It stops when stop closes its stdin.
+func startNATSProcess(ctx context.Context, store string) (*workerProc, string, error) {
+	p, out, err := startChild(ctx, "nats-server", "-role=nats", store)
 	if err != nil {
 		return nil, "", err
 	}
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return nil, "", err
-	}
-	cmd := exec.Command(self, "-role=nats", store)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, "", err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, "", err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, "", err
-	}
-	p := &workerProc{name: "nats-server", cmd: cmd, done: make(chan struct{}), stdin: stdin}
-	go func() { _ = cmd.Wait(); close(p.done) }()
-	line, err := bufio.NewReader(out).ReadString('\n')
+	line, err := out.ReadString('\n')
 	if err != nil {
 		p.stop()
 		return nil, "", fmt.Errorf("nats-server process: %w", err)
 	}
 	return p, strings.TrimSpace(line), nil
+}
+
+// startChild starts this binary in another role, with a pipe to its
+// stdin (kept in the workerProc) and one from its stdout; its stderr is
+// ours.
+func startChild(ctx context.Context, name string, args ...string) (*workerProc, *bufio.Reader, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.CommandContext(ctx, self, args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	p := &workerProc{name: name, cmd: cmd, done: make(chan struct{}), stdin: stdin}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	return p, bufio.NewReaderSize(stdout, 1<<20), nil
 }
 
 // ---- worker processes ----
@@ -409,7 +417,7 @@ type workerProc struct {
 	mu      sync.Mutex
 	peakRSS int64 // bytes, sampled
 
-	stdin io.Closer // the nats-server child stops when it is closed
+	stdin io.WriteCloser // children of this binary only (startChild); stop closes it
 }
 
 func startWorker(path, name string, env []string, logDir string) (*workerProc, error) {
@@ -599,15 +607,11 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 	// viewers per process. Each logs its users in, connects and
 	// subscribes, then says "ready".
 	t0 := time.Now()
-	self, err := os.Executable()
-	if err != nil {
-		return r, err
-	}
 	var kids []*viewerProc
 	per := 500
 	for first := 0; first < s.Viewers; first += per {
 		n := min(per, s.Viewers-first)
-		k, err := startViewers(ctx, self, e, first, n)
+		k, err := startViewers(ctx, e, first, n)
 		if err != nil {
 			for _, k := range kids {
 				k.kill()

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,32 +150,17 @@ func viewerMain(args []string) error {
 
 // viewerProc is the parent's handle on one viewer process.
 type viewerProc struct {
-	proc  *workerProc
-	stdin io.WriteCloser
-	out   *bufio.Reader
+	proc *workerProc
+	out  *bufio.Reader
 }
 
-func startViewers(ctx context.Context, self string, e scenarioEnv, first, n int) (*viewerProc, error) {
-	cmd := exec.CommandContext(ctx, self, "-role=viewers", "-directus", e.directusURL, "-ws", e.wsURL,
+func startViewers(ctx context.Context, e scenarioEnv, first, n int) (*viewerProc, error) {
+	p, out, err := startChild(ctx, fmt.Sprintf("viewers-%d", first/500+1), "-role=viewers", "-directus", e.directusURL, "-ws", e.wsURL,
 		"-event", e.db.eventID, "-first", strconv.Itoa(first), "-n", strconv.Itoa(n), "-rcvbuf", strconv.Itoa(e.rcvbuf))
-	cmd.Stderr = os.Stderr
-	if g := os.Getenv("BENCH_VIEWER_GOMAXPROCS"); g != "" {
-		cmd.Env = append(os.Environ(), "GOMAXPROCS="+g)
-	}
-	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &workerProc{name: fmt.Sprintf("viewers-%d", first/500+1), cmd: cmd, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
-	return &viewerProc{proc: p, stdin: stdin, out: bufio.NewReaderSize(stdout, 1<<20)}, nil
+	return &viewerProc{proc: p, out: out}, nil
 }
 
 func (v *viewerProc) waitReady(timeout time.Duration) error {
@@ -197,13 +181,13 @@ func (v *viewerProc) waitReady(timeout time.Duration) error {
 }
 
 func (v *viewerProc) setWindow(start, end time.Time) error {
-	_, err := fmt.Fprintf(v.stdin, "window %d %d\n", start.UnixNano(), end.UnixNano())
+	_, err := fmt.Fprintf(v.proc.stdin, "window %d %d\n", start.UnixNano(), end.UnixNano())
 	return err
 }
 
 func (v *viewerProc) finish() (viewerResult, error) {
 	var r viewerResult
-	_ = v.stdin.Close()
+	_ = v.proc.stdin.Close()
 	if err := json.NewDecoder(v.out).Decode(&r); err != nil {
 		return r, fmt.Errorf("%s result: %w", v.proc.name, err)
 	}
