@@ -37,7 +37,8 @@ type column struct {
 	hasDefault bool
 }
 
-// positionsColumns is the positions table of DESIGN.md.
+// positionsColumns is the positions table of the wire contract
+// (docs/persister.md, Schema).
 var positionsColumns = []column{
 	{"device_id", "text", true, false},
 	{"ts", "timestamp with time zone", true, false},
