@@ -181,12 +181,12 @@ func (t *topic) onMsg(msg *nats.Msg) {
 		m.messagesInvalid.Inc()
 		return
 	}
-	p, err := contract.DecodePosition(msg.Data)
-	if err != nil || p.DeviceID != device || p.EventID != eventID {
+	ts, item, ok := payload(msg.Data, eventID, device)
+	if !ok {
 		m.messagesInvalid.Inc()
 		return
 	}
-	t.deliver(t.index(device), p.TSMillis(), p.Encode())
+	t.deliver(t.index(device), ts, item)
 }
 
 // deliver queues a position for the fan-out goroutine, keeping only the

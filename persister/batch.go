@@ -22,7 +22,7 @@ func (p *persister) handleBatch(ctx, stop context.Context, msgs []jetstream.Msg)
 	good := make([]jetstream.Msg, 0, len(msgs))
 	ps := make([]contract.Position, 0, len(msgs))
 	for _, msg := range msgs {
-		pos, err := decode(msg.Data())
+		pos, err := contract.DecodePosition(msg.Data())
 		if err != nil {
 			p.deadLetter(ctx, msg, contract.ReasonUndecodable, err.Error())
 			continue
