@@ -149,6 +149,9 @@ import { LiveClient } from "./trm-live-client.js";
 
   function stopSocket() {
     state.following = false;
+    // Logged out: forget the subscriptions and what they held, so the next
+    // user starts from their own snapshot.
+    for (const t of client.topics()) client.unsubscribe(t);
     client.close();
   }
 
