@@ -387,6 +387,8 @@ export class LiveClient extends Emitter {
     const o = r.options;
     const spec = { from: toISO(r._resumeFrom || o.from) };
     if (o.to != null) spec.to = o.to === "live" ? "live" : toISO(o.to);
+    // A replay whose clock had reached its end restarts at the end.
+    if (spec.to && spec.to !== "live" && Date.parse(spec.from) > Date.parse(spec.to)) spec.from = spec.to;
     if (o.speed != null) spec.speed = o.speed;
     const id = this._id("r");
     r.id = id;

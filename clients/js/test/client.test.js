@@ -387,3 +387,16 @@ test("frames of an unsubscribed topic are ignored; unsubscribe is sent", () => {
   ws.frame(frame("positions"));
   assert.equal(log.positions.length, n);
 });
+
+test("replay after a reconnect: a clock past `to` restarts at `to`, not after it", () => {
+  const { c, timers } = setup();
+  const ws = open(c);
+  c.replay(EV, { from: "2026-05-03T10:00:00.000Z", to: "2026-05-03T10:01:00.000Z", speed: 60 });
+  ws.frame({ ...frame("replay_subscribed"), id: ws.lastSent("subscribe").id, to: "2026-05-03T10:01:00.000Z" });
+  ws.frame({ type: "positions", topic: TOPIC, replay: true, positions: [pos("dev-1", "2026-05-03T10:01:00.500Z")] });
+  ws.drop(1006);
+  timers.advance(500);
+  FakeWebSocket.last.open();
+  assert.deepEqual(FakeWebSocket.last.lastSent("subscribe").replay,
+    { from: "2026-05-03T10:01:00.000Z", to: "2026-05-03T10:01:00.000Z", speed: 60 });
+});
