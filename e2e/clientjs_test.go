@@ -39,6 +39,11 @@ func startClientOrigin(t *testing.T, directusURL, broadcasterAddr string) *clien
 	// check sees the page's origin, as behind a real reverse proxy.
 	toDirectus := httputil.NewSingleHostReverseProxy(dx)
 	toBroadcaster := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: broadcasterAddr})
+	// While the broadcaster is down the browser's handshake gets a 502,
+	// as from a real proxy (the log line would only be noise).
+	toBroadcaster.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) {
+		w.WriteHeader(http.StatusBadGateway)
+	}
 	o := &clientOrigin{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -244,6 +249,7 @@ func TestClientLibraryInChromium(t *testing.T) {
 	if a := metric(t, p.addrs["broadcaster"], `broadcaster_connections_total{result="accepted"}`); a != 0 {
 		t.Errorf("broadcaster accepted %v connections with the logged-out cookie", a)
 	}
+	c.screenshot(t, filepath.Join(p.dir, "clientjs-unauthorized.png"))
 	states, _ := json.Marshal(s.States)
 	t.Logf("handshakes through the origin: %d in all; states %s", n, states)
 	if strings.Contains(strings.Join(s.Errors, "\n"), "forbidden") {
