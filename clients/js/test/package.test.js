@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import * as lib from "@trm-live/client";
 
@@ -31,4 +32,14 @@ test("package.json is publishable: name, ES module, exports with types", () => {
 test("the dev viewer serves this very file", () => {
   assert.equal(read("../../../scripts/viewer/static/trm-live-client.js"), read("../index.js"),
     "scripts/viewer/static/trm-live-client.js differs: run `go generate ./viewer` in scripts/");
+});
+
+test("npm pack would publish exactly the module, its declarations, README and package.json", () => {
+  const r = spawnSync("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], {
+    cwd: fileURLToPath(new URL("..", import.meta.url)), encoding: "utf8",
+  });
+  assert.equal(r.status, 0, "npm pack --dry-run failed:\n" + r.stderr);
+  const [info] = JSON.parse(r.stdout);
+  assert.equal(info.id, "@trm-live/client@" + pkg.version);
+  assert.deepEqual(info.files.map((f) => f.path).sort(), ["README.md", "index.d.ts", "index.js", "package.json"]);
 });
