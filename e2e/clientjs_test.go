@@ -108,8 +108,9 @@ func (c *chromium) evalT(t *testing.T, expr string, out any) {
 // receives the snapshot and live positions; the broadcaster is killed
 // (SIGKILL) and restarted: the client reconnects by itself, resubscribes
 // and catches up, with no device going back in time; a replay runs to
-// replay_end; after logout and a broadcaster restart the client reports
-// unauthorized and makes no further handshake.
+// replay_end; with authsvc down a reconnect gets 1013 and the client
+// reports unavailable, then recovers alone; after logout and a broadcaster
+// restart the client reports unauthorized and makes no further handshake.
 func TestClientLibraryInChromium(t *testing.T) {
 	t.Parallel()
 	const devices = 6
@@ -207,7 +208,42 @@ func TestClientLibraryInChromium(t *testing.T) {
 		t.Errorf("replay state %q after replay_end, want ended", replayState)
 	}
 
-	// 4. Logout: the open socket is not re-checked (docs/broadcaster.md),
+	// 4. authsvc is down when the page reconnects: the broadcaster closes
+	// with 1013, the page reports unavailable and keeps trying (longer
+	// waits); once authsvc is back it is open and live again by itself.
+	// (The broadcaster is not ready without authsvc, but serves: /healthz.)
+	p.authsvc.Kill9()
+	p.broadcast.Kill9()
+	p.broadcast.Start()
+	testkit.Eventually(t, 60*time.Second, func() error {
+		resp, err := http.Get("http://" + p.addrs["broadcaster"] + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("broadcaster /healthz: %d", resp.StatusCode)
+		}
+		return nil
+	})
+	testkit.Eventually(t, 60*time.Second, func() error {
+		if s := c.clientSnap(t); s.State != "unavailable" || s.States[len(s.States)-1] != "unavailable 1013" {
+			return fmt.Errorf("page with authsvc down: %s, states %v", s.State, s.States)
+		}
+		return nil
+	})
+	p.authsvc.Start()
+	waitReady(t, p.authsvc, p.addrs["authsvc"], 60*time.Second)
+	testkit.Eventually(t, 60*time.Second, func() error {
+		s := c.clientSnap(t)
+		if s.State != "open" || s.Snapshots < after.Snapshots+1 || s.Positions < after.Positions+devices {
+			return fmt.Errorf("page after authsvc came back: %s, %d snapshots, %d positions (had %d), states %v",
+				s.State, s.Snapshots, s.Positions, after.Positions, s.States)
+		}
+		return nil
+	})
+
+	// 5. Logout: the open socket is not re-checked (docs/broadcaster.md),
 	// so the broadcaster is restarted (SIGTERM: close 1001); the page's
 	// next handshake is refused with 4401: it reports unauthorized and
 	// stops.
