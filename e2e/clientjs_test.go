@@ -182,7 +182,7 @@ func TestClientLibraryInChromium(t *testing.T) {
 	t.Logf("after the restart: %d positions, states %v", after.Positions, after.States)
 	c.screenshot(t, filepath.Join(p.dir, "clientjs.png"))
 
-	// 3. Replay a stretch of what the page saw live, as fast as possible,
+	// 3. Replay a stretch of what the page saw live, with every control,
 	// to its replay_end.
 	var from string
 	for _, ts := range before.Latest {
@@ -191,13 +191,28 @@ func TestClientLibraryInChromium(t *testing.T) {
 		}
 	}
 	to := after.Latest[firstKey(after.Latest)]
-	c.evalT(t, fmt.Sprintf(`(window.replay = window.client.replay(%q, {from: %q, to: %q, speed: "max"}), true)`, topic, from, to), nil)
+	// Slowly at first, so every control meets a running replay: pause,
+	// seek back to the start (a second snapshot), speed max, resume.
+	var controls []string
+	c.evalT(t, fmt.Sprintf(`(async () => {
+		const r = window.replay = window.client.replay(%q, {from: %q, to: %q, speed: 0.1});
+		await new Promise((ok) => r.on("snapshot", ok));
+		const out = [];
+		out.push((await r.pause()).state);
+		out.push((await r.seek(%q)).action);
+		out.push(String((await r.speed("max")).speed));
+		out.push((await r.resume()).state);
+		return out;
+	})()`, topic, from, to, from), &controls)
+	if strings.Join(controls, " ") != "paused seek max playing" {
+		t.Fatalf("replay controls answered %v", controls)
+	}
 	testkit.Eventually(t, 60*time.Second, func() error {
 		s := c.clientSnap(t)
 		if s.Replay.Ends != 1 {
 			return fmt.Errorf("replay: %d snapshots, %d positions, no replay_end yet; errors %v", s.Replay.Snapshots, s.Replay.Positions, s.Errors)
 		}
-		if s.Replay.Snapshots != 1 || s.Replay.Positions == 0 {
+		if s.Replay.Snapshots != 2 || s.Replay.Positions == 0 {
 			return fmt.Errorf("replay ended with %d snapshots and %d positions", s.Replay.Snapshots, s.Replay.Positions)
 		}
 		return nil
