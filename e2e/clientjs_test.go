@@ -26,6 +26,9 @@ import (
 type clientOrigin struct {
 	srv        *httptest.Server
 	handshakes atomic.Int64
+	// withQuery counts handshakes with a query string: none may carry
+	// anything in the URL (the credential is the cookie).
+	withQuery atomic.Int64
 }
 
 func startClientOrigin(t *testing.T, directusURL, broadcasterAddr string) *clientOrigin {
@@ -58,6 +61,9 @@ func startClientOrigin(t *testing.T, directusURL, broadcasterAddr string) *clien
 	mux.Handle("/users/", toDirectus)
 	mux.HandleFunc(ws.Path, func(w http.ResponseWriter, r *http.Request) {
 		o.handshakes.Add(1)
+		if r.URL.RawQuery != "" {
+			o.withQuery.Add(1)
+		}
 		toBroadcaster.ServeHTTP(w, r)
 	})
 	o.srv = httptest.NewServer(mux)
@@ -301,6 +307,9 @@ func TestClientLibraryInChromium(t *testing.T) {
 		t.Errorf("broadcaster accepted %v connections with the logged-out cookie", a)
 	}
 	c.screenshot(t, filepath.Join(p.dir, "clientjs-unauthorized.png"))
+	if q := origin.withQuery.Load(); q != 0 {
+		t.Errorf("%d handshakes carried a query string", q)
+	}
 	states, _ := json.Marshal(s.States)
 	t.Logf("handshakes through the origin: %d in all; states %s", n, states)
 	if strings.Contains(strings.Join(s.Errors, "\n"), "forbidden") {
