@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/redis/go-redis/v9"
 
 	"trm-live/contract"
@@ -187,5 +188,68 @@ func TestUnpublishableDeadLetterIsCountedAndAcked(t *testing.T) {
 	}
 	if err := run.stop(t); err != nil {
 		t.Fatalf("Run returned %v", err)
+	}
+}
+
+// The server refuses publishes to one device's subject (permissions): the
+// position is dead-lettered as unpublishable once its publish times out,
+// and the positions behind it flow. When the dead-letter subject is refused
+// too, the entry is counted as dropped and acknowledged.
+func TestPermissionRefusalIsPermanent(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name    string
+		deny    []string
+		dlq     uint64
+		dropped float64
+	}{
+		{"dead-lettered", []string{"pos.unassigned.denied"}, 1, 0},
+		{"dead letter refused too", []string{"pos.unassigned.denied", contract.DLQSubject}, 0, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnvWithNATS(t, func(o *natsOptions) {
+				o.Users = []*server.User{
+					{Username: "admin", Password: "admin"},
+					{Username: "bridge", Password: "pw", Permissions: &server.Permissions{
+						Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: c.deny},
+					}},
+				}
+				o.NoAuthUser = "admin" // the test's own connections
+			})
+			id := e.xadd(map[string]any{"device_id": "denied", "ts": e.base.Format(time.RFC3339), "lat": "45.1", "lon": "9.2"})
+			e.add(0, 20, 5)
+			cfg, reg := e.config("a")
+			cfg.NATSURL = strings.Replace(e.nats.URL, "nats://", "nats://bridge:pw@", 1)
+			cfg.PublishTimeout = 500 * time.Millisecond
+			run := e.start(cfg)
+			e.waitAll(20, 30*time.Second)
+			testkit.Eventually(t, 10*time.Second, func() error {
+				if got := e.msgs(streams.DLQ); got != c.dlq {
+					return fmt.Errorf("DLQ has %d, want %d", got, c.dlq)
+				}
+				if got := metric(t, reg, "bridge_dead_letters_dropped_total"); got != c.dropped {
+					return fmt.Errorf("bridge_dead_letters_dropped_total = %v, want %v", got, c.dropped)
+				}
+				return nil
+			})
+			if c.dlq == 1 {
+				s, err := e.js.Stream(context.Background(), streams.DLQ)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m, err := s.GetMsg(context.Background(), 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m.Header.Get(contract.HeaderSourceID) != id || contract.Reason(m.Header.Get(contract.HeaderReason)) != contract.ReasonUnpublishable ||
+					!strings.Contains(m.Header.Get(contract.HeaderDetail), "permissions violation") {
+					t.Fatalf("dead letter headers %v", m.Header)
+				}
+			}
+			if err := run.stop(t); err != nil {
+				t.Fatalf("Run returned %v", err)
+			}
+		})
 	}
 }
