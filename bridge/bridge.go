@@ -263,7 +263,8 @@ func (b *bridge) ensureStreams(ctx context.Context) {
 		cancel()
 		if err == nil {
 			b.log.Info("jetstream streams ensured", "positions", streams.Positions, "dlq", streams.DLQ,
-				"max_age", b.cfg.Stream.MaxAge, "replicas", b.cfg.Stream.Replicas, "duplicates", b.cfg.Stream.Duplicates)
+				"max_age", b.cfg.Stream.MaxAge, "replicas", b.cfg.Stream.Replicas, "duplicates", b.cfg.Stream.Duplicates,
+				"max_bytes", b.cfg.Stream.MaxBytes, "dlq_max_bytes", b.cfg.Stream.DLQMaxBytes)
 			close(b.ensured)
 			return
 		}
