@@ -321,7 +321,9 @@ func (b *bridge) completeLoop(ctx context.Context) error {
 		select {
 		case pa := <-it.fut.Ok():
 			round = 0
-			b.full.clear(it.msg.Subject)
+			if pa != nil && !pa.Duplicate { // a duplicate says nothing about room
+				b.full.clear(it.msg.Subject)
+			}
 			b.done(it, pa)
 			if it.republish {
 				continue
