@@ -167,7 +167,8 @@ func newServer(cfg Config) (*server, error) {
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
 			srv.log.Info("nats reconnected")
-			srv.bg.Go(func() { srv.hub.resync(srv.base) })
+			gen := srv.hub.resyncGen.Add(1)
+			srv.bg.Go(func() { srv.hub.resync(srv.base, gen) })
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrSlowConsumer) {
