@@ -33,15 +33,15 @@ func TestReauthWithStandIn(t *testing.T) {
 	member := dx.AddUser(directus.User{Role: directus.NewID()})
 	adminU := dx.AddUser(directus.User{Role: directus.NewID(), Admin: true, AppAccess: true})
 	directus.InsertUsers(t, dsn, member, adminU)
-	org, ev, empty := directus.NewID(), directus.NewID(), directus.NewID()
+	org, org2, ev, empty := directus.NewID(), directus.NewID(), directus.NewID(), directus.NewID()
 	ctx := context.Background()
 	for _, q := range []struct {
 		sql  string
 		args []any
 	}{
-		{`INSERT INTO organizations (id, name) VALUES ($1, 'org')`, []any{org}},
+		{`INSERT INTO organizations (id, name) VALUES ($1, 'org'), ($2, 'nobody''s')`, []any{org, org2}},
 		{`INSERT INTO events (id, organization_id, name) VALUES ($1, $2, 'race')`, []any{ev, org}},
-		{`INSERT INTO events (id, organization_id, name) VALUES ($1, $2, 'no members')`, []any{empty, directus.NewID()}},
+		{`INSERT INTO events (id, organization_id, name) VALUES ($1, $2, 'no members')`, []any{empty, org2}},
 		{`INSERT INTO organization_users (id, organization_id, user_id) VALUES ($1, $2, $3)`, []any{directus.NewID(), org, member.ID}},
 	} {
 		if _, err := pool.Exec(ctx, q.sql, q.args...); err != nil {
