@@ -145,7 +145,7 @@ type floodStats struct {
 // flood sends rate bogus upgrade requests per second from 127.0.0.2 until
 // stop, each on a new connection, and reads the status line.
 func (c *coord) flood(rate int, stop *atomic.Bool, st *floodStats) {
-	const workers = 64
+	const workers = 512
 	jobs := make(chan int, workers)
 	var wg sync.WaitGroup
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 5 * time.Second}
