@@ -228,3 +228,28 @@ func TestMaxPendingHandshakes(t *testing.T) {
 	c.send(`{}`)
 	c.expect(ws.TypeError, ws.CodeBadRequest)
 }
+
+// TestMaxHeaderBytes: request headers over the bound get 431 instead of
+// being read (net/http's default allows 1 MiB).
+func TestMaxHeaderBytes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+e.addr+"/healthz", nil)
+	req.Header.Set("X-Padding", strings.Repeat("a", 40<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d, want 431", resp.StatusCode)
+	}
+	req.Header.Set("X-Padding", strings.Repeat("a", 16<<10))
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d with 16 KiB of headers, want 200", resp.StatusCode)
+	}
+}
