@@ -209,6 +209,9 @@ func TestDeadlockRetriedAtOnce(t *testing.T) {
 	var logs syncBuffer
 	cfg := e.config(t)
 	cfg.Logger = teeLogger(t, &logs)
+	// The batch waits up to deadlock_timeout in the database: no
+	// redelivery meanwhile, so every count below is this one batch's.
+	cfg.AckWait = 2 * time.Minute
 	in := start(t, cfg)
 
 	// The persister wrote (d, t1) and waits for (d, t2).

@@ -230,6 +230,17 @@ func (m *Migrator) applyLocked(ctx context.Context, conn *pgx.Conn) (Report, err
 	if err != nil {
 		return rep, err
 	}
+	// A positions that is not ours refuses before anything is touched:
+	// the files would run against it (or fail on it as a non-owner).
+	if existed {
+		problems, err := verify(ctx, conn, false)
+		if err != nil {
+			return rep, err
+		}
+		if err := refuseUntrusted(problems); err != nil {
+			return rep, err
+		}
+	}
 	// TimescaleDB before any file: a start refused for want of it leaves
 	// no table behind.
 	if err := m.setupTimescale(ctx, conn); err != nil {
@@ -307,8 +318,8 @@ func (m *Migrator) applyLocked(ctx context.Context, conn *pgx.Conn) (Report, err
 	if err != nil {
 		return rep, err
 	}
-	if untrusted := untrustedOnly(problems); len(untrusted) > 0 {
-		return rep, fmt.Errorf("%w: %s; remove them (or restore the owner) and restart, the persister will not", ErrUntrusted, joinProblems(untrusted))
+	if err := refuseUntrusted(problems); err != nil {
+		return rep, err
 	}
 	if len(problems) > 0 {
 		if err := m.reapply(ctx, conn); err != nil {
@@ -404,13 +415,17 @@ func tableExists(ctx context.Context, conn *pgx.Conn, schema, name string) (bool
 	return r != nil, err
 }
 
-// untrustedOnly returns the problems Apply refuses instead of repairing.
-func untrustedOnly(ps []Problem) []Problem {
+// refuseUntrusted is ErrUntrusted naming every problem Apply refuses
+// instead of repairing, or nil.
+func refuseUntrusted(ps []Problem) error {
 	var out []Problem
 	for _, p := range ps {
 		if untrustedKinds[p.Kind] {
 			out = append(out, p)
 		}
 	}
-	return out
+	if len(out) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s; remove them (or restore the owner) and restart: the persister will not", ErrUntrusted, joinProblems(out))
 }

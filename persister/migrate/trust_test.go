@@ -49,6 +49,9 @@ func TestUntrustedPositionsRefused(t *testing.T) {
 			pool, m := setup(t)
 			apply(t, m)
 			exec(t, pool, tc.plant)
+			// As on a database where positions was planted before any
+			// persister ran: the files are pending.
+			exec(t, pool, "DROP TABLE "+migrate.BookkeepingTable)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			_, err := migrate.New(pool, migrate.Options{}).Apply(ctx)
@@ -58,6 +61,10 @@ func TestUntrustedPositionsRefused(t *testing.T) {
 			var n int
 			if err := pool.QueryRow(ctx, tc.survives).Scan(&n); err != nil || n != 1 {
 				t.Fatalf("the planted object must be left alone: %d %v", n, err)
+			}
+			// Refused before any file ran: nothing was created.
+			if err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relname = $1", migrate.BookkeepingTable).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("bookkeeping table created by a refused Apply: %d %v", n, err)
 			}
 			// Verify (the periodic check) reports it too.
 			problems, err := m.Verify(ctx)
