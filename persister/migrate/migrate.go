@@ -6,7 +6,9 @@
 // reported so the caller can log it, count it and refill lost rows.
 //
 // The runner never trusts its bookkeeping alone: a file recorded as applied
-// whose objects are gone is found by Verify and re-applied.
+// whose objects are gone is found by Verify and re-applied. What it did not
+// create on positions (another owner, a trigger, a rule, forced row-level
+// security) it refuses and leaves for a person (ErrUntrusted).
 package migrate
 
 import (
@@ -50,7 +52,8 @@ const DefaultChunkInterval = 24 * time.Hour
 // converting a large plain positions into a hypertable.
 const DefaultLockWait = 30 * time.Second
 
-// Errors a caller branches on: each one refuses start.
+// Errors a caller branches on. All but ErrLockTimeout refuse start: a
+// person has to act.
 var (
 	// ErrChecksum: an applied migration file was changed after it was
 	// applied. Applied files are immutable; add a new file instead.
@@ -394,10 +397,13 @@ func (m *Migrator) reapply(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// Verify checks the schema the migrations promise without taking the lock:
-// the bookkeeping table, positions with its columns, types, NOT NULLs and
-// defaults, its primary key (device_id, ts), an index on (event_id, ts), and
-// the hypertable when TimescaleDB is on. An empty result means no drift.
+// Verify checks the schema the migrations promise without taking the lock,
+// in the schema current_schema() names: the bookkeeping table, positions
+// with its columns, types, NOT NULLs and defaults, its primary key
+// (device_id, ts), an index on (event_id, ts), the hypertable when
+// TimescaleDB is on; and that nothing on positions can take rows away
+// (owner, user triggers, rules, forced row-level security, relkind), the
+// kinds Apply refuses with ErrUntrusted. An empty result means no drift.
 func (m *Migrator) Verify(ctx context.Context) ([]Problem, error) {
 	m.mu.Lock()
 	ts := m.timescale
