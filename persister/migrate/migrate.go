@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -219,7 +220,37 @@ func (m *Migrator) Apply(ctx context.Context) (Report, error) {
 			conn.Conn().Close(uctx) //nolint:errcheck // closing is the fallback that frees the lock
 		}
 	}()
-	return m.applyLocked(ctx, conn.Conn())
+	// A deadlock or serialization failure (a repair's DDL meeting an
+	// operator's transaction) rolled back one step because another
+	// transaction won a race: apply again at once. Each step converges, so
+	// a repeat only finishes what the lost attempt did not.
+	var rep Report
+	for attempt := 0; ; attempt++ {
+		r, err := m.applyLocked(ctx, conn.Conn())
+		rep.Applied = append(rep.Applied, r.Applied...)
+		rep.Repaired = append(rep.Repaired, r.Repaired...)
+		rep.CreatedPositions = rep.CreatedPositions || r.CreatedPositions
+		rep.TimescaleDB = r.TimescaleDB
+		code := conflictCode(err)
+		if code == "" || attempt == maxConflictRetries || ctx.Err() != nil {
+			return rep, err
+		}
+		m.log.Warn("migration step lost a deadlock or serialization conflict: applying again at once", "code", code, "err", err)
+	}
+}
+
+// maxConflictRetries bounds the immediate repeats of an Apply that lost a
+// deadlock (40P01) or a serialization conflict (40001).
+const maxConflictRetries = 5
+
+// conflictCode is the SQLSTATE of a deadlock or serialization failure, or
+// "" for any other outcome.
+func conflictCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001") {
+		return pgErr.Code
+	}
+	return ""
 }
 
 func (m *Migrator) applyLocked(ctx context.Context, conn *pgx.Conn) (Report, error) {

@@ -3,6 +3,7 @@ package migrate_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -184,3 +185,81 @@ func TestLockWaitBoundedNamesHolder(t *testing.T) {
 }
 
 func itoa(i int32) string { return strconv.Itoa(int(i)) }
+
+// A repair whose transaction loses a deadlock (provoked on purpose: the
+// test holds the bookkeeping table and then reads positions, which the
+// repair holds) is applied again at once and succeeds.
+func TestRepairDeadlockAppliedAgain(t *testing.T) {
+	t.Parallel()
+	pool, m := setup(t)
+	apply(t, m)
+	exec(t, pool, "DROP INDEX positions_event_id_ts_idx")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Deadlock detection runs once, deadlock_timeout after a wait starts:
+	// the migrator's new sessions get 5 s and the test's 60 s, so the
+	// migrator's backend finds the cycle and is the one rolled back.
+	var db string
+	if err := pool.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, pool, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" SET deadlock_timeout = '5s'")
+	fresh := testkit.Pool(t, pool.Config().ConnString())
+
+	other, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(context.Background()) //nolint:errcheck
+	var otherPID int32
+	if err := other.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&otherPID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Exec(ctx, "SET LOCAL deadlock_timeout = '60s'; LOCK TABLE "+migrate.BookkeepingTable+" IN EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs logBuffer
+	type result struct {
+		rep migrate.Report
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := migrate.New(fresh, migrate.Options{Logger: logs.logger()}).Apply(ctx)
+		done <- result{rep, err}
+	}()
+	// The repair holds positions and waits for the bookkeeping table.
+	testkit.Eventually(t, 30*time.Second, func() error {
+		var waiting int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> $1`, otherPID).Scan(&waiting); err != nil {
+			return err
+		}
+		if waiting != 1 {
+			return fmt.Errorf("%d sessions waiting on a lock, want the repair's", waiting)
+		}
+		return nil
+	})
+	// Close the cycle: this read waits for the repair's lock on positions.
+	var n int
+	if err := other.QueryRow(ctx, "SELECT count(*) FROM positions").Scan(&n); err != nil {
+		t.Fatalf("the test's side of the deadlock: %v", err)
+	}
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("apply after a lost deadlock: %v", res.err)
+	}
+	if got := kinds(res.rep.Repaired); got != "index" {
+		t.Fatalf("repaired %q, want index", got)
+	}
+	if l := logs.String(); !strings.Contains(l, "applying again at once") || !strings.Contains(l, "code=40P01") {
+		t.Fatalf("want the retry logged with 40P01:\n%s", l)
+	}
+	if problems, err := m.Verify(ctx); err != nil || len(problems) != 0 {
+		t.Fatalf("verify: %v %v", problems, err)
+	}
+}
