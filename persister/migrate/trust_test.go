@@ -49,7 +49,14 @@ func TestUntrustedPositionsRefused(t *testing.T) {
 			t.Parallel()
 			pool, m := setup(t)
 			apply(t, m)
-			exec(t, pool, tc.plant)
+			if _, err := pool.Exec(context.Background(), tc.plant); err != nil {
+				// TimescaleDB refuses rules on a hypertable by itself.
+				if tc.name == "rule instead" && isHypertable(t, pool) {
+					t.Logf("hypertable: TimescaleDB refused the rule: %v", err)
+					return
+				}
+				t.Fatalf("plant: %v", err)
+			}
 			// As on a database where positions was planted before any
 			// persister ran: the files are pending.
 			exec(t, pool, "DROP TABLE "+migrate.BookkeepingTable)
@@ -134,9 +141,10 @@ func TestSchemaFromSearchPath(t *testing.T) {
 	}
 	// A planted positions in public does not count as ours, nor hide ours.
 	exec(t, admin, `CREATE TABLE public.positions (x int)`)
-	exec(t, pool, `CREATE RULE divert AS ON INSERT TO positions DO INSTEAD NOTHING`)
+	exec(t, pool, `CREATE FUNCTION nothing() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+		CREATE TRIGGER divert BEFORE INSERT ON positions FOR EACH ROW EXECUTE FUNCTION nothing()`)
 	_, err := migrate.New(pool, migrate.Options{}).Apply(context.Background())
-	if !errors.Is(err, migrate.ErrUntrusted) || !strings.Contains(err.Error(), `"Race Data".positions has rule "divert"`) {
+	if !errors.Is(err, migrate.ErrUntrusted) || !strings.Contains(err.Error(), `"Race Data".positions has trigger "divert" (function "Race Data".nothing)`) {
 		t.Fatalf("want ErrUntrusted naming \"Race Data\".positions, got %v", err)
 	}
 }
