@@ -57,6 +57,20 @@ func (m *Migrator) setupTimescale(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return err
 	}
+	if f.installed && !f.preloaded {
+		// Created in this database once, loader gone since: a hypertable
+		// cannot take a single insert (its insert blocker loads the
+		// library, which ends the session with FATAL). No plain table can
+		// stand in for it: refuse whatever the setting.
+		hyper, err := hypertableWithoutLoader(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if hyper {
+			return fmt.Errorf("%w: positions is a hypertable but timescaledb is not preloaded, so no insert into it can work: "+
+				"add timescaledb to shared_preload_libraries in postgresql.conf and restart PostgreSQL", ErrNoTimescaleDB)
+		}
+	}
 	var why string // empty: TimescaleDB is usable
 	switch {
 	case !f.available && !f.installed:
@@ -91,6 +105,22 @@ func (m *Migrator) setupTimescale(ctx context.Context, conn *pgx.Conn) error {
 		m.announced = true
 	}
 	return nil
+}
+
+// hypertableWithoutLoader says whether positions (in the current schema)
+// is a hypertable, from pg_trigger alone: every hypertable carries
+// TimescaleDB's ts_insert_blocker trigger. Nothing here loads the library.
+func hypertableWithoutLoader(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var ok bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_trigger t
+		JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
+		WHERE n.nspname = current_schema() AND c.relname = 'positions'
+		AND t.tgname = 'ts_insert_blocker' AND pn.nspname = ANY ($1))`, timescaleTriggerSchemas).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("probe hypertable: %w", err)
+	}
+	return ok, nil
 }
 
 // createExtension runs CREATE EXTENSION on a connection of its own, so

@@ -206,3 +206,28 @@ func TestPlainTableConvertedToHypertable(t *testing.T) {
 		t.Fatalf("want a WARN with the estimate before and the duration after:\n%s", l)
 	}
 }
+
+// TimescaleDB created in the database and positions a hypertable, then the
+// loader removed from shared_preload_libraries: no insert can work and no
+// plain table can stand in, so Apply refuses even when TimescaleDB is not
+// required. The hypertable is played by its mark, TimescaleDB's
+// ts_insert_blocker trigger (a stand-in function in TimescaleDB's schema).
+func TestHypertableWithoutLoaderRefused(t *testing.T) {
+	t.Parallel()
+	pool, m := setup(t)
+	apply(t, m)
+	if !isHypertable(t, pool) {
+		// On a TimescaleDB server positions is a hypertable already and
+		// carries the real trigger.
+		exec(t, pool, `CREATE SCHEMA _timescaledb_functions;
+			CREATE FUNCTION _timescaledb_functions.stand_in_blocker() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+			CREATE TRIGGER ts_insert_blocker BEFORE INSERT ON positions FOR EACH ROW EXECUTE FUNCTION _timescaledb_functions.stand_in_blocker()`)
+	}
+	m2 := migrate.New(pool, migrate.Options{})
+	migrate.PlayTimescale(m2, true, true, false, "")
+	_, err := m2.Apply(context.Background())
+	if !errors.Is(err, migrate.ErrNoTimescaleDB) || !strings.Contains(err.Error(), "positions is a hypertable but timescaledb is not preloaded") ||
+		!strings.Contains(err.Error(), "shared_preload_libraries") {
+		t.Fatalf("want ErrNoTimescaleDB naming shared_preload_libraries, got %v", err)
+	}
+}
