@@ -147,6 +147,8 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 	}
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("trm-live persister"),
+		// Its own inbox: the persister's user may read no other replies.
+		nats.CustomInboxPrefix(contract.InboxPrefix("persister")),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
