@@ -123,7 +123,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("authsvc serving", "http_addr", ln.Addr().String(), "nats_connected", nc.IsConnected(), "instance", svc.Info().ID)
 
-	srv := &http.Server{Handler: s.mux(pool, gatherer), ReadHeaderTimeout: 5 * time.Second}
+	srv := newHTTPServer(s.mux(pool, gatherer))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

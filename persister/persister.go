@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	if ln != nil {
-		srv := &http.Server{Handler: p.handler(gatherer), ReadHeaderTimeout: 5 * time.Second}
+		srv := newHTTPServer(p.handler(gatherer))
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("http: %w", err)
