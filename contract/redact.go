@@ -15,12 +15,11 @@ import (
 // key=value DSN (host=db password=…). Hidden, each replaced by xxxxx: the
 // password of user:password@; a user without a password, which NATS reads
 // as a token; the query parameters password, sslpassword, token and
-// access_token; and
-// password=… of a DSN. A URL that does not parse (a trailing newline, a
-// space, a bad % escape) keeps its shape with everything before its last
-// @ hidden, so an error can show what is wrong with it.
-// Every worker logs its settings and reports a bad one through this one
-// function.
+// access_token; and password=… of a DSN. A URL that does not parse (a
+// trailing newline, a space, a bad % escape) keeps its shape with
+// everything before its last @ hidden, so an error can show what is wrong
+// with it. Every worker logs its settings and reports a bad one through
+// this one function.
 func RedactURLs(s string) string {
 	if !strings.Contains(s, "://") {
 		s = dsnPassword.ReplaceAllString(s, "${1}xxxxx")
@@ -43,12 +42,13 @@ func RedactURLs(s string) string {
 }
 
 var (
-	dsnPassword   = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|[^\s&]+)`)
-	querySecret   = regexp.MustCompile(`(?i)([?&;](?:password|sslpassword|token|access_token)=)[^&;#]*`)
-	schemePrefix  = regexp.MustCompile(`^\s*[A-Za-z][A-Za-z0-9+.\-]*://`)
-	plainUser     = regexp.MustCompile(`^[A-Za-z0-9._~\-]*$`)
-	unparsableURL = "<unparsable URL>"
+	dsnPassword  = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|[^\s&]+)`)
+	querySecret  = regexp.MustCompile(`(?i)([?&;](?:password|sslpassword|token|access_token)=)[^&;#]*`)
+	schemePrefix = regexp.MustCompile(`^\s*[A-Za-z][A-Za-z0-9+.\-]*://`)
+	plainUser    = regexp.MustCompile(`^[A-Za-z0-9._~\-]*$`)
 )
+
+const unparsableURL = "<unparsable URL>"
 
 func redactURL(s string) string {
 	trimmed := strings.TrimSpace(s)
