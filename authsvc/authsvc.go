@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"trm-live/contract"
 	"trm-live/contract/auth"
 )
 
@@ -74,6 +75,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("authsvc"),
+		// Its own inbox: the authsvc user may read no other replies.
+		nats.CustomInboxPrefix(contract.InboxPrefix("authsvc")),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
@@ -82,7 +85,7 @@ func Run(ctx context.Context, cfg Config) error {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", contract.RedactURLs(c.ConnectedUrl())) }),
 	)
 	if err != nil {
 		_ = ln.Close()
@@ -121,7 +124,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("authsvc serving", "http_addr", ln.Addr().String(), "nats_connected", nc.IsConnected(), "instance", svc.Info().ID)
 
-	srv := &http.Server{Handler: s.mux(pool, gatherer), ReadHeaderTimeout: 5 * time.Second}
+	srv := newHTTPServer(s.mux(pool, gatherer))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

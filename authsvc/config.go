@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -242,11 +241,28 @@ func (c Config) Validate() error {
 	if c.DirectusURL == "" {
 		return errors.New("DIRECTUS_URL (-directus-url) is required")
 	}
-	if u, err := url.Parse(c.DirectusURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("DIRECTUS_URL (-directus-url) = %q: want an http:// or https:// URL", c.DirectusURL)
+	// Every URL error goes through contract (ParseURL, RedactURLs): the
+	// values carry passwords.
+	u, err := contract.ParseURL("DIRECTUS_URL (-directus-url) =", c.DirectusURL)
+	if err != nil {
+		return err
 	}
-	if c.NATSURL != "" && strings.ContainsAny(c.NATSURL, " \t\n") {
-		return fmt.Errorf("NATS_URL (-nats-url) = %q: contains whitespace", c.NATSURL)
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("DIRECTUS_URL (-directus-url) = %q: want an http:// or https:// URL", contract.RedactURLs(c.DirectusURL))
+	}
+	if strings.Contains(c.DatabaseURL, "://") {
+		// A URL (a key=value DSN is left to pgx, which masks its password).
+		if _, err := contract.ParseURL("DATABASE_URL (-database-url) =", c.DatabaseURL); err != nil {
+			return err
+		}
+	}
+	if c.NATSURL != "" {
+		// One URL or a comma-separated list, as nats.go reads it.
+		for _, part := range strings.Split(c.NATSURL, ",") {
+			if _, err := contract.ParseURL("NATS_URL (-nats-url) =", part); err != nil {
+				return err
+			}
+		}
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "", "debug", "info", "warn", "error":

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -294,8 +293,13 @@ func (c Config) Validate() error {
 		{"REDIS_URL", c.RedisURL, "redis"},
 		{"DATABASE_URL", c.DatabaseURL, "postgres"},
 	} {
-		p, err := url.Parse(u.val)
-		if err != nil || p.Host == "" || !strings.HasPrefix(p.Scheme, u.scheme) {
+		// Every URL error goes through contract (ParseURL, RedactURLs):
+		// the values carry passwords.
+		p, err := contract.ParseURL(u.name, u.val)
+		if err != nil {
+			return err
+		}
+		if p.Host == "" || !strings.HasPrefix(p.Scheme, u.scheme) {
 			return fmt.Errorf("%s %q: want a %s:// URL", u.name, contract.RedactURLs(u.val), u.scheme)
 		}
 	}

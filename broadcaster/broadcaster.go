@@ -35,6 +35,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"trm-live/contract"
 	"trm-live/contract/auth"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
@@ -159,6 +160,9 @@ func newServer(cfg Config) (*server, error) {
 
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("broadcaster"),
+		// Its own inbox: the broadcaster's user may read no other replies,
+		// and no other worker reads authsvc's answers to it.
+		nats.CustomInboxPrefix(contract.InboxPrefix("broadcaster")),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(500*time.Millisecond),

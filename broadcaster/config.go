@@ -207,10 +207,19 @@ func (c Config) withDefaults() Config {
 // Validate checks the settings (after defaults) and names the bad one.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	u, err := url.Parse(c.NATSURL)
+	// One URL or a comma-separated list, as nats.go reads it. Every URL
+	// error goes through contract (ParseURL, RedactURLs): the values carry
+	// passwords.
+	for _, part := range strings.Split(c.NATSURL, ",") {
+		u, err := contract.ParseURL("NATS_URL", part)
+		if err != nil {
+			return err
+		}
+		if u.Host == "" {
+			return fmt.Errorf("NATS_URL %q: not a URL", contract.RedactURLs(c.NATSURL))
+		}
+	}
 	switch {
-	case err != nil || u.Host == "" && !strings.Contains(c.NATSURL, ","):
-		return fmt.Errorf("NATS_URL %q: not a URL", contract.RedactURLs(c.NATSURL))
 	case !validCookieName(c.CookieName):
 		return fmt.Errorf("BROADCASTER_COOKIE_NAME %q: not a cookie name", c.CookieName)
 	case c.AuthTimeout < 0:

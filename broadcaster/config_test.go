@@ -185,3 +185,35 @@ func TestClientIP(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigErrorsHidePasswords: a NATS_URL with a password and a flaw (a
+// trailing newline from a secret file, a space, a bad % escape, an
+// unescaped / or # in the password), alone or in a list, is refused with
+// an error that names the setting and shows no password.
+func TestConfigErrorsHidePasswords(t *testing.T) {
+	tmpl := "nats://broadcaster:%s@nats:4222"
+	for _, v := range append(flawedURLs(tmpl), "nats://a:b@n1:4222,"+strings.Replace(tmpl, "%s", "hunter2", 1)+"\n") {
+		_, err := LoadConfig(nil, func(k string) string { return map[string]string{"NATS_URL": v}[k] })
+		if err == nil {
+			t.Errorf("NATS_URL=%q: accepted", v)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "NATS_URL") {
+			t.Errorf("NATS_URL=%q: error %q shows the password or does not name the setting", v, err)
+		}
+	}
+}
+
+// flawedURLs fills tmpl's %s with the password hunter2 in ways the URL
+// parser or the clients refuse.
+func flawedURLs(tmpl string) []string {
+	ok := strings.Replace(tmpl, "%s", "hunter2", 1)
+	return []string{
+		ok + "\n", ok + " ", " " + ok, ok + "\r\n",
+		strings.Replace(tmpl, "%s", "hunter2 pw", 1),
+		strings.Replace(tmpl, "%s", "hunter2%zz", 1),
+		strings.Replace(tmpl, "%s", "hunter2%", 1),
+		strings.Replace(tmpl, "%s", "12/hunter2", 1),
+		strings.Replace(tmpl, "%s", "hunter2#x", 1),
+	}
+}

@@ -18,6 +18,13 @@ const (
 	DLQSubject = "dlq.positions"
 )
 
+// InboxPrefix is the reply-subject prefix of a worker's NATS connection
+// (nats.CustomInboxPrefix; JetStream and request/reply use it too):
+// _INBOX_<worker>, for worker bridge, persister, broadcaster or authsvc.
+// deploy/nats/accounts.conf lets each worker's user subscribe to
+// <prefix>.> only, so no worker can read another's replies.
+func InboxPrefix(worker string) string { return "_INBOX_" + worker }
+
 // PositionSubject returns pos.<event>.<device>. An empty event id gives the
 // unassigned token. Callers pass validated ids only, which contain no dots or
 // wildcards.

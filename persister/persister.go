@@ -112,7 +112,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	if ln != nil {
-		srv := &http.Server{Handler: p.handler(gatherer), ReadHeaderTimeout: 5 * time.Second}
+		srv := newHTTPServer(p.handler(gatherer))
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("http: %w", err)
@@ -157,6 +157,8 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 	}
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("trm-live persister"),
+		// Its own inbox: the persister's user may read no other replies.
+		nats.CustomInboxPrefix(contract.InboxPrefix("persister")),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
