@@ -179,18 +179,14 @@ func (s *service) session(data []byte) stage {
 	if err := decode(data, &req); err != nil {
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "%v", err))
 	}
-	var cred credential
 	switch {
 	case req.Cookie != "" && req.Bearer != "":
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "send one credential: cookie or bearer, not both"))
-	case req.Cookie != "":
-		cred = credential{value: req.Cookie}
-	case req.Bearer != "":
-		cred = credential{bearer: true, value: req.Bearer}
-	default:
+	case req.Empty():
 		return done(errorReply(auth.CodeUnauthorized, "unauthorized", "no credential"))
 	}
-	if !auth.ValidToken(cred.value) || !req.Plausible() {
+	cred := req
+	if !auth.ValidToken(cred.Token()) || !req.Plausible() {
 		// Cannot be a Directus token; refused without asking Directus.
 		return done(errorReply(auth.CodeUnauthorized, "unauthorized", "malformed credential"))
 	}
@@ -205,7 +201,7 @@ func (s *service) session(data []byte) stage {
 }
 
 // resolveSession asks Directus, once for all identical concurrent requests.
-func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
+func (s *service) resolveSession(key [sha256.Size]byte, cred auth.SessionRequest) reply {
 	e, err := s.sfSess.do(string(key[:]), s.collapsed[0].Inc, func() (sessionEntry, error) {
 		// A look-up that finished just before this one started has
 		// already filled the cache.
@@ -258,14 +254,14 @@ func sessionReply(e sessionEntry) reply {
 
 // credentialKey is the SHA-256 of the credential and its kind: the cache
 // never holds a credential itself.
-func credentialKey(c credential) [sha256.Size]byte {
+func credentialKey(c auth.SessionRequest) [sha256.Size]byte {
 	h := sha256.New()
-	if c.bearer {
+	if c.Bearer != "" {
 		h.Write([]byte("bearer\x00"))
 	} else {
 		h.Write([]byte("cookie\x00"))
 	}
-	h.Write([]byte(c.value))
+	h.Write([]byte(c.Token()))
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
 	return k
@@ -276,10 +272,10 @@ func (s *service) event(data []byte) stage {
 	if err := decode(data, &req); err != nil {
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "%v", err))
 	}
-	if !contract.ValidEventID(req.EventID) {
+	if !contract.ValidUUID(req.EventID) {
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "event_id %q is not a canonical lowercase uuid", truncate(req.EventID)))
 	}
-	if !contract.ValidEventID(req.UserID) {
+	if !contract.ValidUUID(req.UserID) {
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "user_id %q is not a canonical lowercase uuid", truncate(req.UserID)))
 	}
 	key := eventKey{user: req.UserID, event: req.EventID, admin: req.Admin}

@@ -87,20 +87,6 @@ func clientIP(r *http.Request, trustProxy bool) string {
 	return a.String()
 }
 
-// credential reads the session cookie, or else an Authorization bearer
-// token. The value is passed to authsvc only; never logged.
-func credential(r *http.Request, cookieName string) auth.SessionRequest {
-	if c, err := r.Cookie(cookieName); err == nil && c.Value != "" {
-		return auth.SessionRequest{Cookie: c.Value}
-	}
-	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		if tok := strings.TrimSpace(h[7:]); tok != "" {
-			return auth.SessionRequest{Bearer: tok}
-		}
-	}
-	return auth.SessionRequest{}
-}
-
 // authorizer asks authsvc and caches event decisions per (user, admin
 // flag, event) for one re-authorization interval, so a burst of viewers of one event costs
 // one look-up per user, and zero per position.
@@ -132,7 +118,7 @@ func newAuthorizer(c *auth.Client, ttl time.Duration, m *metrics) *authorizer {
 func (a *authorizer) session(ctx context.Context, cred auth.SessionRequest) (auth.User, error) {
 	start := time.Now()
 	u, err := a.client.Session(ctx, cred)
-	if cred.Cookie != "" || cred.Bearer != "" {
+	if !cred.Empty() {
 		a.m.authLatency.WithLabelValues("session").Observe(time.Since(start).Seconds())
 	}
 	return u, err

@@ -294,7 +294,7 @@ func (srv *server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	keys := map[string]any{}
-	cred := credential(r, srv.cfg.CookieName)
+	cred := auth.CredentialFromRequest(r, srv.cfg.CookieName)
 	var user auth.User
 	var err error
 	switch {

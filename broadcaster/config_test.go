@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"trm-live/contract/auth"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -133,16 +135,21 @@ func TestOriginAndCredential(t *testing.T) {
 	}
 	r := httptestRequest("x")
 	r.Header.Set("Authorization", "Bearer tok")
-	if c := credential(r, "sess"); c.Bearer != "tok" || c.Cookie != "" {
+	if c := auth.CredentialFromRequest(r, "sess"); c.Bearer != "tok" || c.Cookie != "" {
 		t.Fatalf("bearer: %+v", c)
 	}
 	r.Header.Set("Cookie", "other=1; sess=abc")
-	if c := credential(r, "sess"); c.Cookie != "abc" || c.Bearer != "" {
-		t.Fatalf("cookie wins: %+v", c)
+	if c := auth.CredentialFromRequest(r, "sess"); c.Bearer != "tok" || c.Cookie != "" {
+		t.Fatalf("bearer wins over the cookie, as in Directus: %+v", c)
+	}
+	r = httptestRequest("x")
+	r.Header.Set("Cookie", "other=1; sess=abc")
+	if c := auth.CredentialFromRequest(r, "sess"); c.Cookie != "abc" || c.Bearer != "" {
+		t.Fatalf("cookie: %+v", c)
 	}
 	r = httptestRequest("x")
 	r.Header.Set("Authorization", "Basic dXNlcjpwdw==")
-	if c := credential(r, "sess"); c.Cookie != "" || c.Bearer != "" {
+	if c := auth.CredentialFromRequest(r, "sess"); c.Cookie != "" || c.Bearer != "" {
 		t.Fatalf("basic auth is no credential: %+v", c)
 	}
 }

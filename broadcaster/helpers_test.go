@@ -136,7 +136,7 @@ func (a *fakeAuth) session(r micro.Request) {
 func (a *fakeAuth) event(r micro.Request) {
 	a.calls[auth.EventSubject].Add(1)
 	var req auth.EventRequest
-	if err := json.Unmarshal(r.Data(), &req); err != nil || !contract.ValidEventID(req.EventID) {
+	if err := json.Unmarshal(r.Data(), &req); err != nil || !contract.ValidUUID(req.EventID) {
 		_ = r.Error(auth.CodeBadRequest, "bad request", nil)
 		return
 	}

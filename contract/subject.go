@@ -57,7 +57,7 @@ func ParseSubject(subject string) (eventID, deviceID string, ok bool) {
 	if eventID == UnassignedEvent {
 		return "", deviceID, true
 	}
-	if !ValidEventID(eventID) {
+	if !ValidUUID(eventID) {
 		return "", "", false
 	}
 	return eventID, deviceID, true
@@ -83,9 +83,10 @@ func ValidDeviceID(s string) bool {
 	return true
 }
 
-// ValidEventID reports whether s is a UUID in canonical lowercase form
-// (8-4-4-4-12 hex digits), the form PostgreSQL prints.
-func ValidEventID(s string) bool {
+// ValidUUID reports whether s is a UUID in canonical lowercase form
+// (8-4-4-4-12 hex digits), the form PostgreSQL prints: event and user ids
+// on the wire.
+func ValidUUID(s string) bool {
 	if len(s) != 36 {
 		return false
 	}

@@ -31,6 +31,15 @@ func CredentialFromRequest(r *http.Request, cookieName string) SessionRequest {
 // Empty reports whether the request carries no credential.
 func (r SessionRequest) Empty() bool { return r.Cookie == "" && r.Bearer == "" }
 
+// Token returns the request's credential value: the bearer token when one
+// is set, else the cookie value.
+func (r SessionRequest) Token() string {
+	if r.Bearer != "" {
+		return r.Bearer
+	}
+	return r.Cookie
+}
+
 // ValidToken reports whether tok can be a Directus credential at all: 1 to
 // 4,096 visible ASCII characters, none of which would change meaning in a
 // Cookie or Authorization header (space, '"', ',', ';', '\\'). authsvc
