@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"trm-live/contract/auth"
@@ -87,31 +86,24 @@ func clientIP(r *http.Request, trustProxy bool) string {
 	return a.String()
 }
 
-// authorizer asks authsvc and caches event decisions per (user, admin
-// flag, event) for one re-authorization interval, so a burst of viewers of one event costs
-// one look-up per user, and zero per position.
+// authorizer asks authsvc. It keeps no decisions of its own: authsvc
+// caches and coalesces them per (user, admin flag, event), so a burst of
+// viewers of one event costs one database look-up per user, and zero per
+// position; one cache means one place where a decision can be stale.
 type authorizer struct {
 	client *auth.Client
-	ttl    time.Duration
 	m      *metrics
-	now    func() time.Time
-
-	mu    sync.Mutex
-	cache map[authKey]authEntry
 }
 
-type authKey struct {
+// decisionKey is what a decision is about: a user, with the admin flag in
+// force, and an event.
+type decisionKey struct {
 	user, event string
 	admin       bool
 }
 
-type authEntry struct {
-	decision auth.Decision
-	expires  time.Time
-}
-
-func newAuthorizer(c *auth.Client, ttl time.Duration, m *metrics) *authorizer {
-	return &authorizer{client: c, ttl: ttl, m: m, now: time.Now, cache: make(map[authKey]authEntry)}
+func newAuthorizer(c *auth.Client, m *metrics) *authorizer {
+	return &authorizer{client: c, m: m}
 }
 
 // session resolves a credential through authsvc.
@@ -124,38 +116,10 @@ func (a *authorizer) session(ctx context.Context, cred auth.SessionRequest) (aut
 	return u, err
 }
 
-// authorize returns the decision for (user, admin flag, event), from the cache when it
-// is fresh unless refresh is set. Errors are not cached.
-func (a *authorizer) authorize(ctx context.Context, u auth.User, eventID string, refresh bool) (auth.Decision, error) {
-	k := authKey{user: u.ID, event: eventID, admin: u.Admin}
-	if !refresh {
-		a.mu.Lock()
-		e, ok := a.cache[k]
-		a.mu.Unlock()
-		if ok && a.now().Before(e.expires) {
-			return e.decision, nil
-		}
-	}
+// authorize returns authsvc's decision for (user, admin flag, event).
+func (a *authorizer) authorize(ctx context.Context, u auth.User, eventID string) (auth.Decision, error) {
 	start := time.Now()
 	d, err := a.client.Authorize(ctx, u, eventID)
 	a.m.authLatency.WithLabelValues("event").Observe(time.Since(start).Seconds())
-	if err != nil {
-		return "", err
-	}
-	a.mu.Lock()
-	a.cache[k] = authEntry{decision: d, expires: a.now().Add(a.ttl)}
-	a.mu.Unlock()
-	return d, nil
-}
-
-// prune drops expired entries.
-func (a *authorizer) prune() {
-	now := a.now()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for k, e := range a.cache {
-		if !now.Before(e.expires) {
-			delete(a.cache, k)
-		}
-	}
+	return d, err
 }

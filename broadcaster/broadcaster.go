@@ -197,7 +197,7 @@ func newServer(cfg Config) (*server, error) {
 	}
 	snap := &snapshotter{nc: nc, js: srv.js, timeout: cfg.SnapshotTimeout, m: m}
 	srv.hub = newHub(nc, snap, m, srv.log, cfg)
-	srv.auth = newAuthorizer(auth.NewClient(nc, cfg.AuthTimeout), cfg.ReauthInterval, m)
+	srv.auth = newAuthorizer(auth.NewClient(nc, cfg.AuthTimeout), m)
 	srv.gate = newHandshakeGate(cfg.HandshakeRate, cfg.HandshakeBurst, cfg.MaxPendingHandshakes)
 	srv.w = newWriters(cfg.FrameMaxPositions, cfg.FrameMaxBytes, m)
 	srv.mel = srv.newMelody()
@@ -551,7 +551,6 @@ func (srv *server) reauthLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		srv.reauthorize(ctx)
-		srv.auth.prune()
 	}
 }
 
@@ -630,22 +629,22 @@ func (srv *server) reauthorize(ctx context.Context) {
 	_ = g.Wait()
 
 	// 2. Live subscriptions.
-	who := make(map[authKey][]*client)
-	users := make(map[authKey]auth.User)
+	who := make(map[decisionKey][]*client)
+	users := make(map[decisionKey]auth.User)
 	for _, c := range clients {
 		if ended[c] {
 			continue
 		}
 		u := c.identity()
 		for _, ev := range c.liveEvents() {
-			k := authKey{user: u.ID, event: ev, admin: u.Admin}
+			k := decisionKey{user: u.ID, event: ev, admin: u.Admin}
 			who[k] = append(who[k], c)
 			users[k] = u
 		}
 	}
 	for k, cs := range who {
 		g.Go(func() error {
-			d, err := srv.auth.authorize(ctx, users[k], k.event, true)
+			d, err := srv.auth.authorize(ctx, users[k], k.event)
 			if err != nil {
 				failed.Add(1)
 				return nil

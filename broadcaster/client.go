@@ -153,7 +153,7 @@ func (c *client) subscribe(req ws.Request) {
 		c.mu.Unlock()
 	}
 
-	decision, err := srv.auth.authorize(ctx, c.identity(), eventID, false)
+	decision, err := srv.auth.authorize(ctx, c.identity(), eventID)
 	if err != nil {
 		drop()
 		if errors.Is(err, auth.ErrBadRequest) {
