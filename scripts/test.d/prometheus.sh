@@ -3,7 +3,7 @@
 # the operator kit's Prometheus files are valid and their alerts fire when
 # they should.
 #
-#   promtool check config  deploy/prometheus/prometheus.yml (and its rule files)
+#   promtool check config  deploy/prometheus/prometheus.yml, prometheus.dev.yml (and their rule files)
 #   promtool check rules   deploy/prometheus/rules/*.yml
 #   promtool test rules    deploy/prometheus/tests/*.test.yml
 #
@@ -15,7 +15,7 @@ source "$(dirname "$0")/../lib.sh"
 cd "$ROOT/deploy/prometheus"
 
 command -v promtool >/dev/null || apt_install prometheus
-promtool check config prometheus.yml
+promtool check config prometheus.yml prometheus.dev.yml
 promtool check rules rules/*.yml
 promtool test rules tests/*.test.yml
 log "prometheus: config and rules valid, rule unit tests pass"
