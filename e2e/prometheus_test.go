@@ -22,7 +22,8 @@ import (
 // their "for" durations shortened to 5 s) scraping the four workers'
 // binaries once a second. The persister is killed with SIGKILL: its
 // TrmWorkerDown alert goes pending, then firing; restarted, the alert
-// resolves. The other workers raise nothing. A screenshot of Prometheus's
+// resolves. The other workers raise nothing, and each exports
+// trm_build_info. A screenshot of Prometheus's
 // alerts page while firing is kept among the artefacts.
 //
 // authsvc runs against the Directus stand-in: no request needs a real
@@ -101,6 +102,11 @@ func TestPrometheusAlertsPersisterDown(t *testing.T) {
 		}
 		return nil
 	})
+	// Each binary's main registers the build info: unstamped, "dev".
+	var info []promSample
+	if err := promGet(prom+"/api/v1/query?query="+url.QueryEscape(`trm_build_info{version="dev"} == 1`), &info); err != nil || len(info) != 4 {
+		t.Fatalf("trm_build_info of the four binaries: %v %v", info, err)
+	}
 	if as, err := workerDownAlerts(prom); err != nil || len(as) != 0 {
 		t.Fatalf("alerts before the kill: %v %v", as, err)
 	}
