@@ -104,6 +104,7 @@ func Run(ctx context.Context, cfg Config) error {
 		directus: newDirectus(cfg, m, log),
 		members:  &membership{pool: pool, timeout: cfg.DBTimeout, m: m, log: log},
 		sessions: newCache[[32]byte, sessionEntry](cfg.CacheSize),
+		refused:  newCache[[32]byte, sessionEntry](cfg.FailureCacheSize),
 		events:   newCache[eventKey, auth.Decision](cfg.CacheSize),
 		base:     base,
 	}

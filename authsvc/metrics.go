@@ -57,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "authsvc_singleflight_collapsed_total", Help: "Look-ups that joined an identical one already in flight instead of calling Directus or the database, by cache.",
 		}, []string{"cache"}),
 		cacheEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "authsvc_cache_entries", Help: "Entries held, by cache.",
+			Name: "authsvc_cache_entries", Help: "Entries held, by cache (session: accepted sessions, refused: refused credentials, event).",
 		}, []string{"cache"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.directus, m.directusUp, m.db, m.dbUp, m.cacheHits, m.cacheMisses, m.collapsed, m.cacheEntries} {
@@ -74,6 +74,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.cacheEntries.WithLabelValues(c)
 		m.inflight.WithLabelValues(c)
 	}
+	m.cacheEntries.WithLabelValues("refused")
 	for endpoint, outcomes := range outcomeNames {
 		for _, o := range outcomes {
 			m.requests.WithLabelValues(endpoint, o)

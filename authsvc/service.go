@@ -41,7 +41,8 @@ type service struct {
 	nc       *nats.Conn
 	directus *directusClient
 	members  *membership
-	sessions *cache[[sha256.Size]byte, sessionEntry]
+	sessions *cache[[sha256.Size]byte, sessionEntry] // accepted only
+	refused  *cache[[sha256.Size]byte, sessionEntry] // refusals, smaller: cannot evict sessions
 	events   *cache[eventKey, auth.Decision]
 	sfSess   flight[sessionEntry]
 	sfEvent  flight[auth.Decision]
@@ -189,13 +190,13 @@ func (s *service) session(data []byte) stage {
 	default:
 		return done(errorReply(auth.CodeUnauthorized, "unauthorized", "no credential"))
 	}
-	if !auth.ValidToken(cred.value) {
+	if !auth.ValidToken(cred.value) || !req.Plausible() {
 		// Cannot be a Directus token; refused without asking Directus.
 		return done(errorReply(auth.CodeUnauthorized, "unauthorized", "malformed credential"))
 	}
 
 	key := credentialKey(cred)
-	if e, ok := s.sessions.get(key, s.cfg.Now()); ok {
+	if e, ok := s.cachedSession(key); ok {
 		s.hits[0].Inc()
 		return done(sessionReply(e))
 	}
@@ -208,7 +209,7 @@ func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
 	e, err := s.sfSess.do(string(key[:]), s.collapsed[0].Inc, func() (sessionEntry, error) {
 		// A look-up that finished just before this one started has
 		// already filled the cache.
-		if e, ok := s.sessions.get(key, s.cfg.Now()); ok {
+		if e, ok := s.cachedSession(key); ok {
 			return e, nil
 		}
 		u, err := s.directus.resolve(s.base, cred)
@@ -225,8 +226,8 @@ func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
 			return e, nil
 		case errors.Is(err, errUnauthorized):
 			e := sessionEntry{}
-			s.sessions.put(key, e, s.cfg.Now().Add(s.cfg.FailureTTL))
-			s.m.cacheEntries.WithLabelValues("session").Set(float64(s.sessions.len()))
+			s.refused.put(key, e, s.cfg.Now().Add(s.cfg.FailureTTL))
+			s.m.cacheEntries.WithLabelValues("refused").Set(float64(s.refused.len()))
 			return e, nil
 		default:
 			return sessionEntry{}, err // unavailable: never cached
@@ -236,6 +237,16 @@ func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
 		return errorReply(auth.CodeUnavailable, "unavailable", "%v", err)
 	}
 	return sessionReply(e)
+}
+
+// cachedSession looks a credential up among the accepted sessions, then
+// among the refusals.
+func (s *service) cachedSession(key [sha256.Size]byte) (sessionEntry, bool) {
+	now := s.cfg.Now()
+	if e, ok := s.sessions.get(key, now); ok {
+		return e, true
+	}
+	return s.refused.get(key, now)
 }
 
 func sessionReply(e sessionEntry) reply {

@@ -121,7 +121,7 @@ func TestHTTPEndpoints(t *testing.T) {
 	tok := h.dir.Login(t, u)
 	h.mustSession(auth.SessionRequest{Cookie: tok})
 	h.mustSession(auth.SessionRequest{Cookie: tok})
-	_, _ = h.session(auth.SessionRequest{Cookie: "bogus"})
+	_, _ = h.session(auth.SessionRequest{Cookie: bogusJWT})
 	_, _ = h.authorize(auth.User{ID: u.ID}, directus.NewID())
 	code, body = httpGet(t, h.http+"/metrics")
 	if code != http.StatusOK {
@@ -136,7 +136,8 @@ func TestHTTPEndpoints(t *testing.T) {
 		`authsvc_directus_request_duration_seconds_count{call="users_me",result="ok"} 1`,
 		`authsvc_directus_request_duration_seconds_count{call="users_me",result="unauthorized"} 1`,
 		`authsvc_db_query_duration_seconds_count{result="ok"} 1`,
-		`authsvc_cache_entries{cache="session"} 2`,
+		`authsvc_cache_entries{cache="session"} 1`,
+		`authsvc_cache_entries{cache="refused"} 1`,
 		`authsvc_directus_up 1`,
 		`authsvc_request_duration_seconds_count{endpoint="session"}`,
 		`authsvc_singleflight_collapsed_total`,

@@ -46,6 +46,8 @@ type bridge struct {
 	jsLegacy nats.JetStreamContext
 	watch    *lossWatch
 	router   *router
+	denied   *deniedSubjects // publishes the server refused for want of permission
+	full     *fullStreams    // streams refusing publishes for a full store
 
 	streamIndex map[string]int
 	sem         chan struct{} // one token per publish awaiting its ack
@@ -122,6 +124,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	log := cfg.Logger
 	watch := newLossWatch()
+	denied := newDeniedSubjects(log)
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("trm-bridge "+cfg.Consumer),
 		nats.MaxReconnects(-1),
@@ -133,6 +136,7 @@ func Run(ctx context.Context, cfg Config) error {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied.record(err) }),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
 			watch.check()
@@ -159,6 +163,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	b := &bridge{
 		cfg: cfg, log: log, m: m, rdb: rdb, nc: nc, js: js, jsLegacy: jsLegacy, watch: watch,
+		denied: denied, full: newFullStreams(log, m.streamFull),
 		router:      newRouter(pool, log, m, cfg.RoutingRefresh),
 		streamIndex: make(map[string]int, len(cfg.Streams)),
 		sem:         make(chan struct{}, cfg.MaxInFlight),
@@ -261,7 +266,8 @@ func (b *bridge) ensureStreams(ctx context.Context) {
 		cancel()
 		if err == nil {
 			b.log.Info("jetstream streams ensured", "positions", streams.Positions, "dlq", streams.DLQ,
-				"max_age", b.cfg.Stream.MaxAge, "replicas", b.cfg.Stream.Replicas, "duplicates", b.cfg.Stream.Duplicates)
+				"max_age", b.cfg.Stream.MaxAge, "replicas", b.cfg.Stream.Replicas, "duplicates", b.cfg.Stream.Duplicates,
+				"max_bytes", b.cfg.Stream.MaxBytes, "dlq_max_bytes", b.cfg.Stream.DLQMaxBytes)
 			close(b.ensured)
 			return
 		}

@@ -110,7 +110,8 @@ type Config struct {
 	// every BRIDGE_BLOCK, so any value far above that is safe.
 	ConsumerMaxIdle time.Duration
 	// Stream holds the JetStream stream settings (STREAM_MAX_AGE,
-	// STREAM_REPLICAS, STREAM_DUPLICATES).
+	// STREAM_REPLICAS, STREAM_DUPLICATES, STREAM_MAX_BYTES,
+	// STREAM_DLQ_MAX_BYTES).
 	Stream streams.Options
 
 	// Logger receives the log; nil discards it.
@@ -167,6 +168,17 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 		return d
 	}
+	envBytes := func(name string, def int64) int64 {
+		v := getenv(name)
+		if v == "" {
+			return def
+		}
+		n, err := streams.ParseBytes(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+		return n
+	}
 
 	fs := flag.NewFlagSet("bridge", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -194,6 +206,16 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.DurationVar(&c.Stream.MaxAge, "stream-max-age", envDur("STREAM_MAX_AGE", streams.DefaultMaxAge), "POSITIONS retention (STREAM_MAX_AGE)")
 	fs.IntVar(&c.Stream.Replicas, "stream-replicas", envInt("STREAM_REPLICAS", 1), "stream replicas (STREAM_REPLICAS)")
 	fs.DurationVar(&c.Stream.Duplicates, "stream-duplicates", envDur("STREAM_DUPLICATES", streams.DefaultDuplicates), "Nats-Msg-Id dedup window (STREAM_DUPLICATES)")
+	c.Stream.MaxBytes = envBytes("STREAM_MAX_BYTES", streams.DefaultMaxBytes)
+	fs.Func("stream-max-bytes", "POSITIONS byte limit, -1 none (STREAM_MAX_BYTES)", func(v string) (err error) {
+		c.Stream.MaxBytes, err = streams.ParseBytes(v)
+		return err
+	})
+	c.Stream.DLQMaxBytes = envBytes("STREAM_DLQ_MAX_BYTES", streams.DefaultDLQMaxBytes)
+	fs.Func("stream-dlq-max-bytes", "POSITIONS_DLQ byte limit (STREAM_DLQ_MAX_BYTES)", func(v string) (err error) {
+		c.Stream.DLQMaxBytes, err = streams.ParseBytes(v)
+		return err
+	})
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
 	}
@@ -340,13 +362,13 @@ func (c Config) String() string {
 		"BRIDGE_MAX_IN_FLIGHT=%d BRIDGE_PUBLISH_TIMEOUT=%s BRIDGE_CLAIM_INTERVAL=%s BRIDGE_CLAIM_MIN_IDLE=%s "+
 		"BRIDGE_ROUTING_REFRESH=%s BRIDGE_LAG_INTERVAL=%s BRIDGE_SHUTDOWN_TIMEOUT=%s "+
 		"BRIDGE_REPUBLISH_WINDOW=%s BRIDGE_VERIFY_INTERVAL=%s BRIDGE_CONSUMER_MAX_IDLE=%s "+
-		"STREAM_MAX_AGE=%s STREAM_REPLICAS=%d STREAM_DUPLICATES=%s",
+		"STREAM_MAX_AGE=%s STREAM_REPLICAS=%d STREAM_DUPLICATES=%s STREAM_MAX_BYTES=%d STREAM_DLQ_MAX_BYTES=%d",
 		contract.RedactURLs(c.NATSURL), contract.RedactURLs(c.RedisURL), contract.RedactURLs(c.DatabaseURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		strings.Join(c.Streams, ","), c.Group, c.Consumer, c.Batch, c.Block,
 		c.MaxInFlight, c.PublishTimeout, c.ClaimInterval, c.ClaimMinIdle,
 		c.RoutingRefresh, c.LagInterval, c.ShutdownTimeout,
 		c.RepublishWindow, c.VerifyInterval, c.ConsumerMaxIdle,
-		c.Stream.MaxAge, c.Stream.Replicas, c.Stream.Duplicates)
+		c.Stream.MaxAge, c.Stream.Replicas, c.Stream.Duplicates, c.Stream.MaxBytes, c.Stream.DLQMaxBytes)
 }
 
 // NewLogger returns the logger LOG_LEVEL and LOG_FORMAT describe, writing to w.

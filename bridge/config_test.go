@@ -17,6 +17,7 @@ func TestLoadConfig(t *testing.T) {
 		"BRIDGE_BLOCK":         "2s",
 		"BRIDGE_MAX_IN_FLIGHT": "100",
 		"STREAM_DUPLICATES":    "3m",
+		"STREAM_MAX_BYTES":     "40GB",
 	}
 	cfg, err := bridge.LoadConfig([]string{"-group", "g2", "-block", "3s"}, func(k string) string { return env[k] })
 	if err != nil {
@@ -24,7 +25,8 @@ func TestLoadConfig(t *testing.T) {
 	}
 	if cfg.Group != "g2" || cfg.Block != 3*time.Second || cfg.MaxInFlight != 100 ||
 		len(cfg.Streams) != 2 || cfg.Streams[1] != "b" || cfg.Stream.Duplicates != 3*time.Minute ||
-		cfg.Consumer == "" || cfg.RoutingRefresh != bridge.DefaultRoutingRefresh {
+		cfg.Consumer == "" || cfg.RoutingRefresh != bridge.DefaultRoutingRefresh ||
+		cfg.Stream.MaxBytes != 40<<30 || cfg.Stream.DLQMaxBytes != 1<<30 {
 		t.Fatalf("unexpected config: %s", cfg)
 	}
 	s := cfg.String()
@@ -45,6 +47,9 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		"STREAM_":                {args: []string{"-stream-duplicates", "30s"}},
 		"BRIDGE_STREAMS":         {env: map[string]string{"BRIDGE_STREAMS": "a,a"}},
 		"LOG_FORMAT":             {env: map[string]string{"LOG_FORMAT": "xml"}},
+		"STREAM_MAX_BYTES":       {env: map[string]string{"STREAM_MAX_BYTES": "lots"}},
+		"STREAM_DLQ_MAX_BYTES":   {env: map[string]string{"STREAM_DLQ_MAX_BYTES": "1.5GB"}},
+		"STREAM_*":               {args: []string{"-stream-dlq-max-bytes", "1000"}},
 	} {
 		_, err := bridge.LoadConfig(c.args, func(k string) string { return c.env[k] })
 		if err == nil || !strings.Contains(err.Error(), name) {

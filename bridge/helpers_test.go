@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -43,11 +44,29 @@ func newEnv(t *testing.T) *env {
 	return newEnvWithRedis(t, nil)
 }
 
+// natsOptions are the embedded NATS server's options.
+type natsOptions = server.Options
+
+// newEnvWithNATS starts the NATS server with configure applied.
+func newEnvWithNATS(t *testing.T, configure func(*natsOptions)) *env {
+	t.Helper()
+	return newEnvWith(t, nil, configure)
+}
+
 // newEnvWithRedis uses the private server r when given.
 func newEnvWithRedis(t *testing.T, r *testkit.RedisServer) *env {
 	t.Helper()
+	return newEnvWith(t, r, nil)
+}
+
+func newEnvWith(t *testing.T, r *testkit.RedisServer, configure func(*natsOptions)) *env {
+	t.Helper()
 	e := &env{t: t, stream: testkit.Unique("positions"), group: testkit.Unique("bridge")}
-	e.nats = testkit.StartNATS(t)
+	if configure != nil {
+		e.nats = testkit.StartNATS(t, configure)
+	} else {
+		e.nats = testkit.StartNATS(t)
+	}
 	e.js = e.nats.JetStream(t)
 	if r == nil {
 		e.rdb = testkit.Redis(t)

@@ -15,7 +15,8 @@ var httpErrServerClosed = http.ErrServerClosed
 
 // httpServer serves /healthz (the process answers), /readyz (Redis answers
 // a PING within 1 s, NATS is connected, the streams exist, the routing
-// table was loaded at least once, and the bridge is not stopping) and
+// table was loaded at least once, no stream refuses publishes for a full
+// store, and the bridge is not stopping) and
 // /metrics, on a private mux.
 func (b *bridge) httpServer(gat prometheus.Gatherer) *http.Server {
 	mux := http.NewServeMux()
@@ -51,6 +52,9 @@ func (b *bridge) notReady(ctx context.Context) []string {
 	case <-b.ensured:
 	default:
 		problems = append(problems, "jetstream streams not ensured yet")
+	}
+	for _, s := range b.full.list() {
+		problems = append(problems, "jetstream stream "+s+" full: publishes refused, entries stay pending in redis")
 	}
 	if !b.router.ready() {
 		problems = append(problems, "routing table never loaded (postgres)")

@@ -18,6 +18,8 @@ type metrics struct {
 	duplicates     prometheus.Counter
 	unassigned     prometheus.Counter
 	deadLettered   *prometheus.CounterVec
+	dlqDropped     prometheus.Counter
+	streamFull     *prometheus.GaugeVec
 	acked          prometheus.Counter
 	latency        prometheus.Histogram
 	retries        prometheus.Counter
@@ -50,6 +52,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "bridge_positions_unassigned_total", Help: "Positions no event_devices window covered."}),
 		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_dead_letters_total", Help: "Entries dead-lettered to dlq.positions, by reason."}, []string{"reason"}),
+		dlqDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_dead_letters_dropped_total", Help: "Entries acknowledged without a dead letter: NATS refused the dead letter for good (e.g. its headers alone exceed the max payload)."}),
+		streamFull: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_jetstream_stream_full", Help: "1 while the stream refuses publishes for a full store (MaxBytes with DiscardNew, or the server's store); its entries stay pending in Redis."}, []string{"stream"}),
 		acked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_entries_acked_total", Help: "Entries acknowledged in Redis (XACK)."}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -86,7 +92,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		consumersDeleted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_consumers_deleted_total", Help: "Idle consumers with no pending entries deleted from the group."}),
 	}
-	for _, c := range []prometheus.Collector{m.lossChecks, m.lossDetected, m.republished, m.republishStored, m.consumersDeleted, m.read, m.published, m.duplicates, m.unassigned, m.deadLettered,
+	for _, c := range []prometheus.Collector{m.lossChecks, m.lossDetected, m.republished, m.republishStored, m.consumersDeleted, m.read, m.published, m.duplicates, m.unassigned, m.deadLettered, m.dlqDropped, m.streamFull,
 		m.acked, m.latency, m.retries, m.inFlight, m.claimed, m.deletedPending, m.lag, m.pending,
 		m.redisErrors, m.routingRows, m.routingErrors, m.routingLoaded} {
 		if err := reg.Register(c); err != nil {
@@ -96,6 +102,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range contract.Reasons {
 		m.deadLettered.WithLabelValues(string(r))
 	}
+	m.deadLettered.WithLabelValues(string(contract.ReasonUnpublishable))
 	return m, nil
 }
 

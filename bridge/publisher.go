@@ -2,7 +2,7 @@ package bridge
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -18,12 +18,14 @@ import (
 type item struct {
 	stream     int    // index in Config.Streams
 	id         string // Redis entry id
-	msg        *nats.Msg
+	fields     map[string]any
+	msg        *nats.Msg // nil once dropped: a dead letter that cannot be published
 	msgID      string
 	reason     contract.Reason // set for a dead letter
 	unassigned bool
 	republish  bool // a lazy-fsync re-publish: never XACKed, not in the in-flight set
 	start      time.Time
+	sent       time.Time // the latest publish of msg
 	fut        jetstream.PubAckFuture
 }
 
@@ -56,15 +58,14 @@ func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage, republi
 		b.m.deletedPending.Inc()
 		return b.ack(ctx, ackRef{si, msg.ID})
 	}
-	it := &item{stream: si, id: msg.ID, republish: republish}
+	it := &item{stream: si, id: msg.ID, fields: msg.Values, republish: republish}
 	pos, err := contract.ParseEntry(msg.Values, b.cfg.Now())
 	if err != nil {
-		it.reason = contract.ReasonOf(err)
-		if it.reason == "" {
-			it.reason = contract.ReasonNotAnEntry
+		reason := contract.ReasonOf(err)
+		if reason == "" {
+			reason = contract.ReasonNotAnEntry
 		}
-		it.msg = b.deadLetter(si, msg, err)
-		it.msgID = "dlq:" + b.cfg.Streams[si] + ":" + msg.ID
+		b.toDeadLetter(it, reason, err.Error())
 	} else {
 		pos.EventID = b.router.event(pos.DeviceID, pos.TS)
 		it.unassigned = pos.EventID == ""
@@ -81,6 +82,9 @@ func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage, republi
 	if err := b.publish(ctx, it); err != nil {
 		return err
 	}
+	if it.msg == nil {
+		return b.drop(ctx, it)
+	}
 	select {
 	case b.items <- it: // never blocks for long: cap(items) == cap(sem)
 		return nil
@@ -89,11 +93,26 @@ func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage, republi
 	}
 }
 
-// deadLetter builds the dead-letter message of a rejected entry: the
-// original fields as a flat JSON object, the reason and source in headers.
-func (b *bridge) deadLetter(si int, msg redis.XMessage, rejection error) *nats.Msg {
-	fields := make(map[string]string, len(msg.Values))
-	for k, v := range msg.Values {
+// toDeadLetter makes it the dead letter of its entry: the original fields
+// as a flat JSON object (cut to fit the connection's max payload, see
+// contract.DeadLetterFields), the reason and source in headers. When not
+// even the headers fit, it.msg is nil: the entry is dropped (counted,
+// logged, acknowledged).
+func (b *bridge) toDeadLetter(it *item, reason contract.Reason, detail string) {
+	it.reason = reason
+	it.msgID = "dlq:" + b.cfg.Streams[it.stream] + ":" + it.id
+	h := nats.Header{}
+	h.Set(contract.HeaderReason, string(reason))
+	h.Set(contract.HeaderDetail, detail)
+	h.Set(contract.HeaderSourceStream, b.cfg.Streams[it.stream])
+	h.Set(contract.HeaderSourceID, it.id)
+	h.Set(contract.HeaderWorker, "bridge")
+	// Set here too (WithMsgID sets it again, the same) so that it counts in
+	// the size, as does the longest Trm-Truncated header.
+	h.Set(jetstream.MsgIDHeader, it.msgID)
+	budget := b.maxPayload() - headerLen(h) - (len(contract.HeaderTruncated) + 4 + contract.DeadLetterMaxTruncated)
+	fields := make(map[string]string, len(it.fields))
+	for k, v := range it.fields {
 		switch s := v.(type) {
 		case string:
 			fields[k] = s
@@ -103,27 +122,48 @@ func (b *bridge) deadLetter(si int, msg redis.XMessage, rejection error) *nats.M
 			fields[k] = fmt.Sprint(v)
 		}
 	}
-	data, _ := json.Marshal(fields) // a map of strings always marshals
-	reason, detail := contract.ReasonOf(rejection), rejection.Error()
-	if reason == "" {
-		reason = contract.ReasonNotAnEntry
+	data, truncated, ok := contract.DeadLetterFields(fields, budget)
+	if !ok {
+		b.m.dlqDropped.Inc()
+		b.log.Error("dead letter cannot fit the nats max payload even without its fields; entry acknowledged without one",
+			"stream", b.cfg.Streams[it.stream], "entry_id", it.id, "reason", reason, "max_payload", b.maxPayload())
+		it.msg = nil
+		return
 	}
-	h := nats.Header{}
-	h.Set(contract.HeaderReason, string(reason))
-	h.Set(contract.HeaderDetail, detail)
-	h.Set(contract.HeaderSourceStream, b.cfg.Streams[si])
-	h.Set(contract.HeaderSourceID, msg.ID)
-	h.Set(contract.HeaderWorker, "bridge")
-	return &nats.Msg{Subject: contract.DLQSubject, Header: h, Data: data}
+	if truncated != "" {
+		h.Set(contract.HeaderTruncated, truncated)
+	}
+	it.msg = &nats.Msg{Subject: contract.DLQSubject, Header: h, Data: data}
+}
+
+// maxPayload is the largest message (headers and data) the server takes.
+func (b *bridge) maxPayload() int {
+	if n := b.nc.MaxPayload(); n > 0 {
+		return int(n)
+	}
+	return 1 << 20 // not connected yet: the server default
+}
+
+// headerLen is at least the encoded size of h ("NATS/1.0\r\n", one
+// "key: value\r\n" per value, "\r\n"), which counts in the max payload.
+func headerLen(h nats.Header) int {
+	n := len("NATS/1.0\r\n") + 2
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return n
 }
 
 // publish sends it asynchronously, retrying with backoff while the client
-// refuses at once (connection closed, too many stalled).
+// refuses at once for a reason that can pass (connection closed or
+// reconnecting, too many stalled). A refusal that cannot pass is handled by
+// send: the entry is dead-lettered, or dropped (it.msg nil).
 func (b *bridge) publish(ctx context.Context, it *item) error {
 	for attempt := 0; ; attempt++ {
-		fut, err := b.js.PublishMsgAsync(it.msg, jetstream.WithMsgID(it.msgID))
+		err := b.send(it)
 		if err == nil {
-			it.fut = fut
 			return nil
 		}
 		b.m.retries.Inc()
@@ -134,6 +174,64 @@ func (b *bridge) publish(ctx context.Context, it *item) error {
 			return err
 		}
 	}
+}
+
+// send publishes it once. A refusal that no retry can change (see
+// permanent) turns a position into its dead letter, sent at once, and a
+// dead letter into a dropped item (it.msg nil, nil error). The error
+// returned is a refusal worth retrying.
+func (b *bridge) send(it *item) error {
+	for it.msg != nil {
+		fut, err := b.js.PublishMsgAsync(it.msg, jetstream.WithMsgID(it.msgID))
+		if err == nil {
+			it.fut, it.sent = fut, time.Now()
+			return nil
+		}
+		if !permanent(err) {
+			return err
+		}
+		b.refused(it, err)
+	}
+	return nil
+}
+
+// refused handles a publish of it that can never succeed: a position
+// becomes its dead letter (reason unpublishable); a dead letter is dropped,
+// counted and logged with its entry id, so that its entry is acknowledged
+// and never blocks the ones behind it.
+func (b *bridge) refused(it *item, err error) {
+	if it.reason == "" {
+		b.toDeadLetter(it, contract.ReasonUnpublishable, fmt.Sprintf("publish to %s refused: %v", it.msg.Subject, err))
+		return
+	}
+	b.m.dlqDropped.Inc()
+	b.log.Error("dead letter refused by nats; entry acknowledged without one",
+		"stream", b.cfg.Streams[it.stream], "entry_id", it.id, "reason", it.reason, "err", err)
+	it.msg = nil
+}
+
+// drop frees the in-flight slot of an item that will not be published and
+// acknowledges its entry.
+func (b *bridge) drop(ctx context.Context, it *item) error {
+	<-b.sem
+	b.m.inFlight.Dec()
+	if it.republish {
+		return nil
+	}
+	return b.ack(ctx, ackRef{it.stream, it.id})
+}
+
+// permanent reports whether a publish error is a refusal that a retry of
+// the same message cannot change: larger than the max payload (client
+// check) or the stream's max message size, a subject or header the
+// client rejects, or a publish the server does not permit.
+func permanent(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) ||
+		errors.Is(err, nats.ErrBadHeaderMsg) || errors.Is(err, nats.ErrPermissionViolation) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
 
 // completeLoop waits for each publish's ack in publishing order (acks come
@@ -157,16 +255,20 @@ func (b *bridge) completeLoop(ctx context.Context) error {
 		}
 		for len(failed) > 0 {
 			it := failed[0]
-			fut, err := b.js.PublishMsgAsync(it.msg, jetstream.WithMsgID(it.msgID))
-			if err != nil {
+			if err := b.send(it); err != nil {
 				round++
 				resendAt = time.Now().Add(backoff(round))
 				return nil // try the rest later
 			}
 			b.m.retries.Inc()
-			it.fut = fut
-			redo = append(redo, it)
 			failed = failed[1:]
+			if it.msg == nil {
+				if err := b.drop(ctx, it); err != nil {
+					return err
+				}
+				continue
+			}
+			redo = append(redo, it)
 		}
 		failed = nil
 		return nil
@@ -219,6 +321,9 @@ func (b *bridge) completeLoop(ctx context.Context) error {
 		select {
 		case pa := <-it.fut.Ok():
 			round = 0
+			if pa != nil && !pa.Duplicate { // a duplicate says nothing about room
+				b.full.clear(it.msg.Subject)
+			}
 			b.done(it, pa)
 			if it.republish {
 				continue
@@ -227,6 +332,26 @@ func (b *bridge) completeLoop(ctx context.Context) error {
 				return err
 			}
 		case err := <-it.fut.Err():
+			b.full.check(it.msg.Subject, err)
+			if permanent(err) || b.denied.since(it.msg.Subject, it.sent) {
+				if !permanent(err) {
+					// The server refused it (reported to the error handler);
+					// the future only timed out.
+					err = fmt.Errorf("%w for publish to %s", nats.ErrPermissionViolation, it.msg.Subject)
+				}
+				b.refused(it, err)
+				if b.send(it) == nil {
+					if it.msg == nil {
+						if err := b.drop(ctx, it); err != nil {
+							return err
+						}
+					} else {
+						redo = append(redo, it)
+					}
+					continue
+				}
+				// The dead letter was refused for now: re-sent below.
+			}
 			if len(failed) == 0 {
 				if round == 0 {
 					b.log.Warn("publish not acknowledged; re-sending with the same Nats-Msg-Id", "err", err)

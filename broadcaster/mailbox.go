@@ -60,7 +60,7 @@ func newFeed(mb *mailbox, topic string) *feed {
 
 // mailbox is the outbound queue of one WebSocket session. Every write to
 // the session goes through it, so melody's buffer never fills and the
-// credit count never drifts (NOTES §1). It holds:
+// credit count never drifts (docs/broadcaster.md, Mailbox). It holds:
 //   - ctrl: encoded control frames, FIFO, never coalesced or dropped, capped;
 //     past the cap the client is closed with 1008;
 //   - per feed, the latest pending position of every device and the order in

@@ -27,6 +27,7 @@ type metrics struct {
 	closes             *prometheus.CounterVec // by code
 	requests           *prometheus.CounterVec // by type and result
 	authLatency        *prometheus.HistogramVec
+	resyncSnapshots    *prometheus.CounterVec // by result
 	snapshotLatency    prometheus.Histogram
 	snapshotPositions  prometheus.Histogram
 	natsDropped        prometheus.Counter
@@ -70,6 +71,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		authLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "auth_seconds",
 			Help:    "Latency of authsvc requests, by endpoint (session, event).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 3}}, []string{"endpoint"}),
+		resyncSnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "resync_snapshots_total",
+			Help: "Topic snapshots read after a NATS reconnect, by result (ok, unavailable: retried)."}, []string{"result"}),
 		snapshotLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "snapshot_seconds",
 			Help:    "Latency of reading one topic snapshot from JetStream.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}}),
@@ -81,7 +84,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.subscriptions, m.topics, m.framesSent, m.framesShared,
 		m.positionsSent, m.controlSent, m.positionsCoalesced, m.fanoutCoalesced, m.positionsStale, m.messagesReceived, m.messagesInvalid,
-		m.slowCloses, m.closes, m.requests, m.authLatency, m.snapshotLatency, m.snapshotPositions, m.natsDropped} {
+		m.slowCloses, m.closes, m.requests, m.authLatency, m.resyncSnapshots, m.snapshotLatency, m.snapshotPositions, m.natsDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -2,7 +2,6 @@ package broadcaster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -178,9 +177,9 @@ func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w windo
 			return
 		}
 		ev, device, ok := contract.ParseSubject(msg.Subject())
-		ts, valid := int64(0), false
+		ts, item, valid := int64(0), []byte(nil), false
 		if ok && ev == w.eventID {
-			ts, valid = payloadTS(msg.Data(), ev, device)
+			ts, item, valid = payload(msg.Data(), ev, device)
 		}
 		if valid && !w.stopAt.IsZero() && ts > w.stopAt.UnixMilli() {
 			// A fix Lateness past the range's end: what is still to come
@@ -194,10 +193,8 @@ func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w windo
 			// After the range: skipped, but later messages may still be
 			// late arrivals inside it.
 		default:
-			// The payload is the bridge's Encode() bytes; re-encoding
-			// would only cost CPU at "max" speed.
 			select {
-			case s.ch <- srcPos{device: device, ts: ts, data: msg.Data()}:
+			case s.ch <- srcPos{device: device, ts: ts, data: item}:
 			case <-ctx.Done():
 				return
 			}
@@ -206,38 +203,6 @@ func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w windo
 			return
 		}
 	}
-}
-
-// payloadTS returns the fix time (Unix ms) of a position payload of event
-// and device. The bridge writes every payload with contract.Position.Encode,
-// whose fixed field order starts {"device_id":…,"event_id":…,"ts":"…"}: for
-// such a payload the fix time is read in place and the rest only checked
-// to be valid JSON (the bridge validated the values before publishing; the
-// live path's full decode costs about four times more, which is what a
-// replay at "max" spends its CPU on). Anything else goes through
-// contract.DecodePosition.
-func payloadTS(data []byte, eventID, device string) (int64, bool) {
-	const (
-		k1 = `{"device_id":"`
-		k2 = `","event_id":"`
-		k3 = `","ts":"`
-	)
-	n := len(k1) + len(device) + len(k2) + len(eventID) + len(k3)
-	if len(data) > n+len(contract.TimeLayout) && string(data[:len(k1)]) == k1 &&
-		string(data[len(k1):len(k1)+len(device)]) == device &&
-		string(data[len(k1)+len(device):len(k1)+len(device)+len(k2)]) == k2 &&
-		string(data[len(k1)+len(device)+len(k2):n-len(k3)]) == eventID &&
-		string(data[n-len(k3):n]) == k3 && data[n+len(contract.TimeLayout)] == '"' {
-		if t, err := time.Parse(contract.TimeLayout, string(data[n:n+len(contract.TimeLayout)])); err == nil && json.Valid(data) {
-			return t.UnixMilli(), true
-		}
-		return 0, false
-	}
-	p, err := contract.DecodePosition(data)
-	if err != nil || p.DeviceID != device || p.EventID != eventID {
-		return 0, false
-	}
-	return p.TSMillis(), true
 }
 
 // close stops the reader and deletes the consumer (the InactiveThreshold

@@ -765,31 +765,6 @@ func TestReplaySlowClient(t *testing.T) {
 	}
 }
 
-func TestReplayPayloadTS(t *testing.T) {
-	t.Parallel()
-	const ev = "7c1e4a52-8b7e-4b8e-9a51-2f0c6f1d9e3a"
-	ts := time.Date(2026, 5, 3, 10, 0, 0, 123e6, time.UTC)
-	p := contract.Position{DeviceID: "dev-1", EventID: ev, TS: ts, Lat: 45, Lon: 7, Sats: new(11), Attrs: []byte(`{"a":1}`)}
-	for name, tc := range map[string]struct {
-		data   string
-		device string
-		ok     bool
-	}{
-		"encoded":             {string(p.Encode()), "dev-1", true},
-		"other field order":   {`{"ts":"2026-05-03T10:00:00.123Z","event_id":"` + ev + `","device_id":"dev-1","lat":45,"lon":7}`, "dev-1", true},
-		"other device":        {string(p.Encode()), "dev-2", false},
-		"broken after ts":     {strings.TrimSuffix(string(p.Encode()), "}"), "dev-1", false},
-		"bad ts":              {strings.Replace(string(p.Encode()), "10:00:00.123Z", "10:00:00.12xZ", 1), "dev-1", false},
-		"not a position":      {`{"not":"a position"}`, "dev-1", false},
-		"out of range (slow)": {`{"lat":95,"lon":7,"ts":"2026-05-03T10:00:00.123Z","device_id":"dev-1","event_id":"` + ev + `"}`, "dev-1", false},
-	} {
-		got, ok := payloadTS([]byte(tc.data), ev, tc.device)
-		if ok != tc.ok || ok && got != ts.UnixMilli() {
-			t.Errorf("%s: payloadTS = %d, %v; want %v", name, got, ok, tc.ok)
-		}
-	}
-}
-
 // TestReplayReauthorization: a member removed from the event's
 // organization loses a running replay like a live subscription: an error
 // frame with "replay":true, then nothing more of it, its consumer gone.

@@ -150,11 +150,11 @@ func (s *snapshotter) multiLastUpTo(ctx context.Context, eventID string, subject
 			s.m.messagesInvalid.Inc()
 			continue
 		}
-		p, err := contract.DecodePosition(msg.Data)
-		if err != nil || p.DeviceID != device || p.EventID != eventID {
+		ts, item, ok := payload(msg.Data, eventID, device)
+		if !ok {
 			s.m.messagesInvalid.Inc()
 			continue
 		}
-		out = append(out, snapPosition{device: device, ts: p.TSMillis(), data: p.Encode()})
+		out = append(out, snapPosition{device: device, ts: ts, data: item})
 	}
 }

@@ -27,10 +27,16 @@ const (
 	ReasonNotAnEntry   Reason = "not_an_entry"  // a field value that is not a string (never from XADD)
 	ReasonUndecodable  Reason = "undecodable"   // a JetStream payload that is not a position (persister)
 	ReasonUnstorable   Reason = "unstorable"    // a valid position the database refuses, e.g. \u0000 in attrs (persister)
+	// ReasonUnpublishable is a valid position NATS refuses for good
+	// (bridge): its message is over the server's max payload or the
+	// stream's max message size, its subject is refused, or publishing to
+	// it is not permitted. The parser cannot know the server's limits, so
+	// the bridge decides this one when the publish fails.
+	ReasonUnpublishable Reason = "unpublishable"
 )
 
-// Reasons lists every reason an entry can be rejected for, for metrics that
-// want their label values up front.
+// Reasons lists every reason ParseEntry can reject an entry for, for
+// metrics that want their label values up front.
 var Reasons = []Reason{
 	ReasonMissingField, ReasonBadDeviceID, ReasonBadTS, ReasonFutureTS,
 	ReasonBadNumber, ReasonOutOfRange, ReasonBadAttrs, ReasonNotAnEntry,

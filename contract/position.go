@@ -106,10 +106,10 @@ type wirePosition struct {
 // Validate for a payload that is not a valid position.
 var ErrInvalidPosition = errors.New("invalid position")
 
-// DecodePosition parses and validates a position payload (JetStream message
-// data). It accepts what Encode writes; anything else that is not a valid
-// position is an error wrapping ErrInvalidPosition.
-func DecodePosition(data []byte) (Position, error) {
+// decodeJSON is the reference decoder of a position payload, by
+// encoding/json: DecodePayload falls back to it for any layout other than
+// Encode's.
+func decodeJSON(data []byte) (Position, error) {
 	var w wirePosition
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&w); err != nil {

@@ -11,7 +11,7 @@ import (
 )
 
 // directusContract checks, on base, the Directus behaviour trm-live and its
-// viewer rely on (shared DIRECTUS.md §5). It runs against the real Directus
+// viewer rely on (docs/directus.md). It runs against the real Directus
 // and against the dev binary's origin (scripts/devauth), so the dev
 // stand-in cannot drift from the real thing.
 func directusContract(t *testing.T, base, email, password string) {

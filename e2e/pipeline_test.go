@@ -79,6 +79,19 @@ func newBaseOn(t *testing.T, devices int, dbURL string) *pipeline {
 
 func startPipeline(t *testing.T, devices int) *pipeline {
 	t.Helper()
+	return startPipelineWith(t, devices, nil)
+}
+
+// startPipelineWith is startPipeline with extra environment per worker
+// (worker name -> variable -> value).
+func startPipelineWith(t *testing.T, devices int, extra map[string]map[string]string) *pipeline {
+	t.Helper()
+	with := func(name string, env map[string]string) map[string]string {
+		for k, v := range extra[name] {
+			env[k] = v
+		}
+		return env
+	}
 	p := newBase(t, devices)
 	p.natsURL = testkit.StartNATS(t).URL
 	p.dx = directus.Start(t)
@@ -89,22 +102,22 @@ func startPipeline(t *testing.T, devices int) *pipeline {
 		p.addrs[workers[i]] = a
 	}
 	p.wsURL = "ws://" + p.addrs["broadcaster"] + ws.Path
-	p.bridge = startProc(t, p.dir, "bridge", bin(t, "bridge"), map[string]string{
+	p.bridge = startProc(t, p.dir, "bridge", bin(t, "bridge"), with("bridge", map[string]string{
 		"NATS_URL": p.natsURL, "REDIS_URL": redisURL(t), "DATABASE_URL": p.dbURL, "HTTP_ADDR": p.addrs["bridge"],
 		"BRIDGE_STREAMS": p.stream, "BRIDGE_CONSUMER": "e2e-bridge",
 		// A killed bridge's pending entries are claimed after 2 s (its
 		// restart also re-reads them itself).
 		"BRIDGE_CLAIM_MIN_IDLE": "2s", "BRIDGE_CLAIM_INTERVAL": "1s",
-	})
-	p.persister = startProc(t, p.dir, "persister", bin(t, "persister"), map[string]string{
+	}))
+	p.persister = startProc(t, p.dir, "persister", bin(t, "persister"), with("persister", map[string]string{
 		"NATS_URL": p.natsURL, "DATABASE_URL": p.dbURL, "HTTP_ADDR": p.addrs["persister"],
-	})
-	p.authsvc = startProc(t, p.dir, "authsvc", bin(t, "authsvc"), map[string]string{
+	}))
+	p.authsvc = startProc(t, p.dir, "authsvc", bin(t, "authsvc"), with("authsvc", map[string]string{
 		"NATS_URL": p.natsURL, "DATABASE_URL": p.dbURL, "DIRECTUS_URL": p.dx.URL, "HTTP_ADDR": p.addrs["authsvc"],
-	})
-	p.broadcast = startProc(t, p.dir, "broadcaster", bin(t, "broadcaster"), map[string]string{
+	}))
+	p.broadcast = startProc(t, p.dir, "broadcaster", bin(t, "broadcaster"), with("broadcaster", map[string]string{
 		"NATS_URL": p.natsURL, "HTTP_ADDR": p.addrs["broadcaster"],
-	})
+	}))
 	p.waitReady(t)
 	return p
 }

@@ -180,3 +180,42 @@ func TestViewerWithDirectusReconnects(t *testing.T) {
 	})
 	c.screenshot(t, filepath.Join(p.dir, "viewer-after-reconnect.png"))
 }
+
+// TestViewerSessionEnds: the viewer (on @trm-live/client) is open when the
+// dev binary restarts; its dev auth backend forgets every session with the
+// process, so the page's reconnect is closed 4401: the client stops, and
+// the page shows the login form saying the session ended.
+func TestViewerSessionEnds(t *testing.T) {
+	t.Parallel()
+	const devices = 4
+	p, dev, origin := startDevBinary(t, devices, nil)
+	startProc(t, p.dir, "simulate-run", bin(t, "simulate"), nil,
+		"-redis-url", redisURL(t), "-database-url", p.dbURL, "-seed-db=false", "-maxlen", "0",
+		"-stream", p.stream, "-devices", strconv.Itoa(devices), "-rate", "2", "-duration", "5m")
+
+	c := startChromium(t)
+	c.navigate(t, origin+"/")
+	c.loginInPage(t, demoEmail, devPassword)
+	c.waitLive(t, "event:"+p.eventID, devices)
+
+	dev.Stop()
+	dev.Start()
+	for name := range devPorts {
+		waitReady(t, dev, p.addrs[name], 60*time.Second)
+	}
+	testkit.Eventually(t, 60*time.Second, func() error {
+		var form struct {
+			Shown bool   `json:"shown"`
+			Error string `json:"error"`
+		}
+		if err := c.eval(`({shown: !document.getElementById("login-view").hidden, error: document.getElementById("login-error").textContent})`, &form); err != nil {
+			return err
+		}
+		s := c.stats(t)
+		if !form.Shown || s.Connection != "unauthorized" || s.LastClose == nil || s.LastClose.Code != 4401 || form.Error != "Your session has ended; log in again." {
+			return fmt.Errorf("after the restart: form %+v, %+v", form, s)
+		}
+		return nil
+	})
+	c.screenshot(t, filepath.Join(p.dir, "viewer-session-ended.png"))
+}

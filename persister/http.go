@@ -40,7 +40,9 @@ func (p *persister) readyz(w http.ResponseWriter, r *http.Request) {
 	if p.writeFailing.Load() {
 		problems = append(problems, "database: writes failing, batches handed back")
 	}
-	if !p.schemaOK.Load() {
+	if why := p.heldBack.Load(); why != nil {
+		problems = append(problems, "schema: writes held back: "+*why)
+	} else if !p.schemaOK.Load() {
 		problems = append(problems, "schema: not verified or not repairable")
 	}
 	if !p.consumerOK.Load() {

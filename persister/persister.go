@@ -56,6 +56,12 @@ type persister struct {
 	writeFailing  atomic.Bool
 	writeFailures atomic.Int64 // consecutive transient write failures, for the writers' backoff
 
+	// heldBack is set while the schema fails in a way a person must fix
+	// (fatalSchema): writers hand batches back instead of writing into a
+	// table that may lose them. It holds the error for /readyz; nil when
+	// writes may go on. Cleared by a clean verification.
+	heldBack atomic.Pointer[string]
+
 	repairMu  sync.Mutex   // one repair at a time in this process
 	schemaGen atomic.Int64 // bumped after each Apply; a writer repairs only if none ran since it wrote
 
@@ -144,6 +150,10 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 	if need := int32(cfg.Writers + 3); pcfg.MaxConns < need {
 		pcfg.MaxConns = need
 	}
+	// Named sessions: the migration lock's waiters log who holds it.
+	if _, ok := pcfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		pcfg.ConnConfig.RuntimeParams["application_name"] = "trm-live persister"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("database pool: %w", err)
@@ -175,7 +185,7 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 		ChunkInterval:      cfg.ChunkInterval,
 		Logger:             cfg.Logger.With("component", "migrate"),
 	})
-	w := &writer{pool: pool, path: cfg.WritePath, fallbacks: m.copyFallbacks}
+	w := &writer{pool: pool, path: cfg.WritePath, fallbacks: m.copyFallbacks, retries: m.writeRetries}
 	return &persister{cfg: cfg, log: log, m: m, nc: nc, js: js, pool: pool, mig: mig, w: w, runCtx: ctx}, nil
 }
 
@@ -220,7 +230,8 @@ func (p *persister) run(ctx context.Context) error {
 // fatalSchema reports errors that must stop the worker rather than be
 // retried: a person has to act.
 func fatalSchema(err error) bool {
-	return errors.Is(err, migrate.ErrChecksum) || errors.Is(err, migrate.ErrDrift) || errors.Is(err, migrate.ErrNoTimescaleDB)
+	return errors.Is(err, migrate.ErrChecksum) || errors.Is(err, migrate.ErrDrift) || errors.Is(err, migrate.ErrNoTimescaleDB) ||
+		errors.Is(err, migrate.ErrUntrusted)
 }
 
 // applySchema runs migrations at start, waiting with backoff while the
@@ -275,10 +286,13 @@ func (p *persister) repair(ctx context.Context, seenGen int64, why string) error
 	if err != nil {
 		p.schemaOK.Store(false)
 		if fatalSchema(err) {
+			msg := err.Error()
+			p.heldBack.Store(&msg)
 			p.log.Error("schema cannot be repaired: writes are held back until a person fixes it", "err", err, "trigger", why)
 		}
 		return err
 	}
+	p.heldBack.Store(nil)
 	p.schemaOK.Store(true)
 	p.schemaGen.Add(1)
 	p.countRepairs(rep)
@@ -311,6 +325,9 @@ func (p *persister) verifyLoop(ctx context.Context) error {
 		}
 		p.setDB(true, nil)
 		if len(problems) == 0 {
+			if p.heldBack.Swap(nil) != nil {
+				p.log.Info("schema verifies clean again: writes resume")
+			}
 			if !p.schemaOK.Load() {
 				// A failed repair left it false; try again now the
 				// schema verifies clean (a person fixed it).

@@ -113,7 +113,7 @@ func (p *persister) refill(ctx context.Context, since time.Time) (int64, error) 
 			if err == nil && (md.Sequence.Stream >= last || md.NumPending == 0) {
 				done = true
 			}
-			if pos, err := decode(msg.Data()); err == nil {
+			if pos, err := contract.DecodePosition(msg.Data()); err == nil {
 				ps = append(ps, pos)
 			}
 		}

@@ -10,7 +10,7 @@
 # organization_users and event_devices (so their tables have Directus's own
 # shape), a "Member" role whose API-only policy reads directus_users,
 # directus_roles, organizations and events, and a demo organization, event
-# and users. Every pitfall met doing this here is in shared DIRECTUS.md.
+# and users. The pitfalls it handles are in docs/directus.md.
 #
 # Sourced (scripts/test, scripts/dev): defines directus_up and directus_down.
 # Run:   scripts/directus.sh up     own PostgreSQL under .data/directus, runs
@@ -18,8 +18,7 @@
 #                                   URL and the logins.
 #        scripts/directus.sh install   install only (warms the cache).
 #
-# Settings (env): TRM_DIRECTUS_VERSION (default 11.17.4; shared DIRECTUS.md ran 12.4.0 the same way, this suite has not; see
-# docs/e2e.md), TRM_DIRECTUS_CACHE (default .data/directus).
+# Settings (env): TRM_DIRECTUS_VERSION (default 11.17.4; see docs/e2e.md), TRM_DIRECTUS_CACHE (default .data/directus).
 #
 # After directus_up these are exported:
 #   DIRECTUS_URL (http://127.0.0.1:<port>), DIRECTUS_ADMIN_EMAIL,

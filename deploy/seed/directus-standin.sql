@@ -3,7 +3,7 @@
 -- In production these tables belong to Directus: organizations, events,
 -- organization_users and event_devices are Directus collections, and the
 -- directus_* tables are Directus's own. This file creates the same shapes
--- (as Directus 11/12 creates them, see shared DIRECTUS.md §6: uuid primary
+-- (as Directus 11/12 creates them, docs/directus.md: uuid primary
 -- keys with no database default, varchar(255) strings, timestamptz, foreign
 -- keys named <table>_<column>_foreign) where they do not exist yet, so that
 -- dev and tests run without a Directus. Every statement is idempotent; on a

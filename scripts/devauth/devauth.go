@@ -5,8 +5,8 @@
 // seconds without installing Directus; `scripts/dev --directus` uses a real
 // one instead.
 //
-// It answers as Directus 11/12 do for what trm-live uses (shared
-// DIRECTUS.md §5): a session login sets the httpOnly directus_session_token
+// It answers as Directus 11/12 do for what trm-live uses
+// (docs/directus.md): a session login sets the httpOnly directus_session_token
 // cookie, an HS256 JWT with Directus's claims, whose session is checked on
 // every request so logout revokes it; no credential, a bogus value or a
 // revoked session get 401 INVALID_CREDENTIALS, a wrong signature 403

@@ -5,9 +5,10 @@
 // The page talks to its origin exactly as the production single-page app
 // does: POST /auth/login {"mode":"session"} (Directus sets the httpOnly
 // directus_session_token cookie), GET /users/me, GET /items/events to pick an
-// event, then the WebSocket /ws-live (contract v1): subscribe, snapshot,
-// positions frames, reconnect with backoff after a close and re-subscribe,
-// back to the login form on close code 4401. So the origin serving Handler
+// event, then the WebSocket /ws-live (contract v1) through the client
+// library @trm-live/client (clients/js): subscribe, snapshot, positions,
+// reconnect with backoff and resubscribe, back to the login form on close
+// code 4401. So the origin serving Handler
 // must also route /auth/*, /users/*, /items/* to Directus (or to the dev
 // stand-in, scripts/devauth) and /ws-live to the broadcaster: the dev binary
 // does this.
@@ -16,6 +17,10 @@
 // connection, user, topic, devices (count), positions (received), rate
 // (positions/s over the last 5 s), lastClose.
 package viewer
+
+// go:embed cannot reach outside this folder, so the page serves a copy of
+// the client library, kept identical by TestClientLibraryCopy.
+//go:generate cp ../../clients/js/index.js static/trm-live-client.js
 
 import (
 	"embed"
@@ -26,7 +31,8 @@ import (
 //go:embed static
 var static embed.FS
 
-// Handler serves the page at "/" (index.html, viewer.js, viewer.css).
+// Handler serves the page at "/" (index.html, viewer.js, viewer.css,
+// trm-live-client.js).
 func Handler() http.Handler {
 	sub, err := fs.Sub(static, "static")
 	if err != nil {

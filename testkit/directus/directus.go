@@ -2,7 +2,7 @@
 // and 12.x that trm-live talks to, for tests only (it lives in testkit, which
 // only _test.go files import).
 //
-// It reproduces what shared/DIRECTUS.md recorded from a real Directus 11.17.4
+// It reproduces what docs/directus.md records from a real Directus 11.17.4
 // and 12.4.0, status code by status code and body by body:
 //
 //   - POST /auth/login {"email","password","mode":"session"}: 200

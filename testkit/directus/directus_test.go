@@ -34,7 +34,7 @@ func get(t *testing.T, s *Server, path string, hdr map[string]string) answer {
 }
 
 // TestUsersMeAsRecorded checks the stand-in against the status table of
-// shared/DIRECTUS.md §5.
+// docs/directus.md.
 func TestUsersMeAsRecorded(t *testing.T) {
 	t.Parallel()
 	s := Start(t)

@@ -33,7 +33,8 @@ func RepoRoot() (string, error) {
 }
 
 // StartNATS starts an embedded nats-server with opts, forced onto a random
-// loopback port with no logging and no signal handlers (NOTES §3), and
+// loopback port with no logging and no signal handlers (NoSigs: an embedded
+// server without it exits the process on a signal), and
 // waits until it accepts connections and, when opts.JetStream is set, until
 // JetStream runs. stop shuts the server down and waits for it.
 func StartNATS(opts server.Options) (ns *server.Server, stop func(), err error) {

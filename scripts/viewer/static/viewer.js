@@ -1,22 +1,22 @@
 // trm-live dev viewer. Talks to its own origin only, as the production SPA:
 // Directus session login (httpOnly cookie), /items/events, then /ws-live
-// (contract v1). No framework, no build step.
-"use strict";
+// through @trm-live/client (clients/js; trm-live-client.js is its copy, made
+// by `go generate` in scripts/viewer). No framework, no build step.
+import { LiveClient } from "./trm-live-client.js";
+
 (function () {
   const TRAIL = 24;            // positions kept per device for the trail
   const RATE_WINDOW_MS = 5000; // positions/s is averaged over this window
-  const BACKOFF_MIN_MS = 500, BACKOFF_MAX_MS = 15000;
 
   const $ = (id) => document.getElementById(id);
   const state = {
     user: null,         // {id,email}
     eventId: "",        // followed event
     topic: "",
-    ws: null,
-    conn: "idle",       // idle | connecting | open | reconnecting | closed | unauthorized
-    attempt: 0,         // reconnect attempt, for the backoff
-    timer: 0,
-    reqSeq: 0,
+    // The connection, its backoff and resubscription are the library's.
+    client: new LiveClient({ backoff: { initial: 500, max: 15000 } }),
+    conn: "idle",       // idle, or the client's state: connecting | open | closed | unauthorized | unavailable
+    following: false,   // false while logged out: the client's states are not shown
     devices: new Map(), // device_id -> {trail:[{lat,lon,ts}], last: position, color}
     received: 0,        // positions received since the page loaded
     arrivals: [],       // [ms, n] for the rate
@@ -107,7 +107,32 @@
     else message("no event to follow");
   }
 
-  // ---- WebSocket /ws-live ----
+  // ---- /ws-live through @trm-live/client ----
+  const client = state.client;
+  client.on("state", (st, info) => {
+    if (!state.following) return;
+    setConn(st);
+    if (info.code != null) state.lastClose = { code: info.code, reason: info.reason || "" };
+    if (st === "open") message("");
+    else if (st === "unauthorized") {
+      // The session is gone (expired, logged out elsewhere): log in again.
+      // The client does not retry by itself.
+      showLogin("Your session has ended; log in again.");
+    } else if (info.retryIn != null) {
+      message("connection closed (" + info.code + (info.reason ? " " + info.reason : "") + "); retrying in " + (info.retryIn / 1000).toFixed(1) + " s");
+    }
+  });
+  client.on("snapshot", (ev) => {
+    if (ev.replay || ev.topic !== state.topic) return;
+    // The whole picture the client holds for the topic, so a page that
+    // cleared its own (a new follow, a login again) is complete at once.
+    for (const p of ev.latest.values()) addPosition(p, false);
+  });
+  client.on("position", (p, meta) => {
+    if (!meta.replay && meta.topic === state.topic) addPosition(p, true);
+  });
+  client.on("error", (e) => message(e.code + ": " + e.message));
+
   function follow(eventId) {
     state.eventId = eventId;
     state.topic = "event:" + eventId;
@@ -115,86 +140,19 @@
     state.devices.clear();
     state.bounds = null;
     state.dirty = true;
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-      // Re-use the connection: the server replaces nothing, so unsubscribe
-      // whatever else this page followed first.
-      for (const t of state.subscribed || []) {
-        if (t !== state.topic) send({ type: "unsubscribe", topic: t, id: "u" + ++state.reqSeq });
-      }
-      subscribe();
-    } else {
-      connect();
-    }
-  }
-
-  function send(obj) { if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(obj)); }
-  function subscribe() {
-    state.subscribed = [state.topic];
-    send({ type: "subscribe", topic: state.topic, id: "s" + ++state.reqSeq });
-  }
-
-  function connect() {
-    clearTimeout(state.timer);
-    stopSocket();
-    setConn(state.attempt ? "reconnecting" : "connecting");
-    const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws-live");
-    state.ws = ws;
-    ws.onopen = () => {
-      if (ws !== state.ws) return;
-      setConn("open");
-      message("");
-      subscribe();
-    };
-    ws.onmessage = (ev) => { if (ws === state.ws) onFrame(ev.data); };
-    ws.onclose = (ev) => {
-      if (ws !== state.ws) return;
-      state.ws = null;
-      state.lastClose = { code: ev.code, reason: ev.reason };
-      if (ev.code === 4401) {
-        // The session is gone (expired, logged out elsewhere): log in again.
-        setConn("unauthorized");
-        showLogin("Your session has ended; log in again.");
-        return;
-      }
-      // Anything else (server restart, network, 1013 try again later):
-      // reconnect with exponential backoff and jitter, then re-subscribe.
-      setConn("closed");
-      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt) * (0.5 + Math.random() / 2);
-      state.attempt++;
-      message("connection closed (" + ev.code + (ev.reason ? " " + ev.reason : "") + "); retrying in " + (delay / 1000).toFixed(1) + " s");
-      state.timer = setTimeout(connect, delay);
-    };
+    // One event at a time: stop following whatever else this page followed.
+    for (const t of client.topics()) if (t !== state.topic) client.unsubscribe(t);
+    client.subscribe(state.topic);
+    state.following = true;
+    client.connect();
   }
 
   function stopSocket() {
-    clearTimeout(state.timer);
-    if (state.ws) {
-      const ws = state.ws;
-      state.ws = null;
-      ws.onclose = null;
-      ws.close(1000, "bye");
-    }
-  }
-
-  function onFrame(data) {
-    let f;
-    try { f = JSON.parse(data); } catch (e) { return; }
-    switch (f.type) {
-      case "subscribed":
-        if (f.topic !== state.topic) return;
-        state.attempt = 0; // a healthy connection resets the backoff
-        for (const p of f.snapshot || []) addPosition(p, false);
-        break;
-      case "positions":
-        if (f.topic !== state.topic) return;
-        for (const p of f.positions || []) addPosition(p, true);
-        break;
-      case "unsubscribed":
-        break;
-      case "error":
-        message(f.code + ": " + f.message);
-        break;
-    }
+    state.following = false;
+    // Logged out: forget the subscriptions and what they held, so the next
+    // user starts from their own snapshot.
+    for (const t of client.topics()) client.unsubscribe(t);
+    client.close();
   }
 
   function addPosition(p, live) {
@@ -205,7 +163,7 @@
     }
     // Drop stale items (a snapshot after a reconnect may be older than what
     // we hold).
-    if (d.last && p.ts < d.last.ts) return;
+    if (d.last && Date.parse(p.ts) <= Date.parse(d.last.ts)) return;
     d.last = p;
     d.seen = Date.now();
     d.trail.push([p.lat, p.lon]);
@@ -320,7 +278,6 @@
       await api("POST", "/auth/login", { email: $("email").value, password: $("password").value, mode: "session" });
       const me = await whoAmI();
       if (!me) throw new Error("logged in, but /users/me refused the session cookie");
-      state.attempt = 0;
       await showLive(me);
     } catch (e) {
       $("login-error").textContent = e.message;

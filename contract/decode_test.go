@@ -1,22 +1,22 @@
-package persister
+package contract
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"reflect"
 	"strconv"
 	"testing"
 	"time"
-
-	"trm-live/contract"
 )
 
 func samples() [][]byte {
 	alt, speed, heading, sats := -12.5, 0.0, 360.0, 0
-	full := contract.Position{DeviceID: "356938035643809", EventID: "7c1e4b2a-9d3f-4e1a-8b7c-0a1b2c3d4e5f",
+	full := Position{DeviceID: "356938035643809", EventID: "7c1e4b2a-9d3f-4e1a-8b7c-0a1b2c3d4e5f",
 		TS: time.Date(2026, 5, 3, 10, 0, 0, 123e6, time.UTC), Lat: -45.07312, Lon: 179.99999,
 		Alt: &alt, Speed: &speed, Heading: &heading, Sats: &sats, Attrs: []byte(`{"io239":1,"s":"}{\"","a":[1,{"b":null}]}`)}
-	bare := contract.Position{DeviceID: "d", TS: time.Date(2026, 5, 3, 10, 0, 0, 0, time.UTC), Lat: 0, Lon: 0}
-	attrsOnly := contract.Position{DeviceID: "d", TS: time.Date(2026, 5, 3, 10, 0, 0, 0, time.UTC), Lat: 1, Lon: 2, Attrs: []byte(`{"a":1}`)}
+	bare := Position{DeviceID: "d", TS: time.Date(2026, 5, 3, 10, 0, 0, 0, time.UTC), Lat: 0, Lon: 0}
+	attrsOnly := Position{DeviceID: "d", TS: time.Date(2026, 5, 3, 10, 0, 0, 0, time.UTC), Lat: 1, Lon: 2, Attrs: []byte(`{"a":1}`)}
 	out := [][]byte{full.Encode(), bare.Encode(), attrsOnly.Encode()}
 	for _, s := range []string{
 		`{"device_id":"d","ts":"2026-05-03T10:00:00.000Z","lat":1,"lon":2}` + "\n",                  // trailing newline
@@ -39,27 +39,31 @@ func samples() [][]byte {
 	return out
 }
 
-// decode must agree with contract.DecodePosition, the reference, on every
-// input: same verdict, same position.
+// DecodePosition must agree with decodeJSON, the reference, on every input:
+// same verdict, same position; and a payload it calls exact must be one
+// that can be forwarded as it is (compact valid JSON).
 func checkSame(t *testing.T, data []byte) {
 	t.Helper()
-	want, wantErr := contract.DecodePosition(data)
-	got, gotErr := decode(data)
+	want, wantErr := decodeJSON(data)
+	got, exact, gotErr := DecodePayload(data)
+	if exact && (gotErr != nil || !json.Valid(data) || bytes.ContainsAny(data, " \n\t\r")) {
+		t.Fatalf("%q: called exact (err %v), but is not compact valid JSON", data, gotErr)
+	}
 	if (wantErr == nil) != (gotErr == nil) {
-		t.Fatalf("%q: decode error %v, contract error %v", data, gotErr, wantErr)
+		t.Fatalf("%q: DecodePosition error %v, decodeJSON error %v", data, gotErr, wantErr)
 	}
 	if gotErr != nil {
-		if !errors.Is(gotErr, contract.ErrInvalidPosition) {
+		if !errors.Is(gotErr, ErrInvalidPosition) {
 			t.Fatalf("%q: error %v does not wrap ErrInvalidPosition", data, gotErr)
 		}
 		return
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("%q:\ndecode   %+v\ncontract %+v", data, got, want)
+		t.Fatalf("%q:\nDecodePosition %+v\ndecodeJSON     %+v", data, got, want)
 	}
 }
 
-func TestDecodeMatchesContract(t *testing.T) {
+func TestDecodeMatchesJSON(t *testing.T) {
 	t.Parallel()
 	fast := 0
 	for _, data := range samples() {
@@ -77,7 +81,7 @@ func TestDecodeMatchesContract(t *testing.T) {
 		t.Fatalf("the fast path took only %d samples: it must take what Encode writes", fast)
 	}
 	for i := 0; i < 2000; i++ {
-		p := contract.Position{DeviceID: "dev-" + strconv.Itoa(i), TS: time.UnixMilli(1_700_000_000_000 + int64(i)*997).UTC(),
+		p := Position{DeviceID: "dev-" + strconv.Itoa(i), TS: time.UnixMilli(1_700_000_000_000 + int64(i)*997).UTC(),
 			Lat: float64(i%180) - 89.123456789, Lon: float64(i%360) - 179.987654321}
 		if i%2 == 0 {
 			v, n := float64(i)/7, i%256
@@ -91,7 +95,7 @@ func TestDecodeMatchesContract(t *testing.T) {
 	}
 }
 
-func FuzzDecodeMatchesContract(f *testing.F) {
+func FuzzDecodeMatchesJSON(f *testing.F) {
 	for _, s := range samples() {
 		f.Add(s)
 	}
@@ -103,15 +107,15 @@ func BenchmarkDecode(b *testing.B) {
 	b.Run("fast", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := decode(data); err != nil {
+			if _, err := DecodePosition(data); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
-	b.Run("contract", func(b *testing.B) {
+	b.Run("json", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := contract.DecodePosition(data); err != nil {
+			if _, err := decodeJSON(data); err != nil {
 				b.Fatal(err)
 			}
 		}

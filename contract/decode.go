@@ -1,29 +1,39 @@
-package persister
+package contract
 
 import (
 	"bytes"
 	"strconv"
 	"time"
-
-	"trm-live/contract"
 )
 
-// decode returns the position of a JetStream payload. The bridge writes
-// every payload with contract.Position.Encode, whose layout is fixed (field
-// order, compact, no escapes in ids); decode parses exactly that layout
-// without reflection and hands anything else to contract.DecodePosition,
-// the reference. Both then apply contract's Validate, so the result and the
-// verdict are the same (FuzzDecodeMatchesContract checks it); only the
-// speed differs: encoding/json was a quarter of the persister's CPU.
-func decode(data []byte) (contract.Position, error) {
+// DecodePosition decodes and validates a position payload (the JetStream
+// payload and the WebSocket item). Errors wrap ErrInvalidPosition.
+func DecodePosition(data []byte) (Position, error) {
+	p, _, err := DecodePayload(data)
+	return p, err
+}
+
+// DecodePayload is DecodePosition that also reports whether data is in the
+// layout Encode writes (field order, compact, no escapes in ids). Such a
+// payload is compact, valid JSON of a valid position, so it can be
+// forwarded as it is instead of re-encoded: the broadcaster does.
+//
+// The bridge writes every payload with Encode, whose layout is fixed; that
+// layout is parsed here without reflection, and anything else goes through
+// encoding/json (decodeJSON, the reference). Both end in Validate, so the
+// result and the verdict are the same (FuzzDecodeMatchesJSON checks it);
+// only the speed differs: encoding/json was a quarter of the persister's
+// CPU.
+func DecodePayload(data []byte) (p Position, exact bool, err error) {
 	p, ok := decodeFast(data)
 	if !ok {
-		return contract.DecodePosition(data)
+		p, err = decodeJSON(data)
+		return p, false, err
 	}
 	if err := p.Validate(); err != nil {
-		return contract.Position{}, err
+		return Position{}, false, err
 	}
-	return p, nil
+	return p, true, nil
 }
 
 // scanner walks the fixed layout; any surprise makes the caller fall back.
@@ -158,8 +168,8 @@ func (s *scanner) object() ([]byte, bool) {
 	return nil, false
 }
 
-func decodeFast(data []byte) (contract.Position, bool) {
-	var p contract.Position
+func decodeFast(data []byte) (Position, bool) {
+	var p Position
 	s := &scanner{b: data}
 	var ok bool
 	if !s.lit(`{"device_id":"`) {
