@@ -54,6 +54,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
+	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+		return fmt.Errorf("register metrics: %w", err)
+	}
 
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {

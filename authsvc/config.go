@@ -92,6 +92,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Listener, when set, is used for HTTP instead of HTTPAddr.
 	Listener net.Listener
+	// Version and Revision label trm_build_info: the release and the VCS
+	// revision main was stamped with at build time. Empty: "dev", and the
+	// revision the Go toolchain recorded (or "unknown").
+	Version, Revision string
 	// Now is the clock of the caches; nil means time.Now.
 	Now func() time.Time
 }

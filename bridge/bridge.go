@@ -89,6 +89,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 
 	ln := cfg.Listener
 	if ln == nil {

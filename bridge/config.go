@@ -122,6 +122,10 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Listener, when set, is used for HTTP instead of listening on HTTPAddr.
 	Listener net.Listener
+	// Version and Revision label trm_build_info: the release and the VCS
+	// revision main was stamped with at build time. Empty: "dev", and the
+	// revision the Go toolchain recorded (or "unknown").
+	Version, Revision string
 	// Now is the clock of the future-time rule; nil means time.Now.
 	Now func() time.Time
 

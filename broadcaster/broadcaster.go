@@ -141,6 +141,9 @@ func newServer(cfg Config) (*server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
+	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
 	srv.m = m
 	if srv.replayMetrics, err = newReplayMetrics(reg); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)

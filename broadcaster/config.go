@@ -153,6 +153,10 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Listener, when set, is used instead of listening on HTTPAddr.
 	Listener net.Listener
+	// Version and Revision label trm_build_info: the release and the VCS
+	// revision main was stamped with at build time. Empty: "dev", and the
+	// revision the Go toolchain recorded (or "unknown").
+	Version, Revision string
 }
 
 func (c Config) withDefaults() Config {

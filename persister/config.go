@@ -82,6 +82,10 @@ type Config struct {
 	Registerer prometheus.Registerer `json:"-"`
 	// Listener, when set, is used for HTTP instead of listening on HTTPAddr.
 	Listener net.Listener `json:"-"`
+	// Version and Revision label trm_build_info: the release and the VCS
+	// revision main was stamped with at build time. Empty: "dev", and the
+	// revision the Go toolchain recorded (or "unknown").
+	Version, Revision string `json:"-"`
 }
 
 // Defaults.

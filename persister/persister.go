@@ -94,6 +94,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
+	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+		return fmt.Errorf("register metrics: %w", err)
+	}
 
 	ln := cfg.Listener
 	if ln == nil && cfg.HTTPAddr != "" {
