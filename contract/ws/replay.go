@@ -253,6 +253,7 @@ func (r Request) encodeReplay() []byte {
 	}
 	switch r.Type {
 	case TypeSubscribe:
+		b = appendOptions(b, r.Options)
 		o := r.ReplayOptions
 		b = append(b, `,"replay":{"from":`...)
 		b = appendTime(b, o.From)

@@ -27,7 +27,9 @@ const Path = "/ws-live"
 
 // MaxClientMessage bounds a client message in bytes; a larger one closes the
 // connection with CloseMessageTooBig.
-const MaxClientMessage = 4096
+// It leaves room for a subscribe listing MaxDevices device ids of the
+// longest form.
+const MaxClientMessage = 40 << 10
 
 // Message types. The first two are sent by clients, the others by the
 // server.
@@ -45,8 +47,9 @@ type Code string
 
 // Error codes.
 const (
-	// CodeBadRequest: malformed JSON, unknown type, bad topic, a subscribe to
-	// a topic already subscribed, an unsubscribe of a topic not subscribed.
+	// CodeBadRequest: malformed JSON, unknown type, bad topic, a bad max_hz
+	// or devices (the message names the field), a subscribe to a topic
+	// already subscribed, an unsubscribe of a topic not subscribed.
 	CodeBadRequest Code = "bad_request"
 	// CodeForbidden: the user is neither admin nor a member of the event's
 	// organization, also sent for a live subscription when re-authorization
@@ -109,6 +112,9 @@ type Request struct {
 	ReplayOptions ReplayOptions `json:"-"`
 	// Control is the body of a TypeReplay message.
 	Control ReplayControl `json:"-"`
+	// Options are the optional max_hz and devices of a subscribe, live or
+	// replay (options.go).
+	Options SubscribeOptions `json:"-"`
 }
 
 // MaxIDLength bounds the id a client may send (it is echoed back).
@@ -119,8 +125,7 @@ func (r Request) Encode() []byte {
 	if r.Replay || r.Type == TypeReplay {
 		return r.encodeReplay()
 	}
-	b, _ := json.Marshal(r) // three strings cannot fail
-	return b
+	return r.encodePlain()
 }
 
 // RequestError is the reason a client message was refused. ID and Topic are
@@ -147,6 +152,9 @@ func ParseRequest(data []byte) (Request, error) {
 		Action json.RawMessage `json:"action"`
 		To     json.RawMessage `json:"to"`
 		Speed  json.RawMessage `json:"speed"`
+		// Subscription options (options.go).
+		MaxHz   json.RawMessage `json:"max_hz"`
+		Devices json.RawMessage `json:"devices"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&raw); err != nil {
@@ -189,6 +197,9 @@ func ParseRequest(data []byte) (Request, error) {
 	}
 	if msg := parseReplay(&r, raw.Replay, raw.Action, raw.To, raw.Speed); msg != "" {
 		return Request{}, &RequestError{ID: r.ID, Topic: r.Topic, Replay: true, Message: msg}
+	}
+	if msg := parseOptions(&r, raw.MaxHz, raw.Devices); msg != "" {
+		return Request{}, &RequestError{ID: r.ID, Topic: r.Topic, Replay: r.Replay, Message: msg}
 	}
 	return r, nil
 }
