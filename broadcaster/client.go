@@ -178,6 +178,7 @@ func (c *client) subscribe(req ws.Request) {
 	// Live first, then the snapshot, then the merge in activate: nothing
 	// published in between is lost, and no older position follows a newer.
 	f := newFeed(c.mb, req.Topic)
+	f.lim = newLimits(req.Options)
 	t, err := srv.hub.attach(eventID, f)
 	if err != nil {
 		drop()

@@ -50,6 +50,7 @@ type topic struct {
 
 	devMu   sync.Mutex
 	devices map[string]int32 // device id → index into each feed's slots
+	names   []string         // by index: the device id
 
 	// Positions received and not yet fanned out, latest per device: the
 	// NATS callback adds, the fan-out goroutine takes the whole batch. When
@@ -123,6 +124,7 @@ func (h *hub) attach(eventID string, f *feed) (*topic, error) {
 		h.m.topics.Set(float64(len(h.topics)))
 		h.log.Debug("topic opened", "event_id", eventID)
 	}
+	f.t = t // before the feed is published to the fan-out
 	old := *t.feeds.Load()
 	feeds := make([]*feed, len(old), len(old)+1)
 	copy(feeds, old)
@@ -170,9 +172,17 @@ func (t *topic) index(device string) int32 {
 	if !ok {
 		idx = int32(len(t.devices))
 		t.devices[device] = idx
+		t.names = append(t.names, device)
 	}
 	t.devMu.Unlock()
 	return idx
+}
+
+// name returns the device id of index idx of t.
+func (t *topic) name(idx int32) string {
+	t.devMu.Lock()
+	defer t.devMu.Unlock()
+	return t.names[idx]
 }
 
 // onMsg queues one position for fan-out. It runs on the subscription's

@@ -52,6 +52,12 @@ type feed struct {
 	// taken, set on replay feeds only, gets a non-blocking signal each
 	// time the writer takes positions of the feed (replay.go waits on it).
 	taken chan struct{}
+
+	// lim holds the subscription's options (limits.go); nil = none. Set
+	// before the feed is attached.
+	lim *limits
+	// t is the topic of a live feed, set by hub.attach; nil for replays.
+	t *topic
 }
 
 func newFeed(mb *mailbox, topic string) *feed {
@@ -72,6 +78,7 @@ type mailbox struct {
 	s       sessionWriter
 	w       *writers
 	ctrlCap int
+	clk     clock // for rated feeds (limits.go)
 
 	mu        sync.Mutex
 	ctrl      [][]byte
@@ -90,7 +97,7 @@ type sessionWriter interface {
 }
 
 func newMailbox(s sessionWriter, w *writers, ctrlCap int) *mailbox {
-	return &mailbox{s: s, w: w, ctrlCap: ctrlCap}
+	return &mailbox{s: s, w: w, ctrlCap: ctrlCap, clk: realClock}
 }
 
 // putResult says what put did with a position.
@@ -101,6 +108,7 @@ const (
 	putCoalesced                  // replaced an older pending position of the device
 	putStale                      // older than or equal to what the client has or will get
 	putClosed                     // the feed or the mailbox is closed
+	putFiltered                   // a device the feed does not carry (devices option)
 )
 
 // put offers a position of device idx with fix time ts (Unix ms) to f.
@@ -112,6 +120,10 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 		return putClosed
 	}
 	mb.unshareLocked(f) // topic feeds only; kept for the invariant
+	if !f.admitsLocked(idx) {
+		mb.mu.Unlock()
+		return putFiltered
+	}
 	if int(idx) >= len(f.slots) {
 		f.growSlots(int(idx) + 1)
 	}
@@ -126,12 +138,7 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 		res = putCoalesced
 		mb.coalesced++
 	} else {
-		sl.pending = true
-		f.dirty = append(f.dirty, idx)
-		if f.ready && !f.queued {
-			f.queued = true
-			mb.feeds = append(mb.feeds, f)
-		}
+		mb.pendLocked(f, idx, mb.nowFor(f))
 	}
 	sched := mb.wantLocked()
 	mb.mu.Unlock()
@@ -161,7 +168,7 @@ func (mb *mailbox) offer(f *feed, bs []*batch) (coalesced, stale int, sched bool
 		mb.mu.Unlock()
 		return 0, 0, false
 	}
-	if f.ready && bs[0].seq >= f.sharedFrom && f.head0 == len(f.dirty) && len(f.shared)+len(bs) <= sharedQueue {
+	if f.lim == nil && f.ready && bs[0].seq >= f.sharedFrom && f.head0 == len(f.dirty) && len(f.shared)+len(bs) <= sharedQueue {
 		f.shared = append(f.shared, bs...)
 		bs[0].t.outstanding.Add(int64(len(bs)))
 		if !f.queued {
@@ -204,7 +211,11 @@ func (f *feed) releaseShared() {
 
 // mergeLocked offers several positions, at most one per device, to f.
 func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int) {
+	now := mb.nowFor(f)
 	for _, it := range items {
+		if !f.admitsLocked(it.idx) {
+			continue
+		}
 		if int(it.idx) >= len(f.slots) {
 			f.growSlots(int(it.idx) + 1)
 		}
@@ -219,12 +230,7 @@ func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int)
 			mb.coalesced++
 			continue
 		}
-		sl.pending = true
-		f.dirty = append(f.dirty, it.idx)
-		if f.ready && !f.queued {
-			f.queued = true
-			mb.feeds = append(mb.feeds, f)
-		}
+		mb.pendLocked(f, it.idx, now)
 	}
 	return coalesced, stale
 }
@@ -289,6 +295,9 @@ func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func
 	if reset {
 		clear(f.slots)
 		f.dirty, f.head0 = f.dirty[:0], 0
+		if f.lim != nil {
+			f.lim.resetLocked()
+		}
 		if f.queued {
 			f.queued = false
 			for i, g := range mb.feeds {
@@ -300,6 +309,9 @@ func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func
 		}
 	}
 	for _, it := range snap {
+		if !f.admitsLocked(it.idx) {
+			continue
+		}
 		if int(it.idx) >= len(f.slots) {
 			f.growSlots(int(it.idx) + 1)
 		}
@@ -313,11 +325,21 @@ func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func
 			f.dirty = append(f.dirty, it.idx)
 		}
 	}
+	if f.lim != nil && len(f.lim.held) > 0 {
+		// Held positions go in the snapshot too: it is not rate capped.
+		f.dirty = append(f.dirty, f.lim.held...)
+		f.lim.held = f.lim.held[:0]
+		f.lim.stopLocked()
+	}
 	items := make([][]byte, 0, len(f.dirty)-f.head0)
 	for _, idx := range f.dirty[f.head0:] {
 		sl := &f.slots[idx]
 		items = append(items, sl.data)
 		sl.data, sl.pending = nil, false
+	}
+	if f.rated() {
+		// Each device's interval starts at the snapshot.
+		f.sentLocked(f.dirty[f.head0:], mb.clk.now())
 	}
 	f.dirty, f.head0 = f.dirty[:0], 0
 	f.ready = true
@@ -346,6 +368,10 @@ func (mb *mailbox) end(f *feed, frame []byte) {
 	if !f.closed {
 		f.closed = true
 		f.slots, f.dirty, f.head0 = nil, nil, 0
+		if f.lim != nil {
+			f.lim.stopLocked()
+			f.lim.held = nil
+		}
 		f.releaseShared()
 		if f.queued {
 			f.queued = false
@@ -546,6 +572,9 @@ func (mb *mailbox) flush(scratch [][]byte, maxItems, maxBytes int, m *metrics) [
 			sl.data, sl.pending = nil, false
 			n++
 		}
+		if f.rated() {
+			f.sentLocked(f.dirty[f.head0:f.head0+n], mb.clk.now())
+		}
 		f.head0 += n
 		if f.taken != nil {
 			select {
@@ -610,6 +639,17 @@ func (mb *mailbox) pending() (positions, control int) {
 		}
 	}
 	return positions, len(mb.ctrl)
+}
+
+// held is the number of positions of f held back by its rate cap, for
+// tests.
+func (mb *mailbox) held(f *feed) int {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if f.lim == nil {
+		return 0
+	}
+	return len(f.lim.held)
 }
 
 // Frame buffers are recycled once melody has written them. Only buffers

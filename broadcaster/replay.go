@@ -45,6 +45,9 @@ type replay struct {
 	opts    ws.ReplayOptions
 	window  window
 	feed    *feed
+	// want is the devices option: the only devices replayed; nil = all.
+	// The feed caps the rate (max_hz), the replay filters by device id.
+	want map[string]struct{}
 
 	ctl    chan ws.Request
 	ctx    context.Context
@@ -245,6 +248,8 @@ func (c *client) subscribeReplay(req ws.Request) {
 	r.feed = newFeed(c.mb, req.Topic)
 	r.feed.head = ws.AppendReplayPositionsHead(nil, req.Topic)
 	r.feed.taken = make(chan struct{}, 1)
+	r.feed.lim = newLimits(ws.SubscribeOptions{MaxHz: req.Options.MaxHz})
+	r.want = req.Options.DeviceSet()
 	r.ctx, r.cancel = context.WithCancel(srv.base)
 	c.mu.Lock()
 	if c.closed || c.subs[key] != sub {
@@ -360,6 +365,9 @@ func (r *replay) run() {
 						return
 					}
 					r.srcDone = true
+					continue
+				}
+				if !r.wants(p.device) {
 					continue
 				}
 				r.head = &p
@@ -692,16 +700,28 @@ func (r *replay) seek(req ws.Request) bool {
 }
 
 func (r *replay) snapItems(snap []srcPos) []snapItem {
-	items := make([]snapItem, len(snap))
-	for i, p := range snap {
+	items := make([]snapItem, 0, len(snap))
+	for _, p := range snap {
+		if !r.wants(p.device) {
+			continue
+		}
 		idx, ok := r.devices[p.device]
 		if !ok {
 			idx = int32(len(r.devices))
 			r.devices[p.device] = idx
 		}
-		items[i] = snapItem{idx: idx, ts: p.ts, data: p.data}
+		items = append(items, snapItem{idx: idx, ts: p.ts, data: p.data})
 	}
 	return items
+}
+
+// wants reports whether the replay carries device (the devices option).
+func (r *replay) wants(device string) bool {
+	if r.want == nil {
+		return true
+	}
+	_, ok := r.want[device]
+	return ok
 }
 
 // failed ends the replay after a JetStream failure, with an error frame.
@@ -728,7 +748,8 @@ func (mb *mailbox) putReplay(f *feed, idx int32, ts int64, data []byte, coalesce
 		mb.mu.Unlock()
 		return putClosed
 	}
-	if int(idx) < len(f.slots) && f.slots[idx].pending && !coalesce {
+	// A rated feed keeps the newest per device (max_hz drops the others).
+	if int(idx) < len(f.slots) && f.slots[idx].pending && !coalesce && !f.rated() {
 		mb.mu.Unlock()
 		return putBusy
 	}
@@ -743,5 +764,9 @@ func (mb *mailbox) feedPending(f *feed) int {
 	if f.closed || mb.closed {
 		return 0
 	}
-	return len(f.dirty) - f.head0
+	n := len(f.dirty) - f.head0
+	if f.lim != nil {
+		n += len(f.lim.held) // due later, by the rate cap
+	}
+	return n
 }
