@@ -101,9 +101,15 @@ func decodeSent(t *testing.T, at int64, frames []string) []sentPos {
 	var out []sentPos
 	for _, fr := range frames {
 		var f struct {
-			Type      string `json:"type"`
-			Snapshot  []struct{ Device_ID string; TS int64 }
-			Positions []struct{ Device_ID string; TS int64 }
+			Type     string `json:"type"`
+			Snapshot []struct {
+				Device_ID string
+				TS        int64
+			}
+			Positions []struct {
+				Device_ID string
+				TS        int64
+			}
 		}
 		if err := json.Unmarshal([]byte(fr), &f); err != nil {
 			t.Fatalf("%s: %v", fr, err)
