@@ -148,7 +148,7 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 		out = append(out, p)
 	}
 	slices.SortFunc(out, func(a, b srcPos) int { return int(a.ts - b.ts) })
-	if head.device != "" {
+	if head.device != "" && r.wants(head.device) {
 		r.head = head
 	}
 	return src, out, nil
