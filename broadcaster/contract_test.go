@@ -169,7 +169,8 @@ func TestContract(t *testing.T) {
 	}
 }
 
-// TestMessageJustUnderLimit: a 4 KiB message is accepted.
+// TestMessageAtLimit: a message of exactly ws.MaxClientMessage bytes is
+// accepted.
 func TestMessageAtLimit(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

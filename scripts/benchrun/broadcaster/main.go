@@ -15,6 +15,11 @@
 // With -flood N it measures instead real users' handshake latency while N
 // bogus handshakes per second arrive from one address, against the same
 // without the flood in the same run (flood.go).
+//
+// With -options it runs the subscription-options scenario instead: at the
+// largest -c and -devices × 10 Hz, the same number of clients unlimited,
+// then all at max_hz=1 (-options-hz), then each following 5 devices
+// (-options-follow), one after the other in the same run.
 package main
 
 import (
@@ -75,6 +80,13 @@ var (
 	nF       = flag.Int("n", 0, "internal: clients for -role load")
 	topicF   = flag.String("topic", "", "internal: topic for -role load; empty = idle clients")
 	periodF  = flag.Duration("period", 0, "internal: publishing period per device, for staleness")
+
+	optionsF = flag.Bool("options", false, "subscription options scenario (max_hz, devices) instead of the default runs")
+	optHzF   = flag.Float64("options-hz", 1, "max_hz of the rated run of -options")
+	optFolF  = flag.Int("options-follow", 5, "devices each client follows in the filtered run of -options")
+	maxHzF   = flag.Float64("max-hz", 0, "internal: max_hz of each load client's subscribe; 0 = none")
+	followF  = flag.Int("follow", 0, "internal: devices each load client follows, 0 = all")
+	devTotF  = flag.Int("devtotal", 0, "internal: devices of the event, for -follow")
 )
 
 func main() {
@@ -212,6 +224,9 @@ func coordinate() error {
 
 	cs := ints(*clientsF)
 	rates := ints(*ratesF)
+	if *optionsF {
+		return c.optionsRuns(slices.Max(cs), *devicesF)
+	}
 
 	// Idle memory first, on a fresh process.
 	if *idleF > 0 {
@@ -354,6 +369,50 @@ type result struct {
 	ServerCPU       float64 `json:"-"` // broadcaster CPU seconds per second of the window
 	Published       float64 `json:"-"` // positions published per second (the publisher may fall short of the nominal rate)
 	LoadCPU         float64 `json:"load_cpu"`
+	BytesPerSec     float64 `json:"bytes_per_sec"` // frame payload bytes received by all clients
+}
+
+// subOpts are the subscription options of a run's clients.
+type subOpts struct {
+	maxHz  float64
+	follow int // devices each client follows; 0 = all
+}
+
+func (o subOpts) String() string {
+	switch {
+	case o.maxHz > 0 && o.follow > 0:
+		return fmt.Sprintf("max_hz=%g, %d devices each", o.maxHz, o.follow)
+	case o.maxHz > 0:
+		return fmt.Sprintf("max_hz=%g", o.maxHz)
+	case o.follow > 0:
+		return fmt.Sprintf("%d devices each", o.follow)
+	}
+	return "unlimited"
+}
+
+// optionsRuns is the -options scenario: n clients at devices × 10 Hz,
+// unlimited, rated, then following a few devices each, in one run.
+func (c *coord) optionsRuns(n, devices int) error {
+	fmt.Printf("subscription options, C=%d, %d devices × 10 Hz, window %s each:\n", n, devices, *duration)
+	runs := []subOpts{{}, {maxHz: *optHzF}, {follow: *optFolF}}
+	var rs []result
+	for _, o := range runs {
+		r, err := c.broadcastRunWith(n, devices, 10, o)
+		if err != nil {
+			return err
+		}
+		rs = append(rs, r)
+		perClient := r.BytesPerSec / float64(n)
+		fmt.Printf("%-22s bytes/client/s %9.0f   positions delivered %9.0f /s (%7.1f per client/s)   CPU broadcaster %.2f load %.2f cores   staleness p50 %4d ms p99 %5d ms   latency p99 %s   latest of every followed device: %d/%d clients (%d closed)   RSS %s   load average %s\n",
+			o.String(), perClient, r.PositionsPerSec, r.PositionsPerSec/float64(n), r.ServerCPU, r.LoadCPU, r.StaleP50, r.StaleP99,
+			msCap(r.LatP99), r.Complete, r.Clients, r.Closed, mib(r.RSS), loadavg())
+	}
+	base := rs[0]
+	for i, r := range rs[1:] {
+		fmt.Printf("%s against unlimited: bytes per client %.3f (1/%.1f), positions %.3f, broadcaster CPU %.2f\n", runs[i+1].String(),
+			r.BytesPerSec/base.BytesPerSec, base.BytesPerSec/max(r.BytesPerSec, 1), r.PositionsPerSec/base.PositionsPerSec, r.ServerCPU/max(base.ServerCPU, 1e-9))
+	}
+	return nil
 }
 
 // load is a running -role load process.
@@ -363,10 +422,11 @@ type load struct {
 	out *bufio.Scanner
 }
 
-func startLoad(url string, n int, topic string, period time.Duration) (*load, error) {
+func startLoad(url string, n int, topic string, period time.Duration, extra ...string) (*load, error) {
 	self, _ := os.Executable()
-	cmd := exec.Command(self, "-role", "load", "-url", url, "-n", strconv.Itoa(n), "-topic", topic, "-period", period.String(),
-		"-rcvbuf", strconv.Itoa(*rcvbufF))
+	args := append([]string{"-role", "load", "-url", url, "-n", strconv.Itoa(n), "-topic", topic, "-period", period.String(),
+		"-rcvbuf", strconv.Itoa(*rcvbufF)}, extra...)
+	cmd := exec.Command(self, args...)
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	outPipe, _ := cmd.StdoutPipe()
@@ -424,8 +484,14 @@ func (c *coord) rawRun(n, per int) (result, error) {
 // the window, then checks every client ends with the latest position of
 // every device.
 func (c *coord) broadcastRun(n, devices, hz int) (result, error) {
+	return c.broadcastRunWith(n, devices, hz, subOpts{})
+}
+
+// broadcastRunWith is broadcastRun with subscription options.
+func (c *coord) broadcastRunWith(n, devices, hz int, o subOpts) (result, error) {
 	period := time.Second / time.Duration(hz)
-	l, err := startLoad("ws://"+c.srvAddr+ws.Path, n, ws.EventTopic(c.eventID), period)
+	l, err := startLoad("ws://"+c.srvAddr+ws.Path, n, ws.EventTopic(c.eventID), period,
+		"-max-hz", strconv.FormatFloat(o.maxHz, 'f', -1, 64), "-follow", strconv.Itoa(o.follow), "-devtotal", strconv.Itoa(devices))
 	if err != nil {
 		return result{}, err
 	}
@@ -704,6 +770,7 @@ type lclient struct {
 	lat    []int32  // latency histogram, ms; the last bucket is "or more"
 	day    [10]byte // date of dayMS, as in ts
 	dayMS  int64
+	follow []int // device indexes followed (-follow); nil = all
 }
 
 const latBuckets = 4096
@@ -714,7 +781,7 @@ func runLoad() error {
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 1<<24)
 	var counting atomic.Bool
-	var frames, positions atomic.Int64
+	var frames, positions, bytesIn atomic.Int64
 	lat := newHist()
 	stale := newHist()
 	cls := make([]*lclient, *nF)
@@ -751,7 +818,7 @@ func runLoad() error {
 				if attempt > 0 {
 					time.Sleep(time.Duration(attempt) * 250 * time.Millisecond)
 				}
-				if conn, err = dialSubscribe(&dialer, h); err == nil {
+				if conn, err = dialSubscribe(&dialer, h, followed(i)); err == nil {
 					break
 				}
 			}
@@ -760,7 +827,7 @@ func runLoad() error {
 				connected.Done()
 				return
 			}
-			lc := &lclient{conn: conn}
+			lc := &lclient{conn: conn, follow: followedIdx(i)}
 			cls[i] = lc
 			connected.Done()
 			release()
@@ -780,6 +847,7 @@ func runLoad() error {
 				if counting.Load() {
 					frames.Add(1)
 					positions.Add(int64(n))
+					bytesIn.Add(int64(len(data)))
 				}
 			}
 		}()
@@ -802,6 +870,7 @@ func runLoad() error {
 			cpuStart = cpuSeconds(os.Getpid())
 			frames.Store(0)
 			positions.Store(0)
+			bytesIn.Store(0)
 			start = time.Now()
 			counting.Store(true)
 			samplerDone = make(chan struct{})
@@ -845,7 +914,8 @@ func runLoad() error {
 			}
 			secs := stop.Sub(start).Seconds()
 			printResult(result{Clients: len(cls), FramesPerSec: float64(frames.Load()) / secs, PositionsPerSec: float64(positions.Load()) / secs,
-				LatP50: lat.pct(50), LatP99: lat.pct(99), StaleP50: stale.pct(50), StaleP99: stale.pct(99), Complete: complete, Closed: closed, LoadCPU: loadCPU})
+				LatP50: lat.pct(50), LatP99: lat.pct(99), StaleP50: stale.pct(50), StaleP99: stale.pct(99), Complete: complete, Closed: closed, LoadCPU: loadCPU,
+				BytesPerSec: float64(bytesIn.Load()) / secs})
 		}
 	}
 	for _, c := range cls {
@@ -856,8 +926,35 @@ func runLoad() error {
 	return nil
 }
 
-// dialSubscribe connects and, unless idle or raw, subscribes to the topic.
-func dialSubscribe(dialer *websocket.Dialer, h http.Header) (*websocket.Conn, error) {
+// followedIdx is the device indexes load client i follows with -follow:
+// consecutive ones, so that every device has followers; nil = all.
+func followedIdx(i int) []int {
+	if *followF <= 0 || *devTotF <= 0 {
+		return nil
+	}
+	out := make([]int, *followF)
+	for j := range out {
+		out[j] = (i*(*followF) + j) % *devTotF
+	}
+	return out
+}
+
+// followed is the devices option of load client i, or nil.
+func followed(i int) []string {
+	idx := followedIdx(i)
+	if idx == nil {
+		return nil
+	}
+	out := make([]string, len(idx))
+	for j, d := range idx {
+		out[j] = fmt.Sprintf("d%05d", d)
+	}
+	return out
+}
+
+// dialSubscribe connects and, unless idle or raw, subscribes to the topic
+// (with -max-hz and the devices given).
+func dialSubscribe(dialer *websocket.Dialer, h http.Header, devices []string) (*websocket.Conn, error) {
 	conn, _, err := dialer.Dial(*urlF, h)
 	if err != nil {
 		return nil, err
@@ -865,7 +962,8 @@ func dialSubscribe(dialer *websocket.Dialer, h http.Header) (*websocket.Conn, er
 	if *topicF == "" || *topicF == "raw" {
 		return conn, nil
 	}
-	_ = conn.WriteMessage(websocket.TextMessage, ws.Request{Type: ws.TypeSubscribe, Topic: *topicF}.Encode())
+	req := ws.Request{Type: ws.TypeSubscribe, Topic: *topicF, Options: ws.SubscribeOptions{MaxHz: *maxHzF, Devices: devices}}
+	_ = conn.WriteMessage(websocket.TextMessage, req.Encode())
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	_, data, err := conn.ReadMessage()
 	_ = conn.SetReadDeadline(time.Time{})
@@ -994,10 +1092,19 @@ func waitFinal(cls []*lclient, final map[string]int64, timeout time.Duration) in
 			}
 			ok := true
 			c.mu.Lock()
-			for i, ts := range want {
-				if ts > 0 && (i >= len(c.last) || c.last[i] != ts) {
-					ok = false
-					break
+			if c.follow != nil {
+				for _, i := range c.follow {
+					if i < len(want) && want[i] > 0 && (i >= len(c.last) || c.last[i] != want[i]) {
+						ok = false
+						break
+					}
+				}
+			} else {
+				for i, ts := range want {
+					if ts > 0 && (i >= len(c.last) || c.last[i] != ts) {
+						ok = false
+						break
+					}
 				}
 			}
 			c.mu.Unlock()
