@@ -23,6 +23,8 @@ import { LiveClient } from "./trm-live-client.js";
     lastClose: null,    // {code, reason}
     bounds: null,       // {minLat,maxLat,minLon,maxLon}
     dirty: true,
+    follow: [],         // subscription option devices: [] = every device
+    maxHz: 0,           // subscription option max_hz: 0 = no cap
   };
 
   // ---- state for tests (read by the e2e test through CDP) ----
@@ -31,6 +33,7 @@ import { LiveClient } from "./trm-live-client.js";
       return {
         connection: state.conn, user: state.user ? state.user.email : null, topic: state.topic,
         devices: state.devices.size, positions: state.received, rate: rate(), lastClose: state.lastClose,
+        follow: state.follow.slice(), maxHz: state.maxHz,
       };
     },
   };
@@ -142,10 +145,33 @@ import { LiveClient } from "./trm-live-client.js";
     state.dirty = true;
     // One event at a time: stop following whatever else this page followed.
     for (const t of client.topics()) if (t !== state.topic) client.unsubscribe(t);
-    client.subscribe(state.topic);
+    client.subscribe(state.topic, subOptions());
     state.following = true;
     client.connect();
   }
+
+  // "Follow these cars": the subscription options devices and max_hz.
+  function subOptions() {
+    const o = {};
+    if (state.follow.length) o.devices = state.follow;
+    if (state.maxHz > 0) o.max_hz = state.maxHz;
+    return o;
+  }
+  // The server keeps a subscription's options for its life, so a change is
+  // an unsubscribe and a new subscribe (a fresh snapshot of those devices).
+  $("follow-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    state.follow = [...new Set($("follow-devices").value.split(/[\s,]+/).filter(Boolean))];
+    const hz = parseFloat($("follow-hz").value);
+    state.maxHz = hz > 0 ? hz : 0;
+    message("");
+    if (!state.topic) return;
+    state.devices.clear();
+    state.bounds = null;
+    state.dirty = true;
+    client.unsubscribe(state.topic);
+    client.subscribe(state.topic, subOptions());
+  });
 
   function stopSocket() {
     state.following = false;
@@ -156,6 +182,9 @@ import { LiveClient } from "./trm-live-client.js";
   }
 
   function addPosition(p, live) {
+    // Positions of the previous subscription may still arrive before its
+    // unsubscribed frame.
+    if (state.follow.length && !state.follow.includes(p.device_id)) return;
     let d = state.devices.get(p.device_id);
     if (!d) {
       d = { trail: [], last: null, color: colorOf(p.device_id) };
