@@ -403,8 +403,8 @@ func (c *coord) optionsRuns(n, devices int) error {
 		}
 		rs = append(rs, r)
 		perClient := r.BytesPerSec / float64(n)
-		fmt.Printf("%-22s bytes/client/s %9.0f   positions delivered %9.0f /s (%7.1f per client/s)   CPU broadcaster %.2f load %.2f cores   staleness p50 %4d ms p99 %5d ms   latency p99 %s   latest of every followed device: %d/%d clients (%d closed)   RSS %s   load average %s\n",
-			o.String(), perClient, r.PositionsPerSec, r.PositionsPerSec/float64(n), r.ServerCPU, r.LoadCPU, r.StaleP50, r.StaleP99,
+		fmt.Printf("%-22s published %6.0f pos/s (of %d)   bytes/client/s %9.0f   positions delivered %9.0f /s (%7.1f per client/s)   CPU broadcaster %.2f load %.2f cores   staleness p50 %4d ms p99 %5d ms   latency p99 %s   latest of every followed device: %d/%d clients (%d closed)   RSS %s   load average %s\n",
+			o.String(), r.Published, devices*10, perClient, r.PositionsPerSec, r.PositionsPerSec/float64(n), r.ServerCPU, r.LoadCPU, r.StaleP50, r.StaleP99,
 			msCap(r.LatP99), r.Complete, r.Clients, r.Closed, mib(r.RSS), loadavg())
 	}
 	base := rs[0]
