@@ -272,6 +272,7 @@ func (c *client) cleanup() {
 	for _, sub := range subs {
 		if sub.t != nil {
 			c.srv.hub.detach(sub.t, sub.feed)
+			c.mb.stopTimer(sub.feed)
 		}
 		if sub.live {
 			c.srv.m.subscriptions.Dec()

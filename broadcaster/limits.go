@@ -163,6 +163,15 @@ func (f *feed) sentLocked(idxs []int32, now int64) {
 	}
 }
 
+// stopTimer stops f's timer, if any, once the session has ended.
+func (mb *mailbox) stopTimer(f *feed) {
+	mb.mu.Lock()
+	if f.lim != nil {
+		f.lim.stopLocked()
+	}
+	mb.mu.Unlock()
+}
+
 // resetLocked forgets the rate and filter state (a replay's seek: device
 // indexes start over) and stops the timer. Under mb.mu.
 func (l *limits) resetLocked() {

@@ -32,6 +32,8 @@ import (
 
 // Bounds of the subscription options.
 const (
+	// MinMaxHz is the smallest max_hz: one position per device every 100 s.
+	MinMaxHz = 0.01
 	// MaxHzLimit is the largest max_hz; higher rates are what a
 	// subscription without max_hz gets anyway.
 	MaxHzLimit = 100
@@ -76,8 +78,8 @@ func parseOptions(r *Request, maxHz, devices json.RawMessage) string {
 	}
 	if maxHz != nil {
 		var f float64
-		if err := json.Unmarshal(maxHz, &f); err != nil || !(f > 0 && f <= MaxHzLimit) {
-			return fmt.Sprintf("max_hz must be a number greater than 0 and at most %d", MaxHzLimit)
+		if err := json.Unmarshal(maxHz, &f); err != nil || !(f >= MinMaxHz && f <= MaxHzLimit) {
+			return fmt.Sprintf("max_hz must be a number from %v to %d", MinMaxHz, MaxHzLimit)
 		}
 		r.Options.MaxHz = f
 	}

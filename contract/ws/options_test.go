@@ -108,7 +108,7 @@ func TestParseOptions(t *testing.T) {
 	}{
 		"none":           {sub(``), SubscribeOptions{}},
 		"max_hz":         {sub(`,"max_hz":1`), SubscribeOptions{MaxHz: 1}},
-		"max_hz low":     {sub(`,"max_hz":0.01`), SubscribeOptions{MaxHz: 0.01}},
+		"max_hz lowest":  {sub(`,"max_hz":0.01`), SubscribeOptions{MaxHz: 0.01}},
 		"max_hz limit":   {sub(`,"max_hz":100`), SubscribeOptions{MaxHz: 100}},
 		"devices":        {sub(`,"devices":["b","a"]`), SubscribeOptions{Devices: []string{"b", "a"}}},
 		"both on replay": {sub(`,"max_hz":2,"devices":["x"],"replay":{"from":"2026-05-03T10:00:00Z"}`), SubscribeOptions{MaxHz: 2, Devices: []string{"x"}}},
@@ -142,6 +142,7 @@ func TestParseOptions(t *testing.T) {
 	}{
 		"max_hz zero":     {data: sub(`,"max_hz":0`), msg: "max_hz must be"},
 		"max_hz negative": {data: sub(`,"max_hz":-1`), msg: "max_hz must be"},
+		"max_hz tiny":     {data: sub(`,"max_hz":1e-300`), msg: "max_hz must be a number from 0.01 to 100"},
 		"max_hz high":     {data: sub(`,"max_hz":100.5`), msg: "max_hz must be"},
 		"max_hz string":   {data: sub(`,"max_hz":"1"`), msg: "max_hz must be"},
 		"max_hz null":     {data: sub(`,"max_hz":null`), msg: "max_hz must be"},
@@ -169,7 +170,7 @@ func TestParseOptions(t *testing.T) {
 }
 
 func TestOptionsInterval(t *testing.T) {
-	for hz, want := range map[float64]time.Duration{0: 0, 1: time.Second, 4: 250 * time.Millisecond, 3: 333333334, 100: 10 * time.Millisecond, 0.5: 2 * time.Second} {
+	for hz, want := range map[float64]time.Duration{0: 0, 0.01: 100 * time.Second, 1: time.Second, 4: 250 * time.Millisecond, 3: 333333334, 100: 10 * time.Millisecond, 0.5: 2 * time.Second} {
 		if got := (SubscribeOptions{MaxHz: hz}).Interval(); got != want {
 			t.Errorf("Interval at %v Hz = %v, want %v", hz, got, want)
 		}
