@@ -356,3 +356,47 @@ func TestDeviceFilterSnapshotAndLive(t *testing.T) {
 		t.Fatalf("live: %v, want a, c and late at 4 only", got)
 	}
 }
+
+// TestRateCapSeekResets: a replay's seek (activateWith with reset) sends
+// what was held in its new snapshot, forgets the old intervals, and starts
+// new ones at the snapshot.
+func TestRateCapSeekResets(t *testing.T) {
+	x := newMB(t, 64, 100, 1<<20)
+	clk := newFakeClock()
+	f := ratedFeed(x, clk, ws.SubscribeOptions{MaxHz: 1}, nil, nil)
+	x.flush()
+	x.release()
+	x.mb.put(f, 0, 1, pos("a", 1))
+	x.flush()
+	x.release()
+	clk.advance(100 * time.Millisecond)
+	x.mb.put(f, 0, 2, pos("a", 2)) // held until 1 s
+	if x.mb.held(f) != 1 {
+		t.Fatalf("held %d, want 1", x.mb.held(f))
+	}
+	snap := []snapItem{{idx: 0, ts: 50, data: pos("a", 50)}, {idx: 1, ts: 50, data: pos("b", 50)}}
+	if _, ok := x.mb.activateWith(f, snap, true, func(b []byte, items [][]byte) []byte {
+		return ws.AppendSubscribed(b, "event:t", "seek", items)
+	}); !ok {
+		t.Fatal("activateWith failed")
+	}
+	if x.mb.held(f) != 0 {
+		t.Fatalf("held %d after the seek", x.mb.held(f))
+	}
+	got := decodeSent(t, clk.now(), x.flush())
+	x.release()
+	if len(got) != 2 || got[0].ts != 50 || got[1].ts != 50 {
+		t.Fatalf("seek snapshot %+v, want a and b at 50", got)
+	}
+	// The held a@2 was dropped with the old slots; the timer must not
+	// send anything.
+	clk.advance(time.Second)
+	if got := x.flush(); len(got) != 0 {
+		t.Fatalf("after the seek: %v", got)
+	}
+	// New intervals start at the seek's snapshot.
+	x.mb.put(f, 1, 51, pos("b", 51))
+	if got := decodeSent(t, clk.now(), x.flush()); len(got) != 1 || got[0].ts != 51 {
+		t.Fatalf("b after its interval: %v", got)
+	}
+}
