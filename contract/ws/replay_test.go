@@ -29,7 +29,7 @@ func goldenReplay() map[string][]byte {
 			ReplayOptions: ReplayOptions{From: from, Speed: 4}}.Encode(),
 		"replay_subscribed_rewind": AppendReplaySubscribed(nil, topic, "w1",
 			ReplayStatus{From: from, Speed: 4, State: StatePlaying, At: from, Wall: wall}, items),
-		"replay_live": AppendLive(nil, topic, "w1"),
+		"replay_live":        AppendLive(nil, topic, "w1"),
 		"replay_unsubscribe": Request{Type: TypeUnsubscribe, Topic: topic, ID: "r9", Replay: true}.Encode(),
 		"replay_pause":       Request{Type: TypeReplay, Topic: topic, ID: "p1", Control: ReplayControl{Action: ActionPause}}.Encode(),
 		"replay_resume":      Request{Type: TypeReplay, Topic: topic, Control: ReplayControl{Action: ActionResume}}.Encode(),
