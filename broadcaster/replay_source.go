@@ -62,8 +62,8 @@ type source struct {
 
 	// Where the reader stands (a rewind's switch to live needs it).
 	mu      sync.Mutex
-	readSeq uint64 // stream sequence of the last message fully handed on
-	idle    bool   // the last read found nothing pending and everything read is in ch
+	readSeq uint64        // stream sequence of the last message fully handed on
+	idle    bool          // the last read found nothing pending and everything read is in ch
 	idleCh  chan struct{} // cap 1: idle became true
 }
 
