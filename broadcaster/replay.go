@@ -409,6 +409,9 @@ func (r *replay) run() {
 					r.srcDone = true
 					continue
 				}
+				if p.device == "" {
+					continue // the snapshot's end mark, after a rewind's snapshot ended caught up
+				}
 				r.head = &p
 			case req := <-r.ctl:
 				if !r.control(req) {

@@ -2,10 +2,14 @@ package broadcaster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"trm-live/contract"
+	"trm-live/contract/streams"
 	"trm-live/contract/ws"
 )
 
@@ -20,11 +24,8 @@ import (
 //     the replay attaches a live feed to the topic's hub, not yet ready:
 //     from then on live positions collect in it, latest per device. A
 //     flush makes sure the server has the topic's subscription.
-//  2. It asks the consumer's info: with nothing pending, every position
-//     stored until then was delivered to the consumer up to stream
-//     sequence target, and every position stored later reaches the live
-//     feed too. (With some pending it waits for the reader to take them
-//     and go idle again.)
+//  2. It reads the stream sequence of the event's last stored position,
+//     target: every position stored later reaches the live feed too.
 //  3. When the source has read through target, is idle, the replay is
 //     playing and the client's writer took every replayed position (none
 //     pending, none parked), the replay ends and the live feed becomes the
@@ -83,19 +84,13 @@ func (r *replay) tryLive() bool {
 	}
 	if !r.ho.known {
 		ctx, cancel := context.WithTimeout(r.ctx, srv.cfg.SnapshotTimeout)
-		info, err := r.src.cons.Info(ctx)
+		target, err := srv.lastSeqOf(ctx, r.eventID)
 		cancel()
 		if err != nil {
-			r.failed(fmt.Errorf("replay consumer info: %w", err))
+			r.failed(err)
 			return true
 		}
-		if info.NumPending > 0 {
-			return false // the reader takes them and goes idle again
-		}
-		if info.Delivered.Consumer > 0 {
-			r.ho.target = info.Delivered.Stream
-		}
-		r.ho.known = true
+		r.ho.target, r.ho.known = target, true
 	}
 	seq, idle := r.src.state()
 	if !idle || seq < r.ho.target || len(r.src.ch) > 0 {
@@ -245,4 +240,21 @@ func (mb *mailbox) activateLive(f *feed, floors []snapItem, sharedFrom uint64, f
 		mb.w.schedule(mb)
 	}
 	return true
+}
+
+// lastSeqOf is the stream sequence of the event's last stored position (0:
+// none).
+func (srv *server) lastSeqOf(ctx context.Context, eventID string) (uint64, error) {
+	stream, err := srv.js.Stream(ctx, streams.Positions)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", streams.Positions, err)
+	}
+	m, err := stream.GetLastMsgForSubject(ctx, contract.EventSubject(eventID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("last message of %s: %w", contract.EventSubject(eventID), err)
+	}
+	return m.Sequence, nil
 }

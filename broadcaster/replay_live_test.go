@@ -175,8 +175,19 @@ func TestReplayRewindLive(t *testing.T) {
 		speed   = 4
 		back    = 60 * time.Second
 	)
-	// A hiccup of the machine must delay positions, not drop them.
-	e, ev := newReplayEnv(t, func(c *Config) { c.Replay.MaxLag = 10 * time.Second })
+	// A hiccup of the machine must delay positions, not drop them. Every
+	// replay starts reading 5 min of storage time before its start (here:
+	// the whole race, 30,000 messages before a seek's answer): with
+	// -race on a busy machine a pull of 1,024 messages took long enough to
+	// starve that read, so each pull takes up to 10,000. The reorder
+	// window (Lateness) is how far a replay reads ahead before its first
+	// position: 5 s here (2,500 messages; TestReplayLateStored is about
+	// the window).
+	e, ev := newReplayEnv(t, func(c *Config) {
+		c.Replay.MaxLag = 10 * time.Second
+		c.Replay.Buffer = 10000
+		c.Replay.Lateness = 5 * time.Second
+	})
 	lp := startLivePublisher(e, ev, devices, back+10*time.Second)
 	testkit.Eventually(t, 60*time.Second, func() error {
 		if s := lp.last(); !lp.ts(s+1, devices).After(time.Now().Add(-2 * time.Second)) {
@@ -188,10 +199,11 @@ func TestReplayRewindLive(t *testing.T) {
 	fr := readFrames(t, c)
 	topic := topicOf(ev)
 	from := time.Now().UTC().Add(-back).Truncate(time.Millisecond)
-	start := time.Now()
+	wait0 := runQueueWait(t)
 	c.send(replaySubscribe(topic, "w1", from, time.Time{}, speed))
-	sub := fr.expect(ws.TypeSubscribed, "")
-	if st := replayStatus(t, sub.Frame); !sub.Replay || sub.ID != "w1" || !st.To.IsZero() || st.Speed != speed || !st.At.Equal(from) {
+	sub := fr.nextWithin(2 * time.Minute)
+	st := replayStatus(t, sub.Frame)
+	if sub.Type != ws.TypeSubscribed || !sub.Replay || sub.ID != "w1" || !st.To.IsZero() || st.Speed != speed || !st.At.Equal(from) {
 		t.Fatalf("subscribed %+v", sub.Frame)
 	}
 	snap := items(t, sub.Frame)
@@ -206,7 +218,7 @@ func TestReplayRewindLive(t *testing.T) {
 	replayed := 0
 	var switched time.Time
 	for switched.IsZero() {
-		f := fr.next()
+		f := fr.nextWithin(time.Minute)
 		switch {
 		case f.Type == ws.TypePositions && f.Replay:
 			ps := items(t, f.Frame)
@@ -221,16 +233,30 @@ func TestReplayRewindLive(t *testing.T) {
 			t.Fatalf("during the rewind: %s", f.data)
 		}
 	}
-	took := switched.Sub(start)
-	if bound := back/(speed-1) + 10*time.Second; took > bound {
-		t.Fatalf("the rewind turned live after %s, want within %s", took, bound)
+	// The rewind's clock started at wall (the subscribed frame's
+	// schedule): from then on it gains speed − 1 seconds a second on the
+	// present.
+	// That needs the replay to keep up with 4 × 500 positions a second:
+	// the bound is asserted unless other processes held the cores (as in
+	// TestReplayPaced; with -race on this 2-core machine under the other
+	// engineers' load the rewind went at 800 positions a second and
+	// switched after 50 s).
+	took := switched.Sub(st.Wall)
+	starved := float64(runQueueWait(t)-wait0) / float64(time.Since(st.Wall))
+	switch bound := back/(speed-1) + 10*time.Second; {
+	case took <= bound:
+	case starved > maxStarved:
+		t.Logf("turned live %s after the start, over %s, not asserted: the machine is saturated (on average %.2f of this process's threads waited for a core, limit %.2f)",
+			took, bound, starved, maxStarved)
+	default:
+		t.Fatalf("the rewind turned live %s after its start, want within %s", took, bound)
 	}
 	// Live: positions frames without "replay", the next seconds of each
 	// device.
 	mark := lp.last() + 3
 	live := 0
 	for !k.reached(mark) {
-		f := fr.next()
+		f := fr.nextWithin(time.Minute)
 		if f.Type != ws.TypePositions || f.Replay {
 			t.Fatalf("after the live frame: %s", f.data)
 		}
@@ -238,7 +264,8 @@ func TestReplayRewindLive(t *testing.T) {
 		live += len(ps)
 		k.add(ps, "live")
 	}
-	t.Logf("rewind of %s at %d×: %d positions replayed, live after %s, then %d live positions", back, speed, replayed, took.Round(time.Millisecond), live)
+	t.Logf("rewind of %s at %d×: %d positions replayed, live after %s (threads waiting for a core: %.2f on average), then %d live positions",
+		back, speed, replayed, took.Round(time.Millisecond), starved, live)
 	if replayed < devices*50 || live < devices*3 {
 		t.Fatalf("%d replayed, %d live: too few to have crossed the switch", replayed, live)
 	}
@@ -257,7 +284,7 @@ func TestReplayRewindLive(t *testing.T) {
 	c.send(replayControl(topic, "k", ws.ActionSeek, seekTo, 0))
 	var ack rframe
 	for ack.Type == "" {
-		f := fr.next()
+		f := fr.nextWithin(2 * time.Minute)
 		switch {
 		case f.Type == ws.TypePositions && !f.Replay: // live, sent before the seek
 			k.add(items(t, f.Frame), "live before the seek")
@@ -273,7 +300,7 @@ func TestReplayRewindLive(t *testing.T) {
 	}
 	k2 := newTrackCheck(t, lp, items(t, ack.Frame))
 	for {
-		f := fr.next()
+		f := fr.nextWithin(time.Minute)
 		if f.Type == ws.TypeLive && f.ID == "w1" && f.Replay {
 			break
 		}
@@ -286,7 +313,7 @@ func TestReplayRewindLive(t *testing.T) {
 	// position arrives.
 	mark = lp.last() + 2
 	for !k2.reached(mark) {
-		f := fr.next()
+		f := fr.nextWithin(time.Minute)
 		if f.Type != ws.TypePositions || f.Replay {
 			t.Fatalf("after the second live frame: %s", f.data)
 		}
@@ -295,7 +322,7 @@ func TestReplayRewindLive(t *testing.T) {
 	lp.halt()
 	final := lp.last()
 	for !k2.reached(final) {
-		f := fr.next()
+		f := fr.nextWithin(time.Minute)
 		if f.Type != ws.TypePositions || f.Replay {
 			t.Fatalf("live at the end: %s", f.data)
 		}
@@ -327,7 +354,7 @@ func TestReplayRewindControls(t *testing.T) {
 	expectErr := func(what, msg string) {
 		t.Helper()
 		for {
-			f := fr.next()
+			f := fr.nextWithin(time.Minute)
 			if f.Type == ws.TypePositions {
 				continue
 			}
@@ -343,7 +370,7 @@ func TestReplayRewindControls(t *testing.T) {
 	c.send(replaySubscribe(topic, "w0", from, time.Time{}, 10))
 	expectErr("rewind while live", "already subscribed live")
 	c.send(unsubscribe(topic, "u1"))
-	for f := fr.next(); f.Type != ws.TypeUnsubscribed; f = fr.next() {
+	for f := fr.nextWithin(time.Minute); f.Type != ws.TypeUnsubscribed; f = fr.next() {
 		if f.Type != ws.TypePositions {
 			t.Fatalf("unsubscribe: %s", f.data)
 		}
@@ -357,7 +384,7 @@ func TestReplayRewindControls(t *testing.T) {
 	next := func(what string) rframe {
 		t.Helper()
 		for {
-			f := fr.next()
+			f := fr.nextWithin(time.Minute)
 			if f.Type == ws.TypePositions && f.Replay {
 				k.add(items(t, f.Frame), what)
 				continue
@@ -412,7 +439,7 @@ func TestReplayRewindControls(t *testing.T) {
 	expectErr("replay unsubscribe after the switch", "no replay of this topic")
 	c.send(unsubscribe(topic, "u2"))
 	for {
-		f := fr.next()
+		f := fr.nextWithin(time.Minute)
 		if f.Type == ws.TypePositions && !f.Replay {
 			k.add(items(t, f.Frame), "live")
 			continue

@@ -51,7 +51,6 @@ type srcPos struct {
 // source is one replay consumer and the goroutine reading it.
 type source struct {
 	js      jetstream.JetStream
-	cons    jetstream.Consumer
 	name    string
 	ch      chan srcPos // closed when the source ends
 	err     error       // set before ch is closed, when the read failed
@@ -136,7 +135,7 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 	}
 	srv.replayMetrics.consumers.Inc()
 	sctx, cancel := context.WithCancel(context.Background())
-	src := &source{js: srv.js, cons: cons, name: name, ch: make(chan srcPos, min(srv.cfg.Replay.Buffer, 256)), cancel: cancel,
+	src := &source{js: srv.js, name: name, ch: make(chan srcPos, min(srv.cfg.Replay.Buffer, 256)), cancel: cancel,
 		done: make(chan struct{}), invalid: srv.m.messagesInvalid.Inc, tooLate: srv.replayMetrics.tooLate.Inc,
 		idleCh: make(chan struct{}, 1)}
 	info := cons.CachedInfo()
@@ -153,7 +152,7 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 			src.deleteConsumer(srv)
 			return nil, nil, fmt.Errorf("consume replay: %w", err)
 		}
-		go src.read(sctx, it, r.window)
+		go src.read(sctx, it, r.window, at.UnixMilli())
 	}
 
 	// The snapshot: the base, then what the consumer reads up to the first
@@ -179,6 +178,10 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 					return nil, nil, err
 				}
 				head = &srcPos{} // ended: no head
+				break
+			}
+			if p.device == "" {
+				head = &srcPos{} // the reader passed at: the snapshot is complete
 				break
 			}
 			if p.ts > atMS {
@@ -210,13 +213,17 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 	return src, out, nil
 }
 
-// read forwards the consumer's messages, decoded and in fix-time order
-// (reorder), until the window ends, ctx ends or the read fails.
-func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w window) {
+// read forwards the consumer's messages, decoded, until the window ends,
+// ctx ends or the read fails. Positions at or before snapAt (Unix ms, the
+// replay's start) go at once, for the snapshot, until the first one after
+// it is read; then an empty srcPos marks the snapshot's end, and every
+// later position goes in fix-time order (reorder).
+func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w window, snapAt int64) {
 	defer close(s.done)
 	defer close(s.ch)
 	defer it.Stop()
 	ro := newReorder(w.lateness)
+	passed := false
 	send := func(p srcPos) bool {
 		select {
 		case s.ch <- p:
@@ -267,7 +274,17 @@ func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w windo
 		case !w.to.IsZero() && ts > w.to.UnixMilli():
 			// After the range: skipped, but later messages may still be
 			// late arrivals inside it.
+		case !passed && ts <= snapAt:
+			if !send(srcPos{device: device, ts: ts, data: msg.Data(), seq: meta.Sequence.Stream}) {
+				return
+			}
 		default:
+			if !passed {
+				passed = true
+				if !send(srcPos{}) {
+					return
+				}
+			}
 			// The payload is the bridge's Encode() bytes; re-encoding
 			// would only cost CPU at "max" speed.
 			if !ro.push(srcPos{device: device, ts: ts, data: msg.Data(), seq: meta.Sequence.Stream}) {

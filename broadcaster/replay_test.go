@@ -188,6 +188,12 @@ func (fr *frameReader) nextReplay() (ps []contract.Position, end bool) {
 // connection ended.
 func (fr *frameReader) next() rframe {
 	fr.t.Helper()
+	return fr.nextWithin(20 * time.Second)
+}
+
+// nextWithin is next with its own timeout.
+func (fr *frameReader) nextWithin(d time.Duration) rframe {
+	fr.t.Helper()
 	select {
 	case f, ok := <-fr.ch:
 		if !ok {
@@ -195,8 +201,8 @@ func (fr *frameReader) next() rframe {
 		}
 		f.decode(fr.t)
 		return f
-	case <-time.After(20 * time.Second):
-		fr.t.Fatal("no frame for 20s")
+	case <-time.After(d):
+		fr.t.Fatalf("no frame for %s", d)
 	}
 	return rframe{}
 }
