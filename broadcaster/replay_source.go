@@ -242,7 +242,8 @@ func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w windo
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			// A rewind's read never ends by itself.
+			if ctx.Err() == nil && (w.live || !errors.Is(err, jetstream.ErrMsgIteratorClosed)) {
 				s.err = fmt.Errorf("read replay: %w", err)
 			}
 			return
