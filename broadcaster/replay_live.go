@@ -25,7 +25,10 @@ import (
 //     from then on live positions collect in it, latest per device. A
 //     flush makes sure the server has the topic's subscription.
 //  2. It reads the stream sequence of the event's last stored position,
-//     target: every position stored later reaches the live feed too.
+//     target: every position stored later reaches the live feed too. It
+//     reads it again once the source has read through it (a position
+//     routed by the server just before the live subscription existed is
+//     stored a moment later: by then it is below the target).
 //  3. When the source has read through target, is idle, the replay is
 //     playing and the client's writer took every replayed position (none
 //     pending, none parked), the replay ends and the live feed becomes the
@@ -56,7 +59,7 @@ type handover struct {
 	f      *feed
 	t      *topic
 	target uint64 // stream sequence the source must have read through
-	known  bool   // target is set
+	reads  int    // of the target (see tryLive)
 }
 
 // tryLive switches the rewind to live when it can (see above). It returns
@@ -82,7 +85,16 @@ func (r *replay) tryLive() bool {
 			return true
 		}
 	}
-	if !r.ho.known {
+	// The target is read twice: at the attach, and again the first time
+	// the rewind has read through it. A position the server routed just
+	// before the live subscription existed is stored a moment later; by
+	// the second read it is in the stream, below the new target.
+	for r.ho.reads < 2 {
+		if r.ho.reads == 1 {
+			if seq, idle := r.src.state(); !idle || seq < r.ho.target || len(r.src.ch) > 0 {
+				return false
+			}
+		}
 		ctx, cancel := context.WithTimeout(r.ctx, srv.cfg.SnapshotTimeout)
 		target, err := srv.lastSeqOf(ctx, r.eventID)
 		cancel()
@@ -90,7 +102,8 @@ func (r *replay) tryLive() bool {
 			r.failed(err)
 			return true
 		}
-		r.ho.target, r.ho.known = target, true
+		r.ho.target = target
+		r.ho.reads++
 	}
 	seq, idle := r.src.state()
 	if !idle || seq < r.ho.target || len(r.src.ch) > 0 {
@@ -108,9 +121,16 @@ func (r *replay) switchLive() bool {
 	}
 	key := replayKey(r.topic)
 	c.mu.Lock()
-	if sub := c.subs[key]; c.closed || sub == nil || sub.rp != r || c.subs[r.topic] != nil {
+	if sub := c.subs[key]; c.closed || sub == nil || sub.rp != r {
 		c.mu.Unlock()
 		return true // ended meanwhile; run's end drops the handover
+	}
+	if c.subs[r.topic] != nil {
+		// Live subscribed meanwhile (refused while rewinding, so not
+		// expected): the rewind ends as a bounded replay would.
+		c.mu.Unlock()
+		r.end()
+		return true
 	}
 	delete(c.subs, key)
 	c.subs[r.topic] = &subscription{topic: r.topic, eventID: r.eventID, feed: ho.f, t: ho.t, live: true,

@@ -1,7 +1,6 @@
 package broadcaster
 
 import (
-	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -135,7 +134,7 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 	}
 	srv.replayMetrics.consumers.Inc()
 	sctx, cancel := context.WithCancel(context.Background())
-	src := &source{js: srv.js, name: name, ch: make(chan srcPos, min(srv.cfg.Replay.Buffer, 256)), cancel: cancel,
+	src := &source{js: srv.js, name: name, ch: make(chan srcPos, srv.cfg.Replay.Buffer), cancel: cancel,
 		done: make(chan struct{}), invalid: srv.m.messagesInvalid.Inc, tooLate: srv.replayMetrics.tooLate.Inc,
 		idleCh: make(chan struct{}, 1)}
 	info := cons.CachedInfo()
@@ -181,8 +180,11 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 				break
 			}
 			if p.device == "" {
-				head = &srcPos{} // the reader passed at: the snapshot is complete
-				break
+				// The reader passed at: the snapshot is complete. The
+				// schedule still waits for the first position after at,
+				// which comes out of the reorder window: anchored
+				// earlier, the first ones would be late by that read.
+				continue
 			}
 			if p.ts > atMS {
 				head = &p
@@ -248,7 +250,9 @@ func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w windo
 			}
 			return
 		}
-		s.setState(0, false)
+		if w.live {
+			s.setState(0, false)
+		}
 		meta, err := msg.Metadata()
 		if err != nil {
 			s.err = fmt.Errorf("replay message metadata: %w", err)
@@ -302,7 +306,9 @@ func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w windo
 				return
 			}
 		}
-		s.setState(meta.Sequence.Stream, caughtUp && ro.len() == 0)
+		if w.live {
+			s.setState(meta.Sequence.Stream, caughtUp && ro.len() == 0)
+		}
 	}
 }
 
@@ -335,7 +341,7 @@ func (ro *reorder) push(p srcPos) bool {
 	if last, ok := ro.last[p.device]; ok && p.ts <= last {
 		return false
 	}
-	heap.Push(&ro.h, p)
+	ro.h.push(p)
 	ro.maxTS = max(ro.maxTS, p.ts)
 	return true
 }
@@ -344,7 +350,7 @@ func (ro *reorder) push(p srcPos) bool {
 // time is Lateness behind the newest read, or too many are held.
 func (ro *reorder) next(all bool) (srcPos, bool) {
 	for len(ro.h) > 0 && (all || ro.h[0].ts+ro.lateness <= ro.maxTS || len(ro.h) > maxReorder) {
-		p := heap.Pop(&ro.h).(srcPos)
+		p := ro.h.pop()
 		if last, ok := ro.last[p.device]; ok && p.ts <= last {
 			continue // an equal fix time of the device: the first stored goes
 		}
@@ -354,23 +360,53 @@ func (ro *reorder) next(all bool) (srcPos, bool) {
 	return srcPos{}, false
 }
 
-// posHeap orders positions by fix time, then stream sequence.
+// posHeap orders positions by fix time, then stream sequence (a binary
+// heap without container/heap's interface boxing: one allocation less per
+// position on the replay's hot path).
 type posHeap []srcPos
 
-func (h posHeap) Len() int { return len(h) }
-func (h posHeap) Less(i, j int) bool {
+func (h posHeap) less(i, j int) bool {
 	if h[i].ts != h[j].ts {
 		return h[i].ts < h[j].ts
 	}
 	return h[i].seq < h[j].seq
 }
-func (h posHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *posHeap) Push(x any)   { *h = append(*h, x.(srcPos)) }
-func (h *posHeap) Pop() any {
-	old := *h
-	p := old[len(old)-1]
-	old[len(old)-1] = srcPos{}
-	*h = old[:len(old)-1]
+
+func (h *posHeap) push(p srcPos) {
+	*h = append(*h, p)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if !a.less(i, parent) {
+			break
+		}
+		a[i], a[parent] = a[parent], a[i]
+		i = parent
+	}
+}
+
+func (h *posHeap) pop() srcPos {
+	a := *h
+	p := a[0]
+	n := len(a) - 1
+	a[0] = a[n]
+	a[n] = srcPos{}
+	a = a[:n]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < n && a.less(l, m) {
+			m = l
+		}
+		if r := l + 1; r < n && a.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		a[i], a[m] = a[m], a[i]
+		i = m
+	}
+	*h = a
 	return p
 }
 
