@@ -54,7 +54,7 @@ func iptr(v int) *int        { return &v }
 // publishRace starts a server and publishes `devices` devices × `seconds`
 // fixes of the event (1 Hz, fix times ending a minute ago), the same for
 // another event, and one malformed payload on the event's subjects.
-func publishRace(t *testing.T, devices, seconds int) *race {
+func publishRace(t testing.TB, devices, seconds int) *race {
 	t.Helper()
 	n := testkit.StartNATS(t)
 	js := n.JetStream(t)
@@ -590,4 +590,17 @@ func TestLateStoredInFixTimeOrder(t *testing.T) {
 		}
 	}
 	check("gpx", got, st)
+}
+
+// BenchmarkExportNDJSON: one NDJSON export of 50 devices × 10 min (30,000
+// positions, none stored late): the cost of the two reads.
+func BenchmarkExportNDJSON(b *testing.B) {
+	r := publishRace(b, 50, 600)
+	for b.Loop() {
+		st, err := export.Export(context.Background(), r.js, io.Discard, export.Options{EventID: event, From: r.all[0].TS, Format: export.NDJSON})
+		if err != nil || st.Written != int64(len(r.all)) {
+			b.Fatalf("%+v %v", st, err)
+		}
+	}
+	b.ReportMetric(float64(len(r.all))*float64(b.N)/b.Elapsed().Seconds(), "positions/s")
 }

@@ -96,18 +96,23 @@ func scan(ctx context.Context, js jetstream.JetStream, w window, fn func(contrac
 		case !ok:
 			st.malformed++
 			return nil
-		case !w.inRange(p.TS) || isLate[seq]:
+		case !w.inRange(p.TS):
+			return nil
+		case len(late) == 0: // the usual case
+			return emit(p)
+		case isLate[seq]:
 			return nil
 		}
-		q := held[p.DeviceID]
-		for len(q) > 0 && !q[0].p.TS.After(p.TS) {
-			st.late++
-			if err := emit(q[0].p); err != nil {
-				return err
+		if q := held[p.DeviceID]; len(q) > 0 {
+			for len(q) > 0 && !q[0].p.TS.After(p.TS) {
+				st.late++
+				if err := emit(q[0].p); err != nil {
+					return err
+				}
+				q = q[1:]
 			}
-			q = q[1:]
+			held[p.DeviceID] = q
 		}
-		held[p.DeviceID] = q
 		return emit(p)
 	})
 	if err != nil {
