@@ -64,6 +64,9 @@ type subscription struct {
 	// rp is set on a replay subscription, keyed replayKey(topic)
 	// (replay.go); re-authorization applies to it too.
 	rp *replay
+	// rewind is set on a rewind's replay subscription and on the live
+	// subscription it turned into (replay_live.go).
+	rewind *rewindOf
 }
 
 // allow takes one token from the client's message bucket.
@@ -133,6 +136,10 @@ func (c *client) subscribe(req ws.Request) {
 	case c.subs[req.Topic] != nil:
 		c.mu.Unlock()
 		c.fail(req, ws.CodeBadRequest, "already subscribed to this topic")
+		return
+	case c.rewinding(req.Topic):
+		c.mu.Unlock()
+		c.fail(req, ws.CodeBadRequest, "a rewind of this topic is running: it turns live by itself")
 		return
 	case len(c.subs) >= srv.cfg.MaxSubscriptions:
 		c.mu.Unlock()

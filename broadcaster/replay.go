@@ -48,6 +48,9 @@ type replay struct {
 	// want is the devices option: the only devices replayed; nil = all.
 	// The feed caps the rate (max_hz), the replay filters by device id.
 	want map[string]struct{}
+	// subOpts are the subscribe's options, kept for the live feed a rewind
+	// turns into and for a rewind restarted by a seek.
+	subOpts ws.SubscribeOptions
 
 	ctl    chan ws.Request
 	ctx    context.Context
@@ -56,7 +59,16 @@ type replay struct {
 	endMu    sync.Mutex
 	endFrame []byte
 
+	// live: a rewind (no to), which turns into the live subscription of
+	// its topic when it reaches the present (replay_live.go). seekReq,
+	// set on a rewind restarted by a seek after its switch, is that seek:
+	// the replay starts at its time and answers it instead of subscribed.
+	live    bool
+	seekReq *ws.Request
+
 	// Owned by run.
+	ho      *handover         // the live feed, attached near the present
+	sent    map[string]srcPos // rewinds: last position handed on per device
 	src     *source
 	srcDone bool                  // src delivered everything
 	head    *srcPos               // next position to deliver
@@ -77,6 +89,7 @@ type replayMetrics struct {
 	ended       *prometheus.CounterVec // by reason
 	positions   prometheus.Counter
 	pacingError prometheus.Histogram
+	tooLate     prometheus.Counter
 }
 
 func newReplayMetrics(reg prometheus.Registerer) (*replayMetrics, error) {
@@ -89,14 +102,16 @@ func newReplayMetrics(reg prometheus.Registerer) (*replayMetrics, error) {
 		started: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_requests_total",
 			Help: "Replay subscribes by result: ok or an error code."}, []string{"result"}),
 		ended: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replays_ended_total",
-			Help: "Replays ended, by reason: end, unsubscribe, disconnect, revoked, error."}, []string{"reason"}),
+			Help: "Replays ended, by reason: end, live, unsubscribe, disconnect, revoked, error."}, []string{"reason"}),
 		positions: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_positions_total",
 			Help: "Positions handed to clients' mailboxes by replays (snapshots excluded)."}),
 		pacingError: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "replay_pacing_error_seconds",
 			Help:    "Lateness of a replayed position handed to the mailbox against its schedule (finite speeds).",
 			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .25, 1}}),
+		tooLate: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_too_late_total",
+			Help: "Positions a replay skipped: stored more than the lateness after a newer position of their device."}),
 	}
-	for _, c := range []prometheus.Collector{m.active, m.consumers, m.started, m.ended, m.positions, m.pacingError} {
+	for _, c := range []prometheus.Collector{m.active, m.consumers, m.started, m.ended, m.positions, m.pacingError, m.tooLate} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -159,12 +174,19 @@ func (c *client) subscribeReplay(req ws.Request) {
 		c.mu.Unlock()
 		fail(ws.CodeBadRequest, "a replay of this topic is already running on this connection")
 		return
+	case req.ReplayOptions.To.IsZero() && c.subs[req.Topic] != nil:
+		c.mu.Unlock()
+		fail(ws.CodeBadRequest, "already subscribed live to this topic: a rewind turns live by itself; unsubscribe first, or give replay.to")
+		return
 	case len(c.subs) >= srv.cfg.MaxSubscriptions:
 		c.mu.Unlock()
 		fail(ws.CodeTooManySubscriptions, fmt.Sprintf("at most %d subscriptions per connection", srv.cfg.MaxSubscriptions))
 		return
 	}
 	sub := &subscription{topic: req.Topic, eventID: eventID}
+	if req.ReplayOptions.To.IsZero() {
+		sub.rewind = &rewindOf{id: req.ID}
+	}
 	c.subs[key] = sub // reserve
 	c.mu.Unlock()
 	drop := func() {
@@ -236,21 +258,37 @@ func (c *client) subscribeReplay(req ws.Request) {
 		return
 	}
 
-	r := &replay{srv: srv, c: c, topic: req.Topic, eventID: eventID, id: req.ID, opts: o,
-		window:  window{eventID: eventID, lastSeq: lastSeq, to: o.To},
+	c.startReplay(sub, o, req.Options, req.ID, lastSeq, release, nil)
+}
+
+// startReplay starts the replay reserved as sub (under replayKey) with
+// options o and subscription options so; id is its subscribe's, release
+// frees its limit slot. seek,
+// when set, is the seek that restarts a rewind after its switch to live.
+func (c *client) startReplay(sub *subscription, o ws.ReplayOptions, so ws.SubscribeOptions, id string, lastSeq uint64, release func(), seek *ws.Request) {
+	srv := c.srv
+	r := &replay{srv: srv, c: c, topic: sub.topic, eventID: sub.eventID, id: id, opts: o,
+		window:  window{eventID: sub.eventID, lastSeq: lastSeq, to: o.To, lateness: srv.cfg.Replay.Lateness, live: o.To.IsZero()},
 		ctl:     make(chan ws.Request, 16),
 		devices: make(map[string]int32),
 		speed:   o.Speed,
+		live:    o.To.IsZero(),
+		seekReq: seek,
+	}
+	if r.live {
+		r.sent = make(map[string]srcPos)
 	}
 	if !o.To.IsZero() {
 		r.window.stopAt = o.To.Add(srv.cfg.Replay.Lateness)
 	}
-	r.feed = newFeed(c.mb, req.Topic)
-	r.feed.head = ws.AppendReplayPositionsHead(nil, req.Topic)
+	r.feed = newFeed(c.mb, sub.topic)
+	r.feed.head = ws.AppendReplayPositionsHead(nil, sub.topic)
 	r.feed.taken = make(chan struct{}, 1)
-	r.feed.lim = newLimits(ws.SubscribeOptions{MaxHz: req.Options.MaxHz})
-	r.want = req.Options.DeviceSet()
+	r.feed.lim = newLimits(ws.SubscribeOptions{MaxHz: so.MaxHz})
+	r.want = so.DeviceSet()
+	r.subOpts = so
 	r.ctx, r.cancel = context.WithCancel(srv.base)
+	key := replayKey(sub.topic)
 	c.mu.Lock()
 	if c.closed || c.subs[key] != sub {
 		c.mu.Unlock()
@@ -289,6 +327,9 @@ func (c *client) controlReplay(req ws.Request) {
 	}
 	c.mu.Unlock()
 	if r == nil {
+		if req.Control.Action == ws.ActionSeek && c.rewindAgain(req) {
+			return
+		}
 		c.srv.m.requests.WithLabelValues(req.Type, string(ws.CodeBadRequest)).Inc()
 		c.sendError(ws.Error{Code: ws.CodeBadRequest, Topic: req.Topic, ID: req.ID, Replay: true, Message: "no replay of this topic"})
 		return
@@ -331,19 +372,27 @@ func (r *replay) run() {
 		if r.src != nil {
 			r.src.close(srv)
 		}
+		r.dropHandover()
 		r.endMu.Lock()
 		frame := r.endFrame
 		r.endMu.Unlock()
 		r.c.mb.end(r.feed, frame)
 	}()
-	src, snap, err := r.openSource(r.ctx, r.opts.From)
+	start := r.opts.From
+	if r.seekReq != nil {
+		start = r.seekReq.Control.To
+	}
+	src, snap, err := r.openSource(r.ctx, start)
 	if err != nil {
 		r.failed(err)
 		return
 	}
 	r.src = src
-	r.state, r.at, r.wall = ws.StatePlaying, r.opts.From, time.Now()
+	r.state, r.at, r.wall = ws.StatePlaying, start, time.Now()
 	if _, ok := r.c.mb.activateWith(r.feed, r.snapItems(snap), false, func(b []byte, items [][]byte) []byte {
+		if r.seekReq != nil {
+			return ws.AppendReplayState(b, r.topic, r.seekReq.ID, ws.ActionSeek, r.status(), true, items)
+		}
 		return ws.AppendReplaySubscribed(b, r.topic, r.id, r.status(), items)
 	}); !ok {
 		return
@@ -356,6 +405,9 @@ func (r *replay) run() {
 	timer.Stop()
 	defer timer.Stop()
 	for {
+		if r.live && r.head == nil && !r.srcDone && r.tryLive() {
+			return
+		}
 		if r.head == nil && !r.srcDone {
 			select {
 			case p, ok := <-r.src.ch:
@@ -366,6 +418,9 @@ func (r *replay) run() {
 					}
 					r.srcDone = true
 					continue
+				}
+				if p.device == "" {
+					continue // the snapshot's end mark, after a rewind's snapshot ended caught up
 				}
 				if !r.wants(p.device) {
 					continue
@@ -381,6 +436,8 @@ func (r *replay) run() {
 					return
 				}
 				continue
+			case <-r.src.idleCh:
+				continue // a rewind may switch to live now (tryLive)
 			case <-r.ctx.Done():
 				return
 			}
@@ -545,9 +602,9 @@ func (r *replay) deliver(due time.Time) bool {
 		return false
 	case putBusy:
 		r.park(idx, p, due)
-	case putStale: // a late arrival older than what the client has
+	case putStale: // older than what the client has
 	default:
-		r.delivered(p.ts, due)
+		r.delivered(p, due)
 	}
 	return true
 }
@@ -562,7 +619,7 @@ func (r *replay) park(idx int32, p *srcPos, due time.Time) {
 		if len(q) == 0 {
 			// Nothing of the device parked: replace its pending position.
 			if r.c.mb.putReplay(r.feed, idx, p.ts, p.data, true) != putClosed {
-				r.delivered(p.ts, due)
+				r.delivered(p, due)
 			}
 			return
 		}
@@ -592,9 +649,9 @@ func (r *replay) unpark() bool {
 			switch res {
 			case putCoalesced:
 				r.srv.m.positionsCoalesced.Inc()
-				r.delivered(pp.ts, pp.due)
+				r.delivered(&pp.srcPos, pp.due)
 			case putQueued:
-				r.delivered(pp.ts, pp.due)
+				r.delivered(&pp.srcPos, pp.due)
 			}
 			q = q[1:]
 			r.parkedN--
@@ -609,7 +666,11 @@ func (r *replay) unpark() bool {
 }
 
 // delivered records a position handed to the mailbox.
-func (r *replay) delivered(ts int64, due time.Time) {
+func (r *replay) delivered(p *srcPos, due time.Time) {
+	ts := p.ts
+	if r.sent != nil {
+		r.sent[p.device] = *p
+	}
 	// Positions before the replay clock's anchor arrived late in the
 	// stream: not a pacing miss.
 	if !due.IsZero() && ts >= r.at.UnixMilli() {
@@ -642,7 +703,7 @@ func (r *replay) deliverMax() bool {
 		break
 	}
 	r.at = time.UnixMilli(p.ts).UTC()
-	r.delivered(p.ts, time.Time{})
+	r.delivered(p, time.Time{})
 	r.head = nil
 	return true
 }
@@ -672,7 +733,7 @@ func (r *replay) control(req ws.Request) bool {
 func (r *replay) seek(req ws.Request) bool {
 	to := req.Control.To
 	if to.Before(r.opts.From) || (!r.opts.To.IsZero() && to.After(r.opts.To)) {
-		end := "the end of retained data"
+		end := "live"
 		if !r.opts.To.IsZero() {
 			end = r.opts.To.Format(contract.TimeLayout)
 		}
@@ -685,6 +746,8 @@ func (r *replay) seek(req ws.Request) bool {
 	r.src, r.head = nil, nil
 	clear(r.parked)
 	r.parkedN = 0
+	r.dropHandover()
+	clear(r.sent)
 	src, snap, err := r.openSource(r.ctx, to)
 	if err != nil {
 		r.failed(err)
@@ -711,6 +774,9 @@ func (r *replay) snapItems(snap []srcPos) []snapItem {
 			r.devices[p.device] = idx
 		}
 		items = append(items, snapItem{idx: idx, ts: p.ts, data: p.data})
+		if r.sent != nil {
+			r.sent[p.device] = p
+		}
 	}
 	return items
 }

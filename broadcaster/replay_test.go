@@ -32,6 +32,10 @@ func (r replayRace) ts(s, d int) time.Time {
 
 func (r replayRace) device(d int) string { return fmt.Sprintf("dev-%03d", d) }
 
+// end is the race's last fix time: a replay to it ends with replay_end
+// (without a to it would be a rewind, which turns live).
+func (r replayRace) end() time.Time { return r.ts(r.seconds-1, r.devices-1) }
+
 // publishReplayRace records a race of the event in e's stream.
 func publishReplayRace(e *env, eventID string, devices, seconds int) replayRace {
 	e.t.Helper()
@@ -182,6 +186,12 @@ func (fr *frameReader) nextReplay() (ps []contract.Position, end bool) {
 // connection ended.
 func (fr *frameReader) next() rframe {
 	fr.t.Helper()
+	return fr.nextWithin(20 * time.Second)
+}
+
+// nextWithin is next with its own timeout.
+func (fr *frameReader) nextWithin(d time.Duration) rframe {
+	fr.t.Helper()
 	select {
 	case f, ok := <-fr.ch:
 		if !ok {
@@ -189,8 +199,8 @@ func (fr *frameReader) next() rframe {
 		}
 		f.decode(fr.t)
 		return f
-	case <-time.After(20 * time.Second):
-		fr.t.Fatal("no frame for 20s")
+	case <-time.After(d):
+		fr.t.Fatalf("no frame for %s", d)
 	}
 	return rframe{}
 }
@@ -242,7 +252,7 @@ func TestReplayPaced(t *testing.T) {
 	fr := readFrames(t, c)
 	topic := topicOf(ev)
 	from := r.ts(2, 0).Add(500 * time.Millisecond) // snapshot: second 2 of every device
-	c.send(replaySubscribe(topic, "r1", from, time.Time{}, 60))
+	c.send(replaySubscribe(topic, "r1", from, r.end(), 60))
 	sub := fr.expect(ws.TypeSubscribed, "")
 	st := replayStatus(t, sub.Frame)
 	if !sub.Replay || sub.ID != "r1" || st.State != ws.StatePlaying || st.Speed != 60 || !st.At.Equal(from) || st.Wall.IsZero() {
@@ -360,7 +370,7 @@ func TestReplayControls(t *testing.T) {
 	}
 
 	from := r.ts(10, 0).Add(500 * time.Millisecond)
-	c.send(replaySubscribe(topic, "r1", from, time.Time{}, 20))
+	c.send(replaySubscribe(topic, "r1", from, r.end(), 20))
 	sub := fr.expect(ws.TypeSubscribed, "")
 	if !sub.Replay {
 		t.Fatalf("replay subscribed without replay:true: %+v", sub.Frame)
@@ -684,7 +694,7 @@ func TestReplaySlowClient(t *testing.T) {
 	// No read-ahead: the 100 ms sleep below must slow the socket itself,
 	// or the client only looks slow and nothing pushes back.
 	fr := readFramesBuffered(t, c, 1)
-	c.send(replaySubscribe(topicOf(ev), "slow", r.base.Add(-time.Second), time.Time{}, 100))
+	c.send(replaySubscribe(topicOf(ev), "slow", r.base.Add(-time.Second), r.end(), 100))
 	fr.expect(ws.TypeSubscribed, "")
 	last := map[string]time.Time{}
 	n := 0
@@ -763,7 +773,7 @@ func TestReplaySnapshotFromStorage(t *testing.T) {
 	c := e.connect("c1")
 	fr := readFrames(t, c)
 	at := now.Add(6*time.Minute + 8*time.Second)
-	c.send(replaySubscribe(topicOf(ev), "s", at, time.Time{}, ws.SpeedMax))
+	c.send(replaySubscribe(topicOf(ev), "s", at, now.Add(6*time.Minute+20*time.Second), ws.SpeedMax))
 	sub := fr.expect(ws.TypeSubscribed, "")
 	var got []string
 	for _, p := range items(t, sub.Frame) {

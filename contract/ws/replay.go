@@ -22,13 +22,23 @@ import (
 //	→ {"type":"replay","topic":T,"id":…,"action":"seek","to":T3}
 //	→ {"type":"replay","topic":T,"id":…,"action":"speed","speed":S}
 //	← {"type":"replay_state","topic":T,"id":…,"replay":true,"action":…,…status…[,"snapshot":[…] after a seek]}
-//	← {"type":"replay_end","topic":T,"id":…,"replay":true}
+//	← {"type":"replay_end","topic":T,"id":…,"replay":true}      (to given)
+//	← {"type":"live","topic":T,"id":…,"replay":true}            (to omitted or "live")
+//	← {"type":"positions","topic":T,"positions":[…]}             (live from then on)
 //	→ {"type":"unsubscribe","topic":T,"id":…,"replay":true}
 //	← {"type":"unsubscribed","topic":T,"id":…,"replay":true}
 //
 // Every server frame about a replay carries "replay":true, so a client that
 // holds the live subscription and a replay of the same topic tells them
 // apart; error frames answering a replay request carry it too.
+//
+// A replay without an end (to omitted or "live") is a rewind: it plays
+// from From at its speed until it reaches the present, then turns into the
+// live subscription of the topic. Its last replay frame is TypeLive (with
+// "replay":true, the id of its subscribe); the frames after it are the
+// live subscription's, without "replay". A seek after the switch starts a
+// new rewind: its answer is the seek's replay_state with a snapshot, and
+// replay frames follow again until the next live frame.
 
 // Replay message types.
 const (
@@ -39,7 +49,14 @@ const (
 	// TypeReplayEnd says the replay delivered its last position; the
 	// replay subscription is over.
 	TypeReplayEnd = "replay_end"
+	// TypeLive says a rewind reached the present: the replay is over and
+	// the live subscription of its topic goes on, with no position missing
+	// or repeated per device.
+	TypeLive = "live"
 )
+
+// ToLive is the value of replay.to asking for a rewind (the same as no to).
+const ToLive = "live"
 
 // Replay control actions.
 const (
@@ -100,8 +117,8 @@ type ReplayOptions struct {
 	// From is the replay's start: the snapshot is every device's latest
 	// position with a fix time at or before From.
 	From time.Time
-	// To is the last fix time replayed; zero means the end of retained
-	// data when the replay starts.
+	// To is the last fix time replayed; zero means none: a rewind, which
+	// turns live when it reaches the present (to omitted or "live").
 	To time.Time
 	// Speed is the pace; 1 when the client gives none.
 	Speed Speed
@@ -120,7 +137,7 @@ type ReplayControl struct {
 // ReplayStatus is where a replay stands, sent in its subscribed and
 // replay_state frames.
 type ReplayStatus struct {
-	From, To time.Time // To zero: end of retained data
+	From, To time.Time // To zero: a rewind (turns live at the present)
 	Speed    Speed
 	State    string // StatePlaying or StatePaused
 	// At is the replay clock: the fix time the replay has reached.
@@ -179,7 +196,7 @@ func parseReplayOptions(o *ReplayOptions, raw json.RawMessage) string {
 	if o.From, err = parseTime(*f.From); err != nil {
 		return "replay.from: " + err.Error()
 	}
-	if f.To != nil {
+	if f.To != nil && *f.To != ToLive {
 		if o.To, err = parseTime(*f.To); err != nil {
 			return "replay.to: " + err.Error()
 		}
@@ -257,8 +274,10 @@ func (r Request) encodeReplay() []byte {
 		o := r.ReplayOptions
 		b = append(b, `,"replay":{"from":`...)
 		b = appendTime(b, o.From)
-		if !o.To.IsZero() {
-			b = append(b, `,"to":`...)
+		b = append(b, `,"to":`...)
+		if o.To.IsZero() {
+			b = appendString(b, ToLive)
+		} else {
 			b = appendTime(b, o.To)
 		}
 		if o.Speed != 0 {
@@ -342,6 +361,15 @@ func AppendReplayState(b []byte, topic, id, action string, st ReplayStatus, with
 // id is the one of the replay's subscribe.
 func AppendReplayEnd(b []byte, topic, id string) []byte {
 	b = append(b, `{"type":"replay_end"`...)
+	b = appendTopicID(b, topic, id)
+	return append(b, `,"replay":true}`...)
+}
+
+// AppendLive appends {"type":"live","topic":…,"id":…,"replay":true}: the
+// last frame of a rewind, id the one of its subscribe. Positions frames of
+// the topic without "replay" follow: the live subscription.
+func AppendLive(b []byte, topic, id string) []byte {
+	b = append(b, `{"type":"live"`...)
 	b = appendTopicID(b, topic, id)
 	return append(b, `,"replay":true}`...)
 }

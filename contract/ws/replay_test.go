@@ -25,6 +25,11 @@ func goldenReplay() map[string][]byte {
 			ReplayOptions: ReplayOptions{From: from, To: to, Speed: 60}}.Encode(),
 		"replay_subscribe_open_max": Request{Type: TypeSubscribe, Topic: topic, Replay: true,
 			ReplayOptions: ReplayOptions{From: from, Speed: SpeedMax}}.Encode(),
+		"replay_subscribe_rewind": Request{Type: TypeSubscribe, Topic: topic, ID: "w1", Replay: true,
+			ReplayOptions: ReplayOptions{From: from, Speed: 4}}.Encode(),
+		"replay_subscribed_rewind": AppendReplaySubscribed(nil, topic, "w1",
+			ReplayStatus{From: from, Speed: 4, State: StatePlaying, At: from, Wall: wall}, items),
+		"replay_live":        AppendLive(nil, topic, "w1"),
 		"replay_unsubscribe": Request{Type: TypeUnsubscribe, Topic: topic, ID: "r9", Replay: true}.Encode(),
 		"replay_pause":       Request{Type: TypeReplay, Topic: topic, ID: "p1", Control: ReplayControl{Action: ActionPause}}.Encode(),
 		"replay_resume":      Request{Type: TypeReplay, Topic: topic, Control: ReplayControl{Action: ActionResume}}.Encode(),
@@ -125,6 +130,8 @@ func reencodeReplay(t *testing.T, f Frame) []byte {
 		return AppendReplayPositions(nil, f.Topic, raw(f.Positions))
 	case TypeReplayEnd:
 		return AppendReplayEnd(nil, f.Topic, f.ID)
+	case TypeLive:
+		return AppendLive(nil, f.Topic, f.ID)
 	case TypeUnsubscribed:
 		return AppendReplayUnsubscribed(nil, f.Topic, f.ID)
 	case TypeError:
@@ -143,6 +150,11 @@ func TestParseReplayRequest(t *testing.T) {
 	if !r.Replay || !r.ReplayOptions.From.Equal(want) || !r.ReplayOptions.To.IsZero() || r.ReplayOptions.Speed != 1 {
 		t.Fatalf("defaults: %+v", r)
 	}
+	// No to and "to":"live" are the same rewind.
+	rw, err := ParseRequest([]byte(`{"type":"subscribe","topic":"` + topic + `","replay":{"from":"2026-05-03T10:00:00Z","to":"live","speed":4}}`))
+	if err != nil || !rw.ReplayOptions.To.IsZero() || rw.ReplayOptions.Speed != 4 || !rw.ReplayOptions.From.Equal(want) {
+		t.Fatalf("to live: %+v %v", rw, err)
+	}
 	// A live subscribe is unchanged, and unsubscribe "replay":false is live.
 	for _, live := range []string{
 		`{"type":"subscribe","topic":"` + topic + `"}`,
@@ -156,6 +168,7 @@ func TestParseReplayRequest(t *testing.T) {
 		"replay not object": {`{"type":"subscribe","topic":"` + topic + `","id":"a","replay":[1]}`, "replay must be an object"},
 		"no from":           {`{"type":"subscribe","topic":"` + topic + `","id":"a","replay":{"to":"2026-05-03T10:00:00Z"}}`, "replay.from is required"},
 		"bad to":            {`{"type":"subscribe","topic":"` + topic + `","id":"a","replay":{"from":"2026-05-03T10:00:00Z","to":"soon"}}`, `replay.to: "soon" is not an RFC 3339 time`},
+		"to LIVE":           {`{"type":"subscribe","topic":"` + topic + `","id":"a","replay":{"from":"2026-05-03T10:00:00Z","to":"LIVE"}}`, `replay.to: "LIVE" is not an RFC 3339 time`},
 		"speed too low":     {`{"type":"subscribe","topic":"` + topic + `","id":"a","replay":{"from":"2026-05-03T10:00:00Z","speed":0.05}}`, "replay.speed must be a number from 0.1 to 1000"},
 		"speed MAX":         {`{"type":"subscribe","topic":"` + topic + `","id":"a","replay":{"from":"2026-05-03T10:00:00Z","speed":"MAX"}}`, "replay.speed must be"},
 		"unknown field":     {`{"type":"subscribe","topic":"` + topic + `","id":"a","replay":{"from":"2026-05-03T10:00:00Z","loop":true}}`, `unknown field "loop"`},

@@ -332,7 +332,7 @@ func DecodeFrame(data []byte) (Frame, error) {
 		return Frame{}, fmt.Errorf("%w: %v", ErrBadFrame, err)
 	}
 	switch f.Type {
-	case TypeSubscribed, TypeUnsubscribed, TypePositions, TypeError, TypeReplayState, TypeReplayEnd:
+	case TypeSubscribed, TypeUnsubscribed, TypePositions, TypeError, TypeReplayState, TypeReplayEnd, TypeLive:
 		return f, nil
 	}
 	return Frame{}, fmt.Errorf("%w: unknown type %q", ErrBadFrame, f.Type)

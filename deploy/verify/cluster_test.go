@@ -592,7 +592,8 @@ func TestClusterPipelineSurvivesNodeLoss(t *testing.T) {
 
 // replayAll replays an event from `from` at max speed on a fresh /ws-live
 // connection and returns the device:ts keys of every position received,
-// once replay_end arrived.
+// once the replay reached the present (without "to" a replay is a rewind:
+// its live frame says every stored position was sent).
 func replayAll(t *testing.T, addr, cookie, eventID string, from time.Time) map[string]bool {
 	t.Helper()
 	h := http.Header{}
@@ -614,7 +615,7 @@ func replayAll(t *testing.T, addr, cookie, eventID string, from time.Time) map[s
 		_ = conn.SetReadDeadline(deadline)
 		_, data, err := conn.ReadMessage()
 		if err != nil {
-			t.Fatalf("replay: no replay_end (%d positions so far): %v", len(got), err)
+			t.Fatalf("replay: no live frame (%d positions so far): %v", len(got), err)
 		}
 		var f struct {
 			Type      string            `json:"type"`
@@ -630,7 +631,7 @@ func replayAll(t *testing.T, addr, cookie, eventID string, from time.Time) map[s
 		switch {
 		case f.Type == ws.TypeError:
 			t.Fatalf("replay: error %s: %s", f.Code, f.Message)
-		case f.Type == "replay_end":
+		case f.Type == ws.TypeLive:
 			return got
 		case !f.Replay:
 			continue // live frames of the same connection, if any

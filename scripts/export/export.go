@@ -6,8 +6,12 @@
 // that is what "the race from 10:00 to 12:00" means. The stream can only be
 // seeked by storage time; see scan for how the two are bridged.
 //
-// NDJSON and CSV are one pass in stream order. GPX needs one <trk> per
-// device while positions arrive interleaved by device: it is one pass too,
+// Every format has each device's positions in fix-time order, late-stored
+// ones included (a publish re-sent after a failure lands in the stream
+// behind newer positions of its device): a first read of the range finds
+// them, the second writes (scan). NDJSON and CSV are in stream order but
+// for those. GPX needs one <trk> per device while positions arrive
+// interleaved by device: its writing pass is one pass too,
 // each point appended to a temporary file of its device (spool.go, at most
 // 128 files open at once), then the files are copied into the document in
 // device order. Memory is bounded by the number of devices, never by
@@ -68,12 +72,15 @@ type Options struct {
 type Stats struct {
 	// Written is the number of positions written.
 	Written int64
-	// Scanned is the number of stream messages read (the GPX passes read
-	// only their device's messages).
+	// Scanned is the number of stream messages read by the writing pass
+	// (the first read, which finds the late positions, reads as many).
 	Scanned int64
 	// Malformed is the number of messages that were not valid positions,
 	// skipped.
 	Malformed int64
+	// Late is the number of positions written out of stream order: stored
+	// after a newer position of their device, written before it.
+	Late int64
 	// Tracks is the number of GPX tracks written so far.
 	Tracks int
 	// Elapsed is the time since the export started.
@@ -188,6 +195,7 @@ func (e *exporter) stats() Stats {
 		Written:   e.done.matched + e.cur.matched,
 		Scanned:   e.done.scanned + e.cur.scanned,
 		Malformed: e.done.malformed + e.cur.malformed,
+		Late:      e.done.late + e.cur.late,
 		Tracks:    e.tracks,
 		Elapsed:   e.o.Now().Sub(e.start),
 	}
@@ -212,10 +220,11 @@ func (e *exporter) pass(ctx context.Context, filter string, fn func(contract.Pos
 	e.done.scanned += st.scanned
 	e.done.matched += st.matched
 	e.done.malformed += st.malformed
+	e.done.late += st.late
 	return err
 }
 
-// flat writes NDJSON or CSV in one pass.
+// flat writes NDJSON or CSV in one writing pass.
 func (e *exporter) flat(ctx context.Context) error {
 	filter := contract.EventSubject(e.o.EventID)
 	if e.o.Format == NDJSON {

@@ -54,7 +54,7 @@ func iptr(v int) *int        { return &v }
 // publishRace starts a server and publishes `devices` devices × `seconds`
 // fixes of the event (1 Hz, fix times ending a minute ago), the same for
 // another event, and one malformed payload on the event's subjects.
-func publishRace(t *testing.T, devices, seconds int) *race {
+func publishRace(t testing.TB, devices, seconds int) *race {
 	t.Helper()
 	n := testkit.StartNATS(t)
 	js := n.JetStream(t)
@@ -487,4 +487,120 @@ func TestLatenessEndsTheRead(t *testing.T) {
 			t.Fatalf("lateness %s: %d messages read, want the read to stop near to + lateness", tc.lateness, st.Scanned)
 		}
 	}
+}
+
+// TestLateStoredInFixTimeOrder: positions stored after newer ones of their
+// device (a publish re-sent after a failure) are written in fix-time order
+// per device, each once, in every format.
+func TestLateStoredInFixTimeOrder(t *testing.T) {
+	t.Parallel()
+	n := testkit.StartNATS(t)
+	js := n.JetStream(t)
+	ctx := context.Background()
+	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	at := func(sec float64) time.Time { return base.Add(time.Duration(sec * float64(time.Second))) }
+	stored := []struct {
+		dev string
+		sec float64
+	}{
+		{"x", 1}, {"y", 1}, {"x", 3}, {"y", 2},
+		{"x", 2}, // stored after x 3
+		{"y", 3}, {"x", 4},
+		{"x", 2.5}, // after x 4
+		{"y", 1.5}, // after y 3
+	}
+	all := map[string]bool{}
+	for _, s := range stored {
+		p := contract.Position{DeviceID: s.dev, EventID: event, TS: at(s.sec), Lat: 45, Lon: 7}
+		if _, err := js.Publish(ctx, p.Subject(), p.Encode(), jetstream.WithMsgID(p.MsgID())); err != nil {
+			t.Fatal(err)
+		}
+		all[string(p.Encode())] = true
+	}
+	want := map[string][]time.Time{
+		"x": {at(1), at(2), at(2.5), at(3), at(4)},
+		"y": {at(1), at(1.5), at(2), at(3)},
+	}
+	check := func(format string, got map[string][]time.Time, st export.Stats) {
+		t.Helper()
+		for dev, w := range want {
+			if fmt.Sprint(got[dev]) != fmt.Sprint(w) {
+				t.Fatalf("%s: device %s written as %v, want %v", format, dev, got[dev], w)
+			}
+		}
+		if st.Written != int64(len(stored)) || st.Late != 3 {
+			t.Fatalf("%s: stats %+v, want %d written, 3 late", format, st, len(stored))
+		}
+	}
+	o := export.Options{EventID: event, From: at(0), To: at(10), Lateness: time.Minute}
+
+	o.Format = export.NDJSON
+	out, st := run(t, js, o)
+	got := map[string][]time.Time{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		p, err := contract.DecodePosition([]byte(line))
+		if err != nil || !all[line] {
+			t.Fatalf("line %q: %v (not one of the stored positions)", line, err)
+		}
+		delete(all, line) // each once
+		got[p.DeviceID] = append(got[p.DeviceID], p.TS)
+	}
+	check("ndjson", got, st)
+
+	o.Format = export.CSV
+	out, st = run(t, js, o)
+	recs, err := csv.NewReader(bytes.NewReader(out)).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = map[string][]time.Time{}
+	for _, rec := range recs[1:] {
+		ts, err := time.Parse(time.RFC3339Nano, rec[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[rec[0]] = append(got[rec[0]], ts)
+	}
+	check("csv", got, st)
+
+	o.Format = export.GPX
+	out, st = run(t, js, o)
+	var doc struct {
+		Trk []struct {
+			Name string `xml:"name"`
+			Pts  []struct {
+				Time string `xml:"time"`
+			} `xml:"trkseg>trkpt"`
+		} `xml:"trk"`
+	}
+	if err := xml.Unmarshal(out, &doc); err != nil {
+		t.Fatal(err)
+	}
+	got = map[string][]time.Time{}
+	for _, trk := range doc.Trk {
+		for _, pt := range trk.Pts {
+			ts, err := time.Parse(time.RFC3339Nano, pt.Time)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[trk.Name] = append(got[trk.Name], ts)
+		}
+	}
+	check("gpx", got, st)
+}
+
+// BenchmarkExportNDJSON: one NDJSON export of 50 devices × 10 min (30,000
+// positions, none stored late): the cost of the two reads.
+func BenchmarkExportNDJSON(b *testing.B) {
+	r := publishRace(b, 50, 600)
+	for b.Loop() {
+		st, err := export.Export(context.Background(), r.js, io.Discard, export.Options{EventID: event, From: r.all[0].TS, Format: export.NDJSON})
+		if err != nil || st.Written != int64(len(r.all)) {
+			b.Fatalf("%+v %v", st, err)
+		}
+	}
+	b.ReportMetric(float64(len(r.all))*float64(b.N)/b.Elapsed().Seconds(), "positions/s")
 }

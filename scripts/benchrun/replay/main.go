@@ -147,6 +147,7 @@ func run() error {
 		_ = os.WriteFile(stamp, []byte(want+"\n"+first.Format(time.RFC3339Nano)+"\n"+last.Format(time.RFC3339Nano)+"\n"), 0o644)
 	}
 
+	raceEnd = last
 	stopAuth, err := authStandIn(nc)
 	if err != nil {
 		return err
@@ -480,14 +481,22 @@ func dial(addr, cookie string) (*client, error) {
 	return &client{conn: conn}, nil
 }
 
-// subscribe starts a replay to the end of the data and reads its
+// raceEnd is the recorded race's last fix time.
+var raceEnd time.Time
+
+// subscribe starts a replay to the end of the race and reads its
 // subscribed frame.
 func (c *client) subscribe(from time.Time, speed ws.Speed) error {
 	return c.subscribeRange(from, time.Time{}, speed)
 }
 
-// subscribeRange starts a replay of [from, to] (to zero: to the end).
+// subscribeRange starts a replay of [from, to] (to zero: to the race's
+// end; a replay without to would be a rewind, which turns live instead of
+// ending).
 func (c *client) subscribeRange(from, to time.Time, speed ws.Speed) error {
+	if to.IsZero() {
+		to = raceEnd
+	}
 	req := ws.Request{Type: ws.TypeSubscribe, Topic: ws.EventTopic(eventID), ID: "bench", Replay: true,
 		ReplayOptions: ws.ReplayOptions{From: from, To: to, Speed: speed}}
 	if err := c.conn.WriteMessage(websocket.TextMessage, req.Encode()); err != nil {

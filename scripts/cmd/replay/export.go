@@ -77,8 +77,8 @@ func runExport(ctx context.Context, args []string, getenv func(string) string, s
 			if s.Done {
 				state = "done"
 			}
-			fmt.Fprintf(stderr, "%s: %d positions written (%.0f/s), %d messages read, %d malformed, %d tracks, %s\n",
-				state, s.Written, s.Rate(), s.Scanned, s.Malformed, s.Tracks, s.Elapsed.Round(time.Millisecond))
+			fmt.Fprintf(stderr, "%s: %d positions written (%.0f/s), %d messages read, %d malformed, %d stored late, %d tracks, %s\n",
+				state, s.Written, s.Rate(), s.Scanned, s.Malformed, s.Late, s.Tracks, s.Elapsed.Round(time.Millisecond))
 		}
 	}
 	nc, err := nats.Connect(a.natsURL, nats.Name("trm-live replay export"))
