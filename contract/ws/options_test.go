@@ -37,7 +37,7 @@ func goldenOptions() map[string][]byte {
 		"subscribe_max_hz_devices": Request{Type: TypeSubscribe, Topic: topic, ID: "o3",
 			Options: SubscribeOptions{MaxHz: 2.5, Devices: []string{"dev-1"}}}.Encode(),
 		"replay_subscribe_options": Request{Type: TypeSubscribe, Topic: topic, ID: "r2", Replay: true,
-			ReplayOptions: ReplayOptions{From: from, Speed: 10},
+			ReplayOptions: ReplayOptions{From: from, To: from.Add(time.Hour), Speed: 10},
 			Options:       SubscribeOptions{MaxHz: 0.5, Devices: []string{"dev-1", "dev_2"}}}.Encode(),
 		"error_bad_request_max_hz":          badRequestFrame(sub + `,"max_hz":0}`),
 		"error_bad_request_max_hz_too_high": badRequestFrame(sub + `,"max_hz":250}`),
