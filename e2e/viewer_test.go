@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,6 +112,35 @@ func TestViewerInChromium(t *testing.T) {
 	})
 	c.screenshot(t, filepath.Join(p.dir, "viewer.png"))
 	t.Logf("viewer: %+v", s)
+
+	// "Rewind 1 min": the page replays the last minute at 4× and the
+	// server turns the rewind into the live subscription at the present
+	// (the button comes back and the message clears on the live event).
+	if err := c.eval(`document.getElementById("rewind").click(), true`, nil); err != nil {
+		t.Fatal(err)
+	}
+	type rewindState struct {
+		Disabled bool
+		Message  string
+	}
+	rewind := func() (st rewindState) {
+		if err := c.eval(`({Disabled: document.getElementById("rewind").disabled, Message: document.getElementById("message").textContent})`, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if st := rewind(); !st.Disabled || !strings.HasPrefix(st.Message, "rewinding") {
+		t.Fatalf("after the click: %+v, want the rewind running", st)
+	}
+	testkit.Eventually(t, 2*time.Minute, func() error {
+		if st := rewind(); st.Disabled || st.Message != "" {
+			return fmt.Errorf("rewind not back to live: %+v", st)
+		}
+		return nil
+	})
+	s = c.waitLive(t, "event:"+p.eventID, devices)
+	c.screenshot(t, filepath.Join(p.dir, "viewer-after-rewind.png"))
+	t.Logf("viewer after the rewind: %+v", s)
 
 	if err := c.eval(`document.getElementById("logout").click(), true`, nil); err != nil {
 		t.Fatal(err)

@@ -137,6 +137,7 @@ import { LiveClient } from "./trm-live-client.js";
   client.on("error", (e) => message(e.code + ": " + e.message));
 
   function follow(eventId) {
+    stopRewind();
     state.eventId = eventId;
     state.topic = "event:" + eventId;
     $("topic").textContent = state.topic;
@@ -173,7 +174,49 @@ import { LiveClient } from "./trm-live-client.js";
     client.subscribe(state.topic, subOptions());
   });
 
+  // "Rewind 1 min": a replay of the last minute at 4× with no end (to
+  // "live"), which the server turns into the live subscription once it
+  // reaches the present. The live subscription ends first (the server runs
+  // one of the two per topic); the picture restarts from the rewind's
+  // snapshot.
+  const REWIND_MS = 60_000, REWIND_SPEED = 4;
+  $("rewind").addEventListener("click", () => {
+    if (!state.topic || state.rewind) return;
+    const topic = state.topic;
+    client.unsubscribe(topic);
+    state.devices.clear();
+    state.bounds = null;
+    state.dirty = true;
+    const r = client.replay(topic, { from: new Date(Date.now() - REWIND_MS), to: "live", speed: REWIND_SPEED, ...subOptions() });
+    state.rewind = r;
+    $("rewind").disabled = true;
+    message("rewinding the last minute at " + REWIND_SPEED + "×");
+    const done = (text) => {
+      if (state.rewind !== r) return;
+      state.rewind = null;
+      $("rewind").disabled = false;
+      message(text);
+    };
+    r.on("snapshot", (ev) => { for (const p of ev.positions) addPosition(p, false); });
+    r.on("position", (p) => { if (topic === state.topic) addPosition(p, true); });
+    r.on("live", () => done(""));
+    r.on("end", () => done("rewind ended"));
+    r.on("error", (e) => done("rewind: " + e.code + ": " + e.message));
+  });
+
+  // A rewind still running when the page follows another event or logs out
+  // is stopped (after its switch it is the live subscription, which the
+  // callers unsubscribe).
+  function stopRewind() {
+    const r = state.rewind;
+    if (!r) return;
+    state.rewind = null;
+    $("rewind").disabled = false;
+    if (r.state !== "live") r.stop();
+  }
+
   function stopSocket() {
+    stopRewind();
     state.following = false;
     // Logged out: forget the subscriptions and what they held, so the next
     // user starts from their own snapshot.
