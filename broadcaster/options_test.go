@@ -159,7 +159,7 @@ func TestReplayOptions(t *testing.T) {
 	c := e.connect("c1")
 	fr := readFrames(t, c)
 	start := time.Now()
-	req := replaySubscribe(topic, "r", base.Add(5*time.Second), time.Time{}, 20)
+	req := replaySubscribe(topic, "r", base.Add(5*time.Second), base.Add(time.Minute), 20) // bounded: without to it would be a rewind
 	req.Options = ws.SubscribeOptions{MaxHz: 2, Devices: []string{"c", "a"}}
 	c.send(req)
 	sub := fr.expect(ws.TypeSubscribed, "")

@@ -585,3 +585,58 @@ func runQueueWait(t testing.TB) time.Duration {
 	}
 	return sum
 }
+
+// TestRewindKeepsOptionsWhenLive: a rewind's subscription options (here
+// devices) hold through the replay and, after the switch, on the live
+// subscription it turns into: no position of an unfollowed device, before
+// or after the live frame, and live positions of the followed one go on.
+func TestRewindKeepsOptionsWhenLive(t *testing.T) {
+	t.Parallel()
+	e, ev := newReplayEnv(t, nil)
+	lp := startLivePublisher(e, ev, 3, 10*time.Second)
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if s := lp.last(); s < 8 {
+			return fmt.Errorf("published through second %d", s)
+		}
+		return nil
+	})
+	c := e.connect("c1")
+	fr := readFrames(t, c)
+	topic := topicOf(ev)
+	req := replaySubscribe(topic, "w", time.Now().UTC().Add(-6*time.Second), time.Time{}, 10)
+	req.Options = ws.SubscribeOptions{Devices: []string{lp.device(1)}}
+	c.send(req)
+	sub := fr.expect(ws.TypeSubscribed, "")
+	seen := 0
+	check := func(ps []contract.Position, when string) {
+		for _, p := range ps {
+			if p.DeviceID != lp.device(1) {
+				t.Fatalf("%s: position of unfollowed device %s", when, p.DeviceID)
+			}
+			seen++
+		}
+	}
+	check(items(t, sub.Frame), "snapshot")
+	for live := false; !live; {
+		f := fr.nextWithin(time.Minute)
+		switch f.Type {
+		case ws.TypePositions:
+			check(items(t, f.Frame), "rewind")
+		case ws.TypeLive:
+			live = true
+		default:
+			t.Fatalf("during the rewind: %s", f.data)
+		}
+	}
+	after := 0
+	for after < 3 {
+		f := fr.nextWithin(time.Minute)
+		if f.Type != ws.TypePositions || f.Replay {
+			t.Fatalf("after the live frame: %s", f.data)
+		}
+		ps := items(t, f.Frame)
+		check(ps, "live")
+		after += len(ps)
+	}
+	t.Logf("%d positions of the followed device, %d of them live after the switch", seen, after)
+}
