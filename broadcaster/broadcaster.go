@@ -418,14 +418,20 @@ const (
 	httpMaxHeaderBytes = 32 << 10
 )
 
+// newHTTPServer is the server of /ws-live, /healthz, /readyz and /metrics,
+// with the bounds above.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: httpIdleTimeout, MaxHeaderBytes: httpMaxHeaderBytes}
+}
+
 func (srv *server) run(ctx context.Context) error {
 	srv.log.Info("starting", "addr", srv.ln.Addr().String(), "config", srv.cfg.String())
 	var writers sync.WaitGroup
 	for range srv.cfg.Writers {
 		writers.Go(srv.w.run)
 	}
-	httpSrv := &http.Server{Handler: srv.mux(), ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout: httpIdleTimeout, MaxHeaderBytes: httpMaxHeaderBytes}
+	httpSrv := newHTTPServer(srv.mux())
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := httpSrv.Serve(srv.ln); !errors.Is(err, http.ErrServerClosed) {
