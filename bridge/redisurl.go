@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -111,10 +112,10 @@ func parseRedisURL(raw, sentinelPassword string) (redisTarget, error) {
 			continue
 		}
 		host, port, err := net.SplitHostPort(h)
-		if err != nil {
-			host, port = h, defPort
+		if err != nil && !strings.ContainsAny(h, ":[]") {
+			host, port, err = h, defPort, nil
 		}
-		if host == "" || strings.ContainsAny(host, "[]:/") || port == "" {
+		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || host == "" || strings.ContainsAny(host, "[]/") {
 			return redisTarget{}, fmt.Errorf("bad host %q: want host:port", h)
 		}
 		hosts = append(hosts, net.JoinHostPort(host, port))
