@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"trm-live/contract"
 	"trm-live/contract/auth"
 )
 
@@ -53,6 +54,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
+	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+		return fmt.Errorf("register metrics: %w", err)
+	}
 
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -74,6 +78,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("authsvc"),
+		// Its own inbox: the authsvc user may read no other replies.
+		nats.CustomInboxPrefix(contract.InboxPrefix("authsvc")),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
@@ -82,7 +88,7 @@ func Run(ctx context.Context, cfg Config) error {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", contract.RedactURLs(c.ConnectedUrl())) }),
 	)
 	if err != nil {
 		_ = ln.Close()
@@ -101,6 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 		directus: newDirectus(cfg, m, log),
 		members:  &membership{pool: pool, timeout: cfg.DBTimeout, m: m, log: log},
 		sessions: newCache[[32]byte, sessionEntry](cfg.CacheSize),
+		refused:  newCache[[32]byte, sessionEntry](cfg.FailureCacheSize),
 		events:   newCache[eventKey, auth.Decision](cfg.CacheSize),
 		base:     base,
 	}
@@ -120,7 +127,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("authsvc serving", "http_addr", ln.Addr().String(), "nats_connected", nc.IsConnected(), "instance", svc.Info().ID)
 
-	srv := &http.Server{Handler: s.mux(pool, gatherer), ReadHeaderTimeout: 5 * time.Second}
+	srv := newHTTPServer(s.mux(pool, gatherer))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"trm-live/contract/auth"
 	"trm-live/testkit"
 )
 
@@ -45,9 +46,9 @@ func TestCacheExpiresAndEvictsLeastRecentlyUsed(t *testing.T) {
 }
 
 func TestCredentialKeySeparatesKinds(t *testing.T) {
-	a := credentialKey(credential{value: "tok"})
-	b := credentialKey(credential{bearer: true, value: "tok"})
-	if a == b || a != credentialKey(credential{value: "tok"}) {
+	a := credentialKey(auth.SessionRequest{Cookie: "tok"})
+	b := credentialKey(auth.SessionRequest{Bearer: "tok"})
+	if a == b || a != credentialKey(auth.SessionRequest{Cookie: "tok"}) {
 		t.Fatal("credential keys must be stable and differ by kind")
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -68,9 +67,14 @@ type Config struct {
 	// bounds how long a new member or event waits (AUTHSVC_EVENT_DENY_TTL;
 	// default 5s).
 	EventDenyTTL time.Duration
-	// CacheSize caps each cache (sessions, event decisions) in entries,
-	// least recently used evicted first (AUTHSVC_CACHE_SIZE; default 100000).
+	// CacheSize caps each cache (accepted sessions, event decisions) in
+	// entries, least recently used evicted first (AUTHSVC_CACHE_SIZE;
+	// default 100000).
 	CacheSize int
+	// FailureCacheSize caps the cache of refused credentials, kept apart so
+	// a flood of bad credentials cannot evict accepted sessions
+	// (AUTHSVC_FAILURE_CACHE_SIZE; default 10000).
+	FailureCacheSize int
 	// Concurrency caps the look-ups (cache misses) in flight per endpoint;
 	// cache hits and bad requests are answered inline
 	// (AUTHSVC_CONCURRENCY; default 512).
@@ -88,6 +92,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Listener, when set, is used for HTTP instead of HTTPAddr.
 	Listener net.Listener
+	// Version and Revision label trm_build_info: the release and the VCS
+	// revision main was stamped with at build time. Empty: "dev", and the
+	// revision the Go toolchain recorded (or "unknown").
+	Version, Revision string
 	// Now is the clock of the caches; nil means time.Now.
 	Now func() time.Time
 }
@@ -142,7 +150,8 @@ func settings() []setting {
 		durationSetting("AUTHSVC_FAILURE_TTL", "5s", "reuse of a rejected credential", func(c *Config) *time.Duration { return &c.FailureTTL }),
 		durationSetting("AUTHSVC_EVENT_TTL", "30s", "reuse of an allowed event decision (a removed member keeps access this long)", func(c *Config) *time.Duration { return &c.EventTTL }),
 		durationSetting("AUTHSVC_EVENT_DENY_TTL", "5s", "reuse of a forbidden or not_found decision", func(c *Config) *time.Duration { return &c.EventDenyTTL }),
-		intSetting("AUTHSVC_CACHE_SIZE", "100000", "entries per cache (sessions, event decisions)", func(c *Config) *int { return &c.CacheSize }),
+		intSetting("AUTHSVC_CACHE_SIZE", "100000", "entries per cache (accepted sessions, event decisions)", func(c *Config) *int { return &c.CacheSize }),
+		intSetting("AUTHSVC_FAILURE_CACHE_SIZE", "10000", "entries of the refused-credential cache", func(c *Config) *int { return &c.FailureCacheSize }),
 		intSetting("AUTHSVC_CONCURRENCY", "512", "look-ups (cache misses) in flight per endpoint", func(c *Config) *int { return &c.Concurrency }),
 		durationSetting("AUTHSVC_SHUTDOWN_TIMEOUT", "10s", "bound of the graceful shutdown", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
 	}
@@ -215,6 +224,7 @@ func (c Config) withDefaults() Config {
 	setD(&c.EventTTL, def.EventTTL)
 	setD(&c.EventDenyTTL, def.EventDenyTTL)
 	setI(&c.CacheSize, def.CacheSize)
+	setI(&c.FailureCacheSize, def.FailureCacheSize)
 	setI(&c.Concurrency, def.Concurrency)
 	setD(&c.ShutdownTimeout, def.ShutdownTimeout)
 	if c.Now == nil {
@@ -235,11 +245,28 @@ func (c Config) Validate() error {
 	if c.DirectusURL == "" {
 		return errors.New("DIRECTUS_URL (-directus-url) is required")
 	}
-	if u, err := url.Parse(c.DirectusURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("DIRECTUS_URL (-directus-url) = %q: want an http:// or https:// URL", c.DirectusURL)
+	// Every URL error goes through contract (ParseURL, RedactURLs): the
+	// values carry passwords.
+	u, err := contract.ParseURL("DIRECTUS_URL (-directus-url) =", c.DirectusURL)
+	if err != nil {
+		return err
 	}
-	if c.NATSURL != "" && strings.ContainsAny(c.NATSURL, " \t\n") {
-		return fmt.Errorf("NATS_URL (-nats-url) = %q: contains whitespace", c.NATSURL)
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("DIRECTUS_URL (-directus-url) = %q: want an http:// or https:// URL", contract.RedactURLs(c.DirectusURL))
+	}
+	if strings.Contains(c.DatabaseURL, "://") {
+		// A URL (a key=value DSN is left to pgx, which masks its password).
+		if _, err := contract.ParseURL("DATABASE_URL (-database-url) =", c.DatabaseURL); err != nil {
+			return err
+		}
+	}
+	if c.NATSURL != "" {
+		// One URL or a comma-separated list, as nats.go reads it.
+		for _, part := range strings.Split(c.NATSURL, ",") {
+			if _, err := contract.ParseURL("NATS_URL (-nats-url) =", part); err != nil {
+				return err
+			}
+		}
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "", "debug", "info", "warn", "error":
@@ -276,6 +303,7 @@ func (c Config) Validate() error {
 	}{
 		{"AUTHSVC_DIRECTUS_CONCURRENCY (-directus-concurrency)", c.DirectusConcurrency},
 		{"AUTHSVC_CACHE_SIZE (-cache-size)", c.CacheSize},
+		{"AUTHSVC_FAILURE_CACHE_SIZE (-failure-cache-size)", c.FailureCacheSize},
 		{"AUTHSVC_CONCURRENCY (-concurrency)", c.Concurrency},
 	} {
 		if n.v < 0 {
@@ -292,11 +320,11 @@ func (c Config) String() string {
 	return fmt.Sprintf("NATS_URL=%s DATABASE_URL=%s DIRECTUS_URL=%s HTTP_ADDR=%s LOG_LEVEL=%s LOG_FORMAT=%s "+
 		"AUTHSVC_COOKIE_NAME=%s AUTHSVC_DIRECTUS_TIMEOUT=%s AUTHSVC_DIRECTUS_CONCURRENCY=%d AUTHSVC_DB_TIMEOUT=%s "+
 		"AUTHSVC_SESSION_TTL=%s AUTHSVC_FAILURE_TTL=%s AUTHSVC_EVENT_TTL=%s AUTHSVC_EVENT_DENY_TTL=%s "+
-		"AUTHSVC_CACHE_SIZE=%d AUTHSVC_CONCURRENCY=%d AUTHSVC_SHUTDOWN_TIMEOUT=%s",
+		"AUTHSVC_CACHE_SIZE=%d AUTHSVC_FAILURE_CACHE_SIZE=%d AUTHSVC_CONCURRENCY=%d AUTHSVC_SHUTDOWN_TIMEOUT=%s",
 		contract.RedactURLs(d.NATSURL), contract.RedactURLs(d.DatabaseURL), contract.RedactURLs(d.DirectusURL), d.HTTPAddr, d.LogLevel, d.LogFormat,
 		d.CookieName, d.DirectusTimeout, d.DirectusConcurrency, d.DBTimeout,
 		d.SessionTTL, d.FailureTTL, d.EventTTL, d.EventDenyTTL,
-		d.CacheSize, d.Concurrency, d.ShutdownTimeout)
+		d.CacheSize, d.FailureCacheSize, d.Concurrency, d.ShutdownTimeout)
 }
 
 // NewLogger builds the logger LogLevel and LogFormat describe, writing to w.

@@ -24,12 +24,6 @@ var (
 	errUnavailable  = errors.New("unavailable")
 )
 
-// credential is the one credential of a session request.
-type credential struct {
-	bearer bool
-	value  string
-}
-
 // directus resolves credentials with Directus's REST API: GET /users/me for
 // the user and GET /policies/me/globals for the admin flag, both sent with
 // only the credential.
@@ -70,7 +64,7 @@ func newDirectus(cfg Config, m *metrics, log *slog.Logger) *directusClient {
 // Directus refuses the credential (401 or 403) and errUnavailable (wrapped)
 // when it could not tell: timeout, connection error, any other status, or
 // an answer it cannot read.
-func (d *directusClient) resolve(ctx context.Context, cred credential) (auth.User, error) {
+func (d *directusClient) resolve(ctx context.Context, cred auth.SessionRequest) (auth.User, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	select {
@@ -114,7 +108,7 @@ func (d *directusClient) resolve(ctx context.Context, cred credential) (auth.Use
 		return auth.User{}, gErr
 	}
 	id := strings.ToLower(me.Data.ID)
-	if !contract.ValidEventID(id) {
+	if !contract.ValidUUID(id) {
 		return auth.User{}, d.fail(fmt.Errorf("%w: directus /users/me answered without a user id", errUnavailable))
 	}
 	if globals.Data.AdminAccess == nil {
@@ -128,17 +122,17 @@ func (d *directusClient) resolve(ctx context.Context, cred credential) (auth.Use
 }
 
 // get calls path with only the credential and decodes a 200 answer into out.
-func (d *directusClient) get(ctx context.Context, call, path string, cred credential, out any) error {
+func (d *directusClient) get(ctx context.Context, call, path string, cred auth.SessionRequest, out any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.base+path, nil)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUnavailable, err)
 	}
 	req.Header.Set("Accept", "application/json")
 	// The value was checked with auth.ValidToken, so it goes out verbatim.
-	if cred.bearer {
-		req.Header.Set("Authorization", "Bearer "+cred.value)
+	if cred.Bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+cred.Bearer)
 	} else {
-		req.Header.Set("Cookie", d.cookieName+"="+cred.value)
+		req.Header.Set("Cookie", d.cookieName+"="+cred.Cookie)
 	}
 	start := time.Now()
 	resp, err := d.client.Do(req)

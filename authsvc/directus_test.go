@@ -65,7 +65,7 @@ func TestDirectusAnswerMapping(t *testing.T) {
 		}
 		cfg := Config{DirectusURL: srv.URL}.withDefaults()
 		d := newDirectus(cfg, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		u, err := d.resolve(context.Background(), credential{value: "tok"})
+		u, err := d.resolve(context.Background(), auth.SessionRequest{Cookie: "tok"})
 		srv.Close()
 		if !errors.Is(err, c.want) || (c.want == nil && err != nil) || u != c.user {
 			t.Errorf("%s: got %+v, %v; want %+v, %v", c.name, u, err, c.user, c.want)
@@ -101,7 +101,7 @@ func TestDirectusConcurrencyBound(t *testing.T) {
 	errs := make(chan error, 5)
 	for i := 0; i < 5; i++ {
 		go func() {
-			_, err := d.resolve(context.Background(), credential{value: "t"})
+			_, err := d.resolve(context.Background(), auth.SessionRequest{Cookie: "t"})
 			errs <- err
 		}()
 	}

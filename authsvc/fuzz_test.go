@@ -12,11 +12,11 @@ import (
 
 // FuzzSessionRequest: whatever the payload, the session endpoint never
 // panics, and it only starts a Directus look-up for a request that carries
-// exactly one credential that auth.ValidToken accepts. Every other request
+// exactly one credential that auth.ValidToken and Plausible accept. Every other request
 // gets 400 or 401 at once.
 func FuzzSessionRequest(f *testing.F) {
 	for _, seed := range []string{
-		`{"cookie":"eyJhbGciOiJIUzI1NiJ9.e30.sig"}`, `{"bearer":"tok"}`, `{}`, ``, `null`, `[]`,
+		`{"cookie":"eyJhbGciOiJIUzI1NiJ9.e30.sig"}`, `{"bearer":"static-token"}`, `{}`, ``, `null`, `[]`,
 		`{"cookie":"a; b=c"}`, `{"cookie":"x","bearer":"y"}`, `{"cookie":"\r\n"}`, `{"cookie":1}`,
 		`{"cookie":"` + strings.Repeat("a", auth.MaxRequestBytes) + `"}`,
 	} {
@@ -27,7 +27,7 @@ func FuzzSessionRequest(f *testing.F) {
 		f.Fatal(err)
 	}
 	cfg := Config{DirectusURL: "http://d", DatabaseURL: "postgres://x"}.withDefaults()
-	s := &service{cfg: cfg, m: m, sessions: newCache[[sha256.Size]byte, sessionEntry](16)}
+	s := &service{cfg: cfg, m: m, sessions: newCache[[sha256.Size]byte, sessionEntry](16), refused: newCache[[sha256.Size]byte, sessionEntry](16)}
 	for i, c := range []string{"session", "event"} {
 		s.hits[i] = m.cacheHits.WithLabelValues(c)
 		s.misses[i] = m.cacheMisses.WithLabelValues(c)
@@ -41,7 +41,7 @@ func FuzzSessionRequest(f *testing.F) {
 			return
 		}
 		var req auth.SessionRequest
-		if decode(data, &req) != nil || (req.Cookie != "") == (req.Bearer != "") || !auth.ValidToken(req.Cookie+req.Bearer) {
+		if decode(data, &req) != nil || (req.Cookie != "") == (req.Bearer != "") || !auth.ValidToken(req.Cookie+req.Bearer) || !req.Plausible() {
 			t.Fatalf("look-up started for %q", data)
 		}
 	})

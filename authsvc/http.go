@@ -13,6 +13,27 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// Limits of the HTTP server of /healthz, /readyz and /metrics, which only
+// probes and scrapers call: a header block over httpMaxHeaderBytes (plus
+// net/http's 4 KiB slack) is answered 431, a client gets
+// httpReadHeaderTimeout to send its headers, and a keep-alive connection
+// idle for httpIdleTimeout is closed (longer than a scrape interval).
+const (
+	httpReadHeaderTimeout = 5 * time.Second
+	httpIdleTimeout       = 90 * time.Second
+	httpMaxHeaderBytes    = 16 << 10
+)
+
+// newHTTPServer is the HTTP server of h with those limits.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: httpReadHeaderTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    httpMaxHeaderBytes,
+	}
+}
+
 // mux serves /healthz (the process answers), /readyz (NATS, PostgreSQL and
 // Directus each answer within a second) and /metrics, on a private mux.
 func (s *service) mux(pool *pgxpool.Pool, gatherer prometheus.Gatherer) *http.ServeMux {

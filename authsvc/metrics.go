@@ -1,7 +1,11 @@
 package authsvc
 
 import (
+	"errors"
+	"runtime/debug"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // metrics of one authsvc instance, registered on Config.Registerer.
@@ -53,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "authsvc_singleflight_collapsed_total", Help: "Look-ups that joined an identical one already in flight instead of calling Directus or the database, by cache.",
 		}, []string{"cache"}),
 		cacheEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "authsvc_cache_entries", Help: "Entries held, by cache.",
+			Name: "authsvc_cache_entries", Help: "Entries held, by cache (session: accepted sessions, refused: refused credentials, event).",
 		}, []string{"cache"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inflight, m.directus, m.directusUp, m.db, m.dbUp, m.cacheHits, m.cacheMisses, m.collapsed, m.cacheEntries} {
@@ -70,6 +74,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.cacheEntries.WithLabelValues(c)
 		m.inflight.WithLabelValues(c)
 	}
+	m.cacheEntries.WithLabelValues("refused")
 	for endpoint, outcomes := range outcomeNames {
 		for _, o := range outcomes {
 			m.requests.WithLabelValues(endpoint, o)
@@ -78,4 +83,34 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.directusUp.Set(1)
 	m.dbUp.Set(1)
 	return m, nil
+}
+
+// registerRuntime registers trm_build_info{version,revision} (always 1)
+// and the Go and process collectors on reg. A collector reg already holds
+// (workers sharing one registry) is kept.
+func registerRuntime(reg prometheus.Registerer, version, revision string) error {
+	if version == "" {
+		version = "dev"
+	}
+	if revision == "" {
+		revision = "unknown"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" && s.Value != "" {
+					revision = s.Value
+				}
+			}
+		}
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "trm_build_info",
+		Help:        "Always 1: the labels name the release and VCS revision this worker was built from.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision}})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{info, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return err
+		}
+	}
+	return nil
 }

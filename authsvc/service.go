@@ -41,7 +41,8 @@ type service struct {
 	nc       *nats.Conn
 	directus *directusClient
 	members  *membership
-	sessions *cache[[sha256.Size]byte, sessionEntry]
+	sessions *cache[[sha256.Size]byte, sessionEntry] // accepted only
+	refused  *cache[[sha256.Size]byte, sessionEntry] // refusals, smaller: cannot evict sessions
 	events   *cache[eventKey, auth.Decision]
 	sfSess   flight[sessionEntry]
 	sfEvent  flight[auth.Decision]
@@ -178,24 +179,20 @@ func (s *service) session(data []byte) stage {
 	if err := decode(data, &req); err != nil {
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "%v", err))
 	}
-	var cred credential
 	switch {
 	case req.Cookie != "" && req.Bearer != "":
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "send one credential: cookie or bearer, not both"))
-	case req.Cookie != "":
-		cred = credential{value: req.Cookie}
-	case req.Bearer != "":
-		cred = credential{bearer: true, value: req.Bearer}
-	default:
+	case req.Empty():
 		return done(errorReply(auth.CodeUnauthorized, "unauthorized", "no credential"))
 	}
-	if !auth.ValidToken(cred.value) {
+	cred := req
+	if !auth.ValidToken(cred.Token()) || !req.Plausible() {
 		// Cannot be a Directus token; refused without asking Directus.
 		return done(errorReply(auth.CodeUnauthorized, "unauthorized", "malformed credential"))
 	}
 
 	key := credentialKey(cred)
-	if e, ok := s.sessions.get(key, s.cfg.Now()); ok {
+	if e, ok := s.cachedSession(key); ok {
 		s.hits[0].Inc()
 		return done(sessionReply(e))
 	}
@@ -204,11 +201,11 @@ func (s *service) session(data []byte) stage {
 }
 
 // resolveSession asks Directus, once for all identical concurrent requests.
-func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
+func (s *service) resolveSession(key [sha256.Size]byte, cred auth.SessionRequest) reply {
 	e, err := s.sfSess.do(string(key[:]), s.collapsed[0].Inc, func() (sessionEntry, error) {
 		// A look-up that finished just before this one started has
 		// already filled the cache.
-		if e, ok := s.sessions.get(key, s.cfg.Now()); ok {
+		if e, ok := s.cachedSession(key); ok {
 			return e, nil
 		}
 		u, err := s.directus.resolve(s.base, cred)
@@ -225,8 +222,8 @@ func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
 			return e, nil
 		case errors.Is(err, errUnauthorized):
 			e := sessionEntry{}
-			s.sessions.put(key, e, s.cfg.Now().Add(s.cfg.FailureTTL))
-			s.m.cacheEntries.WithLabelValues("session").Set(float64(s.sessions.len()))
+			s.refused.put(key, e, s.cfg.Now().Add(s.cfg.FailureTTL))
+			s.m.cacheEntries.WithLabelValues("refused").Set(float64(s.refused.len()))
 			return e, nil
 		default:
 			return sessionEntry{}, err // unavailable: never cached
@@ -238,6 +235,16 @@ func (s *service) resolveSession(key [sha256.Size]byte, cred credential) reply {
 	return sessionReply(e)
 }
 
+// cachedSession looks a credential up among the accepted sessions, then
+// among the refusals.
+func (s *service) cachedSession(key [sha256.Size]byte) (sessionEntry, bool) {
+	now := s.cfg.Now()
+	if e, ok := s.sessions.get(key, now); ok {
+		return e, true
+	}
+	return s.refused.get(key, now)
+}
+
 func sessionReply(e sessionEntry) reply {
 	if !e.ok {
 		return errorReply(auth.CodeUnauthorized, "unauthorized", "directus refused the credential")
@@ -247,14 +254,14 @@ func sessionReply(e sessionEntry) reply {
 
 // credentialKey is the SHA-256 of the credential and its kind: the cache
 // never holds a credential itself.
-func credentialKey(c credential) [sha256.Size]byte {
+func credentialKey(c auth.SessionRequest) [sha256.Size]byte {
 	h := sha256.New()
-	if c.bearer {
+	if c.Bearer != "" {
 		h.Write([]byte("bearer\x00"))
 	} else {
 		h.Write([]byte("cookie\x00"))
 	}
-	h.Write([]byte(c.value))
+	h.Write([]byte(c.Token()))
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
 	return k
@@ -265,10 +272,10 @@ func (s *service) event(data []byte) stage {
 	if err := decode(data, &req); err != nil {
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "%v", err))
 	}
-	if !contract.ValidEventID(req.EventID) {
+	if !contract.ValidUUID(req.EventID) {
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "event_id %q is not a canonical lowercase uuid", truncate(req.EventID)))
 	}
-	if !contract.ValidEventID(req.UserID) {
+	if !contract.ValidUUID(req.UserID) {
 		return done(errorReply(auth.CodeBadRequest, "bad_request", "user_id %q is not a canonical lowercase uuid", truncate(req.UserID)))
 	}
 	key := eventKey{user: req.UserID, event: req.EventID, admin: req.Admin}

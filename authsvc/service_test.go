@@ -108,6 +108,17 @@ func TestHTTPEndpoints(t *testing.T) {
 	if code, body := httpGet(t, h.http+"/healthz"); code != http.StatusOK || body != "ok\n" {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
+	// A header block far over the limit (net/http's default is 1 MiB).
+	req, _ := http.NewRequest("GET", h.http+"/healthz", nil)
+	req.Header.Set("X-Big", strings.Repeat("a", 64<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("/healthz with a 64 KiB header: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("/healthz with a 64 KiB header: %d, want 431", resp.StatusCode)
+	}
 	code, body := httpGet(t, h.http+"/readyz")
 	if code != http.StatusOK || !strings.Contains(body, `"ready":true`) {
 		t.Fatalf("/readyz: %d %s", code, body)
@@ -121,7 +132,7 @@ func TestHTTPEndpoints(t *testing.T) {
 	tok := h.dir.Login(t, u)
 	h.mustSession(auth.SessionRequest{Cookie: tok})
 	h.mustSession(auth.SessionRequest{Cookie: tok})
-	_, _ = h.session(auth.SessionRequest{Cookie: "bogus"})
+	_, _ = h.session(auth.SessionRequest{Cookie: bogusJWT})
 	_, _ = h.authorize(auth.User{ID: u.ID}, directus.NewID())
 	code, body = httpGet(t, h.http+"/metrics")
 	if code != http.StatusOK {
@@ -136,7 +147,8 @@ func TestHTTPEndpoints(t *testing.T) {
 		`authsvc_directus_request_duration_seconds_count{call="users_me",result="ok"} 1`,
 		`authsvc_directus_request_duration_seconds_count{call="users_me",result="unauthorized"} 1`,
 		`authsvc_db_query_duration_seconds_count{result="ok"} 1`,
-		`authsvc_cache_entries{cache="session"} 2`,
+		`authsvc_cache_entries{cache="session"} 1`,
+		`authsvc_cache_entries{cache="refused"} 1`,
 		`authsvc_directus_up 1`,
 		`authsvc_request_duration_seconds_count{endpoint="session"}`,
 		`authsvc_singleflight_collapsed_total`,

@@ -87,7 +87,7 @@ func TestSessionRejected(t *testing.T) {
 	u := h.dir.AddUser(directus.User{Role: directus.NewID()})
 	tok := h.dir.Login(t, u)
 	cases := map[string]string{
-		"bogus (401 INVALID_CREDENTIALS)":     "bogus",
+		"unknown (401 INVALID_CREDENTIALS)":   bogusJWT,
 		"wrong signature (403 INVALID_TOKEN)": directus.ForgedToken(tok),
 		"expired (401 TOKEN_EXPIRED)":         h.dir.ExpiredToken(u),
 	}
@@ -111,6 +111,8 @@ func TestSessionRejected(t *testing.T) {
 		"header injection":    `{"bearer":"abc\r\nX-Evil: 1"}`,
 		"space in bearer":     `{"bearer":"a b"}`,
 		"non-ascii":           `{"cookie":"caf\u00e9"}`,
+		"cookie not a jwt":    `{"cookie":"bogus"}`,
+		"short static token":  `{"bearer":"abc"}`,
 	} {
 		code, desc, _ := h.raw(auth.SessionSubject, []byte(payload))
 		if code != auth.CodeUnauthorized {
@@ -350,5 +352,37 @@ func TestSessionCacheIsBounded(t *testing.T) {
 	h.mustSession(auth.SessionRequest{Cookie: toks[0]}) // evicted
 	if h.dir.Calls("/users/me") != calls+1 {
 		t.Fatal("the least recently used credential was not evicted")
+	}
+}
+
+// bogusJWT has the shape of a Directus session JWT (so it is looked up)
+// but no user behind it.
+const bogusJWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6Im5vYm9keSJ9.c2lnbmF0dXJlLW9mLW5vYm9keQ"
+
+// TestRefusalsDoNotEvictSessions: refused credentials are cached apart
+// (FailureCacheSize), so a flood of distinct bogus ones leaves accepted
+// sessions cached: no Directus call for them afterwards.
+func TestRefusalsDoNotEvictSessions(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, withConfig(func(c *Config) { c.CacheSize = 4; c.FailureCacheSize = 2 }))
+	u := h.dir.AddUser(directus.User{Role: directus.NewID()})
+	tok := h.dir.Login(t, u)
+	h.mustSession(auth.SessionRequest{Cookie: tok})
+	for i := range 20 {
+		_, err := h.session(auth.SessionRequest{Cookie: fmt.Sprintf("%s%d", bogusJWT, i)})
+		wantErr(t, err, auth.ErrUnauthorized)
+	}
+	calls := h.dir.Calls("/users/me")
+	if got := h.mustSession(auth.SessionRequest{Cookie: tok}); got.ID != u.ID {
+		t.Fatalf("session: %+v", got)
+	}
+	if n := h.dir.Calls("/users/me"); n != calls {
+		t.Fatalf("the accepted session was evicted by refusals: %d Directus calls", n-calls)
+	}
+	// The refusals' own cache holds the latest ones.
+	_, err := h.session(auth.SessionRequest{Cookie: bogusJWT + "19"})
+	wantErr(t, err, auth.ErrUnauthorized)
+	if n := h.dir.Calls("/users/me"); n != calls {
+		t.Fatalf("a fresh refusal was not cached: %d Directus calls", n-calls)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"trm-live/contract"
 	"trm-live/contract/streams"
 )
 
@@ -95,6 +96,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 
 	ln := cfg.Listener
 	if ln == nil {
@@ -130,6 +134,8 @@ func Run(ctx context.Context, cfg Config) error {
 	denied := newDeniedSubjects(log)
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("trm-bridge "+cfg.Consumer),
+		// Its own inbox: the bridge's user may read no other replies.
+		nats.CustomInboxPrefix(contract.InboxPrefix("bridge")),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250*time.Millisecond),
@@ -141,7 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied.record(err) }),
 		nats.ReconnectHandler(func(c *nats.Conn) {
-			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
+			log.Info("nats reconnected", "url", contract.RedactURLs(c.ConnectedUrl()))
 			watch.check()
 		}),
 	)

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -130,6 +129,10 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Listener, when set, is used for HTTP instead of listening on HTTPAddr.
 	Listener net.Listener
+	// Version and Revision label trm_build_info: the release and the VCS
+	// revision main was stamped with at build time. Empty: "dev", and the
+	// revision the Go toolchain recorded (or "unknown").
+	Version, Revision string
 	// Now is the clock of the future-time rule; nil means time.Now.
 	Now func() time.Time
 
@@ -301,8 +304,13 @@ func (c Config) Validate() error {
 		{"NATS_URL", c.NATSURL, "nats"},
 		{"DATABASE_URL", c.DatabaseURL, "postgres"},
 	} {
-		p, err := url.Parse(u.val)
-		if err != nil || p.Host == "" || !strings.HasPrefix(p.Scheme, u.scheme) {
+		// Every URL error goes through contract (ParseURL, RedactURLs):
+		// the values carry passwords.
+		p, err := contract.ParseURL(u.name, u.val)
+		if err != nil {
+			return err
+		}
+		if p.Host == "" || !strings.HasPrefix(p.Scheme, u.scheme) {
 			return fmt.Errorf("%s %q: want a %s:// URL", u.name, contract.RedactURLs(u.val), u.scheme)
 		}
 	}

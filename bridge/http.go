@@ -13,6 +13,27 @@ import (
 
 var httpErrServerClosed = http.ErrServerClosed
 
+// Limits of the HTTP server of /healthz, /readyz and /metrics, which only
+// probes and scrapers call: a header block over httpMaxHeaderBytes (plus
+// net/http's 4 KiB slack) is answered 431, a client gets
+// httpReadHeaderTimeout to send its headers, and a keep-alive connection
+// idle for httpIdleTimeout is closed (longer than a scrape interval).
+const (
+	httpReadHeaderTimeout = 5 * time.Second
+	httpIdleTimeout       = 90 * time.Second
+	httpMaxHeaderBytes    = 16 << 10
+)
+
+// newHTTPServer is the HTTP server of h with those limits.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: httpReadHeaderTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    httpMaxHeaderBytes,
+	}
+}
+
 // httpServer serves /healthz (the process answers), /readyz (Redis answers
 // a PING within 1 s, NATS is connected, the streams exist, the routing
 // table was loaded at least once, no stream refuses publishes for a full
@@ -32,7 +53,7 @@ func (b *bridge) httpServer(gat prometheus.Gatherer) *http.Server {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gat, promhttp.HandlerOpts{}))
-	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return newHTTPServer(mux)
 }
 
 func (b *bridge) notReady(ctx context.Context) []string {

@@ -35,6 +35,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"trm-live/contract"
 	"trm-live/contract/auth"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
@@ -63,6 +64,7 @@ type server struct {
 	js       jetstream.JetStream
 	hub      *hub
 	auth     *authorizer
+	gate     *handshakeGate
 	w        *writers
 	mel      *melody.Melody
 
@@ -139,6 +141,9 @@ func newServer(cfg Config) (*server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
+	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
 	srv.m = m
 	if srv.replayMetrics, err = newReplayMetrics(reg); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
@@ -158,6 +163,9 @@ func newServer(cfg Config) (*server, error) {
 
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("broadcaster"),
+		// Its own inbox: the broadcaster's user may read no other replies,
+		// and no other worker reads authsvc's answers to it.
+		nats.CustomInboxPrefix(contract.InboxPrefix("broadcaster")),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(500*time.Millisecond),
@@ -166,7 +174,8 @@ func newServer(cfg Config) (*server, error) {
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
 			srv.log.Info("nats reconnected")
-			srv.bg.Go(func() { srv.hub.resync(srv.base) })
+			gen := srv.hub.resyncGen.Add(1)
+			srv.bg.Go(func() { srv.hub.resync(srv.base, gen) })
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrSlowConsumer) {
@@ -191,7 +200,8 @@ func newServer(cfg Config) (*server, error) {
 	}
 	snap := &snapshotter{nc: nc, js: srv.js, timeout: cfg.SnapshotTimeout, m: m}
 	srv.hub = newHub(nc, snap, m, srv.log, cfg)
-	srv.auth = newAuthorizer(auth.NewClient(nc, cfg.AuthTimeout), cfg.ReauthInterval, m)
+	srv.auth = newAuthorizer(auth.NewClient(nc, cfg.AuthTimeout), m)
+	srv.gate = newHandshakeGate(cfg.HandshakeRate, cfg.HandshakeBurst, cfg.MaxPendingHandshakes)
 	srv.w = newWriters(cfg.FrameMaxPositions, cfg.FrameMaxBytes, m)
 	srv.mel = srv.newMelody()
 	return srv, nil
@@ -210,7 +220,7 @@ func (srv *server) newMelody() *melody.Melody {
 	// busy. Larger frames go out with one writev (gorilla's fast path).
 	mel.Upgrader.ReadBufferSize = 0
 	mel.Upgrader.WriteBufferSize = 0
-	mel.Upgrader.CheckOrigin = func(r *http.Request) bool { return originAllowed(r, srv.cfg.AllowedOrigins) }
+	mel.Upgrader.CheckOrigin = func(r *http.Request) bool { return originAllowed(r, srv.cfg.AllowedOrigins, srv.cfg.TrustProxy) }
 
 	mel.HandleConnect(srv.onConnect)
 	mel.HandleDisconnect(srv.onDisconnect)
@@ -255,11 +265,12 @@ func mailboxOf(s *melody.Session) *mailbox {
 	return mb
 }
 
-// serveWS checks the Origin and the credential before upgrading, then hands
-// the connection to melody. Failures the browser must see (4401, 1013,
-// 1008) are sent as close codes after the upgrade.
+// serveWS checks the Origin, the handshake limits and the credential's
+// shape before asking authsvc, then hands the connection to melody.
+// Failures the browser must see (4401, 1013, 1008) are sent as close codes
+// after the upgrade; the limits answer HTTP 429 without upgrading.
 func (srv *server) serveWS(w http.ResponseWriter, r *http.Request) {
-	if !originAllowed(r, srv.cfg.AllowedOrigins) {
+	if !originAllowed(r, srv.cfg.AllowedOrigins, srv.cfg.TrustProxy) {
 		srv.m.connectionsTotal.WithLabelValues("forbidden_origin").Inc()
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
@@ -278,22 +289,47 @@ func (srv *server) serveWS(w http.ResponseWriter, r *http.Request) {
 	srv.mu.Unlock()
 	defer srv.handlers.Done()
 
+	ip := clientIP(r, srv.cfg.TrustProxy)
+	if !srv.gate.take(ip) {
+		srv.m.connectionsTotal.WithLabelValues("rate_limited").Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many refused handshakes from this address", http.StatusTooManyRequests)
+		return
+	}
 	keys := map[string]any{}
-	// Not derived from r.Context(): a child would leave a children map on
-	// the request's context for the connection's lifetime (~1 KiB each).
-	ctx, cancel := context.WithTimeout(srv.base, srv.cfg.AuthTimeout)
-	user, err := srv.auth.session(ctx, credential(r, srv.cfg.CookieName))
-	cancel()
+	cred := auth.CredentialFromRequest(r, srv.cfg.CookieName)
+	var user auth.User
+	var err error
+	switch {
+	case !cred.Plausible():
+		// Cannot be a Directus credential: refused without a look-up.
+		err = auth.ErrUnauthorized
+	case !srv.gate.enter():
+		srv.gate.refund(ip)
+		srv.m.connectionsTotal.WithLabelValues("overloaded").Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many handshakes in progress", http.StatusTooManyRequests)
+		return
+	default:
+		// Not derived from r.Context(): a child would leave a children map on
+		// the request's context for the connection's lifetime (~1 KiB each).
+		ctx, cancel := context.WithTimeout(srv.base, srv.cfg.AuthTimeout)
+		user, err = srv.auth.session(ctx, cred)
+		cancel()
+		srv.gate.leave()
+	}
 	var c *client
 	switch {
 	case errors.Is(err, auth.ErrUnauthorized), errors.Is(err, auth.ErrBadRequest):
 		srv.m.connectionsTotal.WithLabelValues("unauthorized").Inc()
 		keys["reject"] = reject{ws.CloseUnauthorized, "unauthorized"}
 	case err != nil:
+		srv.gate.refund(ip)
 		srv.m.connectionsTotal.WithLabelValues("auth_unavailable").Inc()
 		srv.log.Warn("session lookup", "err", err)
 		keys["reject"] = reject{ws.CloseTryAgainLater, "authentication unavailable, try again later"}
 	default:
+		srv.gate.refund(ip)
 		srv.mu.Lock()
 		if srv.perUser[user.ID] >= srv.cfg.MaxConnsPerUser {
 			srv.mu.Unlock()
@@ -303,7 +339,7 @@ func (srv *server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		srv.perUser[user.ID]++
 		srv.mu.Unlock()
-		c = &client{srv: srv, user: user, subs: make(map[string]*subscription)}
+		c = &client{srv: srv, user: user, cur: user, cred: cred, subs: make(map[string]*subscription)}
 		keys["client"] = c
 		defer srv.releaseUser(user.ID)
 	}
@@ -373,13 +409,23 @@ func (srv *server) closeClient(c *client, code int, reason string) {
 	}
 }
 
+// The HTTP server's bounds: an idle keep-alive connection (/metrics,
+// /readyz pollers; a WebSocket is hijacked and not concerned) is closed
+// after httpIdleTimeout, and request headers over httpMaxHeaderBytes get
+// 431 (a Directus session cookie is about 400 bytes).
+const (
+	httpIdleTimeout    = 2 * time.Minute
+	httpMaxHeaderBytes = 32 << 10
+)
+
 func (srv *server) run(ctx context.Context) error {
 	srv.log.Info("starting", "addr", srv.ln.Addr().String(), "config", srv.cfg.String())
 	var writers sync.WaitGroup
 	for range srv.cfg.Writers {
 		writers.Go(srv.w.run)
 	}
-	httpSrv := &http.Server{Handler: srv.mux(), ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{Handler: srv.mux(), ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: httpIdleTimeout, MaxHeaderBytes: httpMaxHeaderBytes}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := httpSrv.Serve(srv.ln); !errors.Is(err, http.ErrServerClosed) {
@@ -389,6 +435,7 @@ func (srv *server) run(ctx context.Context) error {
 	})
 	g.Go(func() error { srv.watchStream(gctx); return nil })
 	g.Go(func() error { srv.reauthLoop(gctx); return nil })
+	g.Go(func() error { srv.pruneGate(gctx); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		srv.shutdown(httpSrv)
@@ -480,9 +527,23 @@ func (srv *server) watchStream(ctx context.Context) {
 	}
 }
 
-// reauthLoop re-checks every live (user, event) pair each interval and
-// revokes the subscriptions authsvc now refuses. An unavailable authsvc
-// revokes nothing: an outage is not a verdict.
+// pruneGate forgets the handshake buckets that have refilled, every 10 s.
+func (srv *server) pruneGate(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			srv.gate.prune()
+		}
+	}
+}
+
+// reauthLoop re-validates every connection's session, then re-checks
+// every live (user, admin flag, event), each interval. An unavailable
+// authsvc ends nothing: an outage is not a verdict.
 func (srv *server) reauthLoop(ctx context.Context) {
 	t := time.NewTicker(srv.cfg.ReauthInterval)
 	defer t.Stop()
@@ -493,55 +554,123 @@ func (srv *server) reauthLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		srv.reauthorize(ctx)
-		srv.auth.prune()
 	}
 }
 
+// reauthorize is one re-authorization pass.
+//
+//  1. Every distinct credential of the open connections is resolved again
+//     through authsvc (which may answer from its session cache). Refused:
+//     each of its connections is closed with 4401. A changed admin flag
+//     (or role) is applied to the connection.
+//  2. Every live subscription's (user, admin flag, event) is decided
+//     again, bypassing the broadcaster's decision cache; a refusal ends the
+//     subscription with an error frame for its topic (no id): forbidden or
+//     not_found. A subscription that stood only on the admin flag just
+//     withdrawn is therefore checked as a member's and ended if the user
+//     is not one.
 func (srv *server) reauthorize(ctx context.Context) {
-	who := make(map[authKey][]*client)
-	users := make(map[authKey]auth.User)
 	srv.mu.Lock()
 	clients := make([]*client, 0, len(srv.clients))
 	for c := range srv.clients {
 		clients = append(clients, c)
 	}
 	srv.mu.Unlock()
-	for _, c := range clients {
-		for _, ev := range c.liveEvents() {
-			k := authKey{c.user.ID, ev}
-			who[k] = append(who[k], c)
-			users[k] = c.user
-		}
-	}
+
 	var g errgroup.Group
 	g.SetLimit(8)
 	var failed atomic.Int64
+
+	// 1. Sessions.
+	byCred := make(map[auth.SessionRequest][]*client)
+	for _, c := range clients {
+		byCred[c.cred] = append(byCred[c.cred], c)
+	}
+	var mu sync.Mutex
+	ended := make(map[*client]bool)
+	demoted := make(map[*client]bool)
+	for cred, cs := range byCred {
+		g.Go(func() error {
+			u, err := srv.auth.session(ctx, cred)
+			switch {
+			case errors.Is(err, auth.ErrUnauthorized), errors.Is(err, auth.ErrBadRequest):
+				mu.Lock()
+				for _, c := range cs {
+					ended[c] = true
+				}
+				mu.Unlock()
+				for _, c := range cs {
+					srv.closeClient(c, ws.CloseUnauthorized, "session ended")
+				}
+				srv.log.Info("session ended", "user_id", cs[0].user.ID, "connections", len(cs))
+				return nil
+			case err != nil:
+				failed.Add(1)
+				return nil
+			}
+			for _, c := range cs {
+				if u.ID != c.user.ID {
+					// Cannot happen with Directus; never serve another user.
+					mu.Lock()
+					ended[c] = true
+					mu.Unlock()
+					srv.closeClient(c, ws.CloseUnauthorized, "session ended")
+					continue
+				}
+				if prev := c.setIdentity(u); prev.Admin != u.Admin {
+					srv.log.Info("admin flag changed", "user_id", u.ID, "admin", u.Admin)
+					if prev.Admin {
+						mu.Lock()
+						demoted[c] = true
+						mu.Unlock()
+					}
+				}
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+
+	// 2. Live subscriptions.
+	who := make(map[decisionKey][]*client)
+	users := make(map[decisionKey]auth.User)
+	for _, c := range clients {
+		if ended[c] {
+			continue
+		}
+		u := c.identity()
+		for _, ev := range c.liveEvents() {
+			k := decisionKey{user: u.ID, event: ev, admin: u.Admin}
+			who[k] = append(who[k], c)
+			users[k] = u
+		}
+	}
 	for k, cs := range who {
 		g.Go(func() error {
-			d, err := srv.auth.authorize(ctx, users[k], k.event, true)
+			d, err := srv.auth.authorize(ctx, users[k], k.event)
 			if err != nil {
 				failed.Add(1)
 				return nil
 			}
-			var code ws.Code
-			var msg string
-			switch d {
-			case auth.Allowed:
+			if d == auth.Allowed {
 				return nil
-			case auth.NotFound:
-				code, msg = ws.CodeNotFound, "event no longer exists; subscription ended"
-			default:
-				code, msg = ws.CodeForbidden, "membership removed; subscription ended"
 			}
 			for _, c := range cs {
+				code, msg := ws.CodeForbidden, "membership removed; subscription ended"
+				switch {
+				case d == auth.NotFound:
+					code, msg = ws.CodeNotFound, "event no longer exists; subscription ended"
+				case demoted[c]:
+					msg = "admin access withdrawn and not a member of the event's organization; subscription ended"
+				}
 				c.revoke(ws.EventTopic(k.event), code, msg)
 			}
-			srv.log.Info("subscription revoked", "user_id", k.user, "event_id", k.event, "decision", string(d), "connections", len(cs))
+			srv.log.Info("subscription revoked", "user_id", k.user, "event_id", k.event, "admin", k.admin, "decision", string(d), "connections", len(cs))
 			return nil
 		})
 	}
 	_ = g.Wait()
 	if n := failed.Load(); n > 0 {
-		srv.log.Warn("re-authorization incomplete: authsvc unavailable", "pairs", n)
+		srv.log.Warn("re-authorization incomplete: authsvc unavailable", "lookups", n)
 	}
 }

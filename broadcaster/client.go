@@ -15,10 +15,16 @@ import (
 
 // client is one accepted WebSocket connection, bound to a user.
 type client struct {
-	srv  *server
-	s    *melody.Session
-	mb   *mailbox
+	srv *server
+	s   *melody.Session
+	mb  *mailbox
+	// user is the user of the handshake; its ID never changes. The admin
+	// flag and role in force are cur's (identity), which re-authorization
+	// updates.
 	user auth.User
+	// cred is the handshake's credential, re-validated at every
+	// re-authorization; held in memory only, never logged.
+	cred auth.SessionRequest
 
 	// tokens and last are the message-rate bucket; only the session's read
 	// goroutine (melody's HandleMessage) touches them.
@@ -26,8 +32,26 @@ type client struct {
 	last   time.Time
 
 	mu     sync.Mutex
+	cur    auth.User
 	subs   map[string]*subscription // by topic, including ones being set up
 	closed bool
+}
+
+// identity is the user with the admin flag and role in force.
+func (c *client) identity() auth.User {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur
+}
+
+// setIdentity applies what re-authorization found and returns the
+// previous identity.
+func (c *client) setIdentity(u auth.User) auth.User {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	prev := c.cur
+	c.cur = u
+	return prev
 }
 
 // subscription is a client's subscription to one event topic.
@@ -129,7 +153,7 @@ func (c *client) subscribe(req ws.Request) {
 		c.mu.Unlock()
 	}
 
-	decision, err := srv.auth.authorize(ctx, c.user, eventID, false)
+	decision, err := srv.auth.authorize(ctx, c.identity(), eventID)
 	if err != nil {
 		drop()
 		if errors.Is(err, auth.ErrBadRequest) {

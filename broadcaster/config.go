@@ -45,10 +45,36 @@ type Config struct {
 	// AuthTimeout bounds one authsvc request (BROADCASTER_AUTH_TIMEOUT).
 	// Default 3s.
 	AuthTimeout time.Duration
-	// ReauthInterval is how often live subscriptions are re-authorized
-	// (BROADCASTER_REAUTH_INTERVAL). Default 1m. A removed user stops
-	// receiving within about this interval.
+	// ReauthInterval is how often every connection's session and live
+	// subscriptions are re-authorized (BROADCASTER_REAUTH_INTERVAL).
+	// Default 1m. A logged-out, expired or revoked session is closed with
+	// 4401, a removed member or demoted admin stops receiving, within
+	// about this interval plus authsvc's cache time (AUTHSVC_SESSION_TTL,
+	// AUTHSVC_EVENT_TTL).
 	ReauthInterval time.Duration
+
+	// HandshakeRate and HandshakeBurst bound the refused handshakes of one
+	// client address: a token bucket of HandshakeBurst tokens refilled at
+	// HandshakeRate per second (BROADCASTER_HANDSHAKE_RATE,
+	// BROADCASTER_HANDSHAKE_BURST). Defaults 5 and 100. Every handshake
+	// takes a token before its credential is checked and an accepted one
+	// gives it back, so real users behind one address are not limited,
+	// while a flood of bad credentials from it gets HTTP 429 before any
+	// authsvc request. The burst also bounds one address's handshakes in
+	// flight. HandshakeRate -1 turns the limit off.
+	HandshakeRate  float64
+	HandshakeBurst int
+	// MaxPendingHandshakes bounds the handshakes of all addresses waiting
+	// for authsvc at once (BROADCASTER_MAX_PENDING_HANDSHAKES). Default
+	// 1024; over it: HTTP 429 before any authsvc request.
+	MaxPendingHandshakes int
+	// TrustProxy says every request comes through a reverse proxy that
+	// sets X-Forwarded-For (appending the peer) and X-Forwarded-Proto
+	// (BROADCASTER_TRUST_PROXY). Default false: the client address is the
+	// TCP peer and the scheme is the connection's. Set it only behind such
+	// a proxy (Traefik in deploy/): otherwise a client chooses its own
+	// address.
+	TrustProxy bool
 
 	// MaxConnsPerUser bounds concurrent connections of one user on this
 	// instance (BROADCASTER_MAX_CONNS_PER_USER). Default 20.
@@ -127,6 +153,10 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Listener, when set, is used instead of listening on HTTPAddr.
 	Listener net.Listener
+	// Version and Revision label trm_build_info: the release and the VCS
+	// revision main was stamped with at build time. Empty: "dev", and the
+	// revision the Go toolchain recorded (or "unknown").
+	Version, Revision string
 }
 
 func (c Config) withDefaults() Config {
@@ -152,6 +182,11 @@ func (c Config) withDefaults() Config {
 	def(&c.CookieName, "directus_session_token")
 	defDur(&c.AuthTimeout, 3*time.Second)
 	defDur(&c.ReauthInterval, time.Minute)
+	if c.HandshakeRate == 0 {
+		c.HandshakeRate = 5
+	}
+	defInt(&c.HandshakeBurst, 100)
+	defInt(&c.MaxPendingHandshakes, 1024)
 	defInt(&c.MaxConnsPerUser, 20)
 	defInt(&c.MaxSubscriptions, 10)
 	if c.MsgRate == 0 {
@@ -176,16 +211,31 @@ func (c Config) withDefaults() Config {
 // Validate checks the settings (after defaults) and names the bad one.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	u, err := url.Parse(c.NATSURL)
+	// One URL or a comma-separated list, as nats.go reads it. Every URL
+	// error goes through contract (ParseURL, RedactURLs): the values carry
+	// passwords.
+	for _, part := range strings.Split(c.NATSURL, ",") {
+		u, err := contract.ParseURL("NATS_URL", part)
+		if err != nil {
+			return err
+		}
+		if u.Host == "" {
+			return fmt.Errorf("NATS_URL %q: not a URL", contract.RedactURLs(c.NATSURL))
+		}
+	}
 	switch {
-	case err != nil || u.Host == "" && !strings.Contains(c.NATSURL, ","):
-		return fmt.Errorf("NATS_URL %q: not a URL", contract.RedactURLs(c.NATSURL))
 	case !validCookieName(c.CookieName):
 		return fmt.Errorf("BROADCASTER_COOKIE_NAME %q: not a cookie name", c.CookieName)
 	case c.AuthTimeout < 0:
 		return errors.New("BROADCASTER_AUTH_TIMEOUT: must be positive")
 	case c.ReauthInterval < time.Second:
 		return fmt.Errorf("BROADCASTER_REAUTH_INTERVAL %s: must be at least 1s", c.ReauthInterval)
+	case c.HandshakeRate < 0 && c.HandshakeRate != -1:
+		return errors.New("BROADCASTER_HANDSHAKE_RATE: must be positive, or -1 (no limit)")
+	case c.HandshakeBurst < 1:
+		return errors.New("BROADCASTER_HANDSHAKE_BURST: must be at least 1")
+	case c.MaxPendingHandshakes < 1:
+		return errors.New("BROADCASTER_MAX_PENDING_HANDSHAKES: must be at least 1")
 	case c.MaxConnsPerUser < 1:
 		return errors.New("BROADCASTER_MAX_CONNS_PER_USER: must be at least 1")
 	case c.MaxSubscriptions < 1:
@@ -282,11 +332,13 @@ func (c Config) String() string {
 	}
 	return fmt.Sprintf("NATS_URL=%s HTTP_ADDR=%s LOG_LEVEL=%s LOG_FORMAT=%s"+
 		" BROADCASTER_COOKIE_NAME=%s BROADCASTER_ALLOWED_ORIGINS=%s BROADCASTER_AUTH_TIMEOUT=%s BROADCASTER_REAUTH_INTERVAL=%s"+
+		" BROADCASTER_HANDSHAKE_RATE=%g BROADCASTER_HANDSHAKE_BURST=%d BROADCASTER_MAX_PENDING_HANDSHAKES=%d BROADCASTER_TRUST_PROXY=%t"+
 		" BROADCASTER_MAX_CONNS_PER_USER=%d BROADCASTER_MAX_SUBSCRIPTIONS=%d BROADCASTER_MSG_RATE=%g BROADCASTER_MSG_BURST=%d"+
 		" BROADCASTER_CONTROL_QUEUE=%d BROADCASTER_FRAME_MAX_POSITIONS=%d BROADCASTER_FRAME_MAX_BYTES=%d BROADCASTER_SOCKET_SEND_BUFFER=%d BROADCASTER_SOCKET_NOTSENT_LOWAT=%d BROADCASTER_TOPIC_FRAME_RATE=%d BROADCASTER_WRITERS=%d"+
 		" BROADCASTER_PING_PERIOD=%s BROADCASTER_PONG_WAIT=%s BROADCASTER_WRITE_WAIT=%s BROADCASTER_SNAPSHOT_TIMEOUT=%s BROADCASTER_SHUTDOWN_TIMEOUT=%s",
 		contract.RedactURLs(c.NATSURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		c.CookieName, origins, c.AuthTimeout, c.ReauthInterval,
+		c.HandshakeRate, c.HandshakeBurst, c.MaxPendingHandshakes, c.TrustProxy,
 		c.MaxConnsPerUser, c.MaxSubscriptions, c.MsgRate, c.MsgBurst,
 		c.ControlQueue, c.FrameMaxPositions, c.FrameMaxBytes, c.SocketSendBuffer, c.SocketNotsentLowat, c.TopicFrameRate, c.Writers,
 		c.PingPeriod, c.PongWait, c.WriteWait, c.SnapshotTimeout, c.ShutdownTimeout) + " " + c.Replay.String()
@@ -322,14 +374,27 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 		fs.IntVar(p, name, n, usage+" ("+env+")")
 	}
-	var origins string
-	var rate float64
-	if v := getenv("BROADCASTER_MSG_RATE"); v != "" {
-		var err error
-		if rate, err = strconv.ParseFloat(v, 64); err != nil {
-			errs = append(errs, fmt.Errorf("BROADCASTER_MSG_RATE %q: not a number", v))
+	float := func(p *float64, name, env, usage string) {
+		var f float64
+		if v := getenv(env); v != "" {
+			var err error
+			if f, err = strconv.ParseFloat(v, 64); err != nil {
+				errs = append(errs, fmt.Errorf("%s %q: not a number", env, v))
+			}
 		}
+		fs.Float64Var(p, name, f, usage+" ("+env+")")
 	}
+	boolean := func(p *bool, name, env, usage string) {
+		var b bool
+		if v := getenv(env); v != "" {
+			var err error
+			if b, err = strconv.ParseBool(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s %q: not true or false", env, v))
+			}
+		}
+		fs.BoolVar(p, name, b, usage+" ("+env+")")
+	}
+	var origins string
 	str(&c.NATSURL, "nats-url", "NATS_URL", "NATS server URL")
 	str(&c.HTTPAddr, "http-addr", "HTTP_ADDR", "listen address for /ws-live, /healthz, /readyz, /metrics")
 	str(&c.LogLevel, "log-level", "LOG_LEVEL", "debug, info, warn or error")
@@ -340,7 +405,11 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	dur(&c.ReauthInterval, "reauth-interval", "BROADCASTER_REAUTH_INTERVAL", "re-authorization interval of live subscriptions")
 	num(&c.MaxConnsPerUser, "max-conns-per-user", "BROADCASTER_MAX_CONNS_PER_USER", "connections per user")
 	num(&c.MaxSubscriptions, "max-subscriptions", "BROADCASTER_MAX_SUBSCRIPTIONS", "subscriptions per connection")
-	fs.Float64Var(&c.MsgRate, "msg-rate", rate, "client messages per second per connection (BROADCASTER_MSG_RATE)")
+	float(&c.HandshakeRate, "handshake-rate", "BROADCASTER_HANDSHAKE_RATE", "refused handshakes per second per client address; -1 = no limit")
+	num(&c.HandshakeBurst, "handshake-burst", "BROADCASTER_HANDSHAKE_BURST", "refused handshakes burst (and handshakes in flight) per client address")
+	num(&c.MaxPendingHandshakes, "max-pending-handshakes", "BROADCASTER_MAX_PENDING_HANDSHAKES", "handshakes waiting for authsvc at once, all addresses")
+	boolean(&c.TrustProxy, "trust-proxy", "BROADCASTER_TRUST_PROXY", "take the client address and scheme from X-Forwarded-For and X-Forwarded-Proto")
+	float(&c.MsgRate, "msg-rate", "BROADCASTER_MSG_RATE", "client messages per second per connection")
 	num(&c.MsgBurst, "msg-burst", "BROADCASTER_MSG_BURST", "client message burst per connection")
 	num(&c.ControlQueue, "control-queue", "BROADCASTER_CONTROL_QUEUE", "control frames queued per client before it is closed")
 	num(&c.FrameMaxPositions, "frame-max-positions", "BROADCASTER_FRAME_MAX_POSITIONS", "positions per frame")

@@ -2,6 +2,7 @@ package broadcaster
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,6 +42,24 @@ type fakeAuth struct {
 	members  map[string]map[string]bool // event → member user ids
 	events   map[string]bool            // existing events
 	calls    map[string]*atomic.Int64   // by subject
+	held     chan struct{}              // non-nil: session requests wait for it
+}
+
+// hold makes session requests wait until release is called.
+func (a *fakeAuth) hold() (release func()) {
+	ch := make(chan struct{})
+	a.mu.Lock()
+	a.held = ch
+	a.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			a.mu.Lock()
+			a.held = nil
+			a.mu.Unlock()
+			close(ch)
+		})
+	}
 }
 
 func startFakeAuth(t testing.TB, nc *nats.Conn) *fakeAuth {
@@ -96,6 +115,12 @@ func (a *fakeAuth) session(r micro.Request) {
 		return
 	}
 	a.mu.Lock()
+	held := a.held
+	a.mu.Unlock()
+	if held != nil {
+		<-held
+	}
+	a.mu.Lock()
 	u, ok := a.sessions["c:"+req.Cookie]
 	if req.Cookie == "" {
 		u, ok = a.sessions["b:"+req.Bearer]
@@ -111,7 +136,7 @@ func (a *fakeAuth) session(r micro.Request) {
 func (a *fakeAuth) event(r micro.Request) {
 	a.calls[auth.EventSubject].Add(1)
 	var req auth.EventRequest
-	if err := json.Unmarshal(r.Data(), &req); err != nil || !contract.ValidEventID(req.EventID) {
+	if err := json.Unmarshal(r.Data(), &req); err != nil || !contract.ValidUUID(req.EventID) {
 		_ = r.Error(auth.CodeBadRequest, "bad request", nil)
 		return
 	}
@@ -127,13 +152,31 @@ func (a *fakeAuth) event(r micro.Request) {
 	_ = r.RespondJSON(auth.EventResponse{Decision: d})
 }
 
-// user registers a session cookie (and the same value as bearer token).
+// user registers a session cookie named cookie (and the same value as
+// bearer token); the value on the wire is token(cookie).
 func (a *fakeAuth) user(cookie, id string, admin bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	u := auth.User{ID: id, Role: "viewer", Admin: admin}
-	a.sessions["c:"+cookie] = u
-	a.sessions["b:"+cookie] = u
+	a.sessions["c:"+token(cookie)] = u
+	a.sessions["b:"+token(cookie)] = u
+}
+
+// logout revokes the session of cookie: authsvc now refuses it.
+func (a *fakeAuth) logout(cookie string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.sessions, "c:"+token(cookie))
+	delete(a.sessions, "b:"+token(cookie))
+}
+
+// token is the credential value of a test cookie name: shaped like a
+// Directus session JWT (auth.SessionRequest.Plausible), so it reaches
+// authsvc.
+func token(name string) string {
+	b64 := base64.RawURLEncoding
+	return b64.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." +
+		b64.EncodeToString([]byte(`{"id":"`+name+`"}`)) + ".c2lnbmF0dXJl"
 }
 
 // event creates an event with its members.
@@ -318,26 +361,41 @@ type wsClient struct {
 }
 
 type dialOpt struct {
+	// cookie and bearer name a test credential (sent as token(name));
+	// rawCookie is sent as is.
 	cookie, bearer, origin string
-	rcvbuf                 int // SO_RCVBUF, for slow clients
+	rawCookie              string
+	header                 http.Header // added to the request
+	local                  string      // source IP (any 127.0.0.0/8 address)
+	rcvbuf                 int         // SO_RCVBUF, for slow clients
 }
 
 func (e *env) dial(o dialOpt) (*wsClient, *http.Response, error) {
 	h := http.Header{}
+	for k, vs := range o.header {
+		h[k] = vs
+	}
 	if o.cookie != "" {
-		h.Set("Cookie", "directus_session_token="+o.cookie)
+		h.Set("Cookie", "directus_session_token="+token(o.cookie))
+	}
+	if o.rawCookie != "" {
+		h.Set("Cookie", "directus_session_token="+o.rawCookie)
 	}
 	if o.bearer != "" {
-		h.Set("Authorization", "Bearer "+o.bearer)
+		h.Set("Authorization", "Bearer "+token(o.bearer))
 	}
 	if o.origin != "" {
 		h.Set("Origin", o.origin)
 	}
 	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
-	if o.rcvbuf > 0 {
+	if o.rcvbuf > 0 || o.local != "" {
 		d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err == nil {
+			nd := &net.Dialer{}
+			if o.local != "" {
+				nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(o.local)}
+			}
+			c, err := nd.DialContext(ctx, network, addr)
+			if err == nil && o.rcvbuf > 0 {
 				err = c.(*net.TCPConn).SetReadBuffer(o.rcvbuf)
 			}
 			return c, err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
 
 	"trm-live/contract"
 	"trm-live/contract/ws"
@@ -28,6 +29,10 @@ type hub struct {
 	// caps (Config.FrameMaxPositions, FrameMaxBytes).
 	maxItems, maxBytes int
 	frameRate          int // Config.TopicFrameRate; 0 = no pacing
+
+	// resyncGen numbers NATS reconnects; a resync stops when a newer one
+	// has started.
+	resyncGen atomic.Uint64
 
 	mu     sync.Mutex
 	topics map[string]*topic // by event id
@@ -439,42 +444,94 @@ func (t *topic) snapshot(ctx context.Context) ([]snapItem, error) {
 	return items, nil
 }
 
-// resync re-reads every topic's snapshot and offers it to its feeds as
-// ordinary positions (older ones are dropped per device). Run after a NATS
-// reconnect: core NATS lost what was published during the outage.
-func (h *hub) resync(ctx context.Context) {
+// resync brings every topic's feeds up to date after NATS reconnect number
+// gen. Core NATS lost what was published during the outage, and what was
+// stored between the server's return and the resent subscriptions being
+// live reached no one either. So each topic's snapshot is read until
+// JetStream answers (retrying every second at most, as long as the
+// connection does not reconnect again, when a newer resync takes over),
+// then, once a flush round trip has confirmed that the server has the
+// subscriptions, read once more. The positions are offered to the feeds as
+// ordinary ones: older ones are dropped per device.
+func (h *hub) resync(ctx context.Context, gen uint64) {
+	current := func() bool { return ctx.Err() == nil && h.resyncGen.Load() == gen }
 	h.mu.Lock()
 	topics := make([]*topic, 0, len(h.topics))
 	for _, t := range h.topics {
 		topics = append(topics, t)
 	}
 	h.mu.Unlock()
-	for _, t := range topics {
-		// JetStream may still be recovering right after a reconnect: retry
-		// with backoff for about half a minute.
-		wait := 250 * time.Millisecond
-		for attempt := 1; ; attempt++ {
-			items, err := t.snapshot(ctx)
-			if err == nil {
-				for _, it := range items {
-					t.deliver(it.idx, it.ts, it.data)
+	if len(topics) == 0 {
+		return
+	}
+	wait := func(d *time.Duration) bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(*d):
+		}
+		*d = min(2**d, time.Second)
+		return current()
+	}
+	for pass := 1; pass <= 2; pass++ {
+		if pass == 2 {
+			// The subscriptions were resent before the reconnect handler
+			// ran; a round trip confirms the server has processed them.
+			backoff := 250 * time.Millisecond
+			for {
+				fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err := h.nc.FlushWithContext(fctx)
+				cancel()
+				if err == nil {
+					break
 				}
+				if !wait(&backoff) {
+					return
+				}
+			}
+		}
+		pending := topics
+		backoff, warned := 250*time.Millisecond, false
+		for {
+			var failed []*topic
+			var mu sync.Mutex
+			var g errgroup.Group
+			g.SetLimit(8)
+			for _, t := range pending {
+				select {
+				case <-t.done:
+					continue // closed meanwhile
+				default:
+				}
+				g.Go(func() error {
+					items, err := t.snapshot(ctx)
+					if err != nil {
+						h.m.resyncSnapshots.WithLabelValues("unavailable").Inc()
+						mu.Lock()
+						failed = append(failed, t)
+						mu.Unlock()
+						return err
+					}
+					h.m.resyncSnapshots.WithLabelValues("ok").Inc()
+					for _, it := range items {
+						t.deliver(it.idx, it.ts, it.data)
+					}
+					return nil
+				})
+			}
+			if err := g.Wait(); err == nil {
 				break
+			} else if !warned && current() {
+				h.log.Warn("resync after reconnect: snapshot unavailable; retrying", "topics", len(failed), "err", err)
+				warned = true
 			}
-			if attempt == 8 || ctx.Err() != nil {
-				h.log.Warn("resync after reconnect", "event_id", t.eventID, "err", err)
-				break
+			pending = failed
+			if !wait(&backoff) {
+				return
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, 5*time.Second)
 		}
 	}
-	if len(topics) > 0 {
-		h.log.Info("resynced topics after NATS reconnect", "topics", len(topics))
-	}
+	h.log.Info("resynced topics after NATS reconnect", "topics", len(topics))
 }
 
 // close drops every NATS subscription.

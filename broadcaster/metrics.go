@@ -1,6 +1,12 @@
 package broadcaster
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"errors"
+	"runtime/debug"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
 
 // metrics of the broadcaster, registered on Config.Registerer.
 type metrics struct {
@@ -21,6 +27,7 @@ type metrics struct {
 	closes             *prometheus.CounterVec // by code
 	requests           *prometheus.CounterVec // by type and result
 	authLatency        *prometheus.HistogramVec
+	resyncSnapshots    *prometheus.CounterVec // by result
 	snapshotLatency    prometheus.Histogram
 	snapshotPositions  prometheus.Histogram
 	natsDropped        prometheus.Counter
@@ -64,6 +71,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		authLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "auth_seconds",
 			Help:    "Latency of authsvc requests, by endpoint (session, event).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 3}}, []string{"endpoint"}),
+		resyncSnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "resync_snapshots_total",
+			Help: "Topic snapshots read after a NATS reconnect, by result (ok, unavailable: retried)."}, []string{"result"}),
 		snapshotLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "snapshot_seconds",
 			Help:    "Latency of reading one topic snapshot from JetStream.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}}),
@@ -75,10 +84,40 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.subscriptions, m.topics, m.framesSent, m.framesShared,
 		m.positionsSent, m.controlSent, m.positionsCoalesced, m.fanoutCoalesced, m.positionsStale, m.messagesReceived, m.messagesInvalid,
-		m.slowCloses, m.closes, m.requests, m.authLatency, m.snapshotLatency, m.snapshotPositions, m.natsDropped} {
+		m.slowCloses, m.closes, m.requests, m.authLatency, m.resyncSnapshots, m.snapshotLatency, m.snapshotPositions, m.natsDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// registerRuntime registers trm_build_info{version,revision} (always 1)
+// and the Go and process collectors on reg. A collector reg already holds
+// (workers sharing one registry) is kept.
+func registerRuntime(reg prometheus.Registerer, version, revision string) error {
+	if version == "" {
+		version = "dev"
+	}
+	if revision == "" {
+		revision = "unknown"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" && s.Value != "" {
+					revision = s.Value
+				}
+			}
+		}
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "trm_build_info",
+		Help:        "Always 1: the labels name the release and VCS revision this worker was built from.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision}})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{info, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return err
+		}
+	}
+	return nil
 }

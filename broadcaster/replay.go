@@ -180,7 +180,7 @@ func (c *client) subscribeReplay(req ws.Request) {
 
 	ctx, cancel := context.WithTimeout(c.s.Request.Context(), srv.cfg.AuthTimeout+srv.cfg.SnapshotTimeout)
 	defer cancel()
-	decision, err := srv.auth.authorize(ctx, c.user, eventID, false)
+	decision, err := srv.auth.authorize(ctx, c.identity(), eventID)
 	switch {
 	case errors.Is(err, auth.ErrBadRequest):
 		drop()

@@ -148,7 +148,7 @@ func (p *Position) Validate() error {
 	if !ValidDeviceID(p.DeviceID) {
 		return bad("device_id %q is not 1-64 of [A-Za-z0-9_-]", p.DeviceID)
 	}
-	if p.EventID != "" && !ValidEventID(p.EventID) {
+	if p.EventID != "" && !ValidUUID(p.EventID) {
 		return bad("event_id %q is not a lowercase UUID", p.EventID)
 	}
 	if p.TS.IsZero() {

@@ -118,7 +118,7 @@ func TestSubjects(t *testing.T) {
 	if got := MsgID("d1", time.UnixMilli(1777802400123)); got != "d1:1777802400123" {
 		t.Fatal(got)
 	}
-	if ValidEventID("7C1E4A52-8B7E-4B8E-9A51-2F0C6F1D9E3A") {
+	if ValidUUID("7C1E4A52-8B7E-4B8E-9A51-2F0C6F1D9E3A") {
 		t.Fatal("uppercase uuid accepted: ids must be canonical lowercase")
 	}
 }

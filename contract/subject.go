@@ -18,6 +18,13 @@ const (
 	DLQSubject = "dlq.positions"
 )
 
+// InboxPrefix is the reply-subject prefix of a worker's NATS connection
+// (nats.CustomInboxPrefix; JetStream and request/reply use it too):
+// _INBOX_<worker>, for worker bridge, persister, broadcaster or authsvc.
+// deploy/nats/accounts.conf lets each worker's user subscribe to
+// <prefix>.> only, so no worker can read another's replies.
+func InboxPrefix(worker string) string { return "_INBOX_" + worker }
+
 // PositionSubject returns pos.<event>.<device>. An empty event id gives the
 // unassigned token. Callers pass validated ids only, which contain no dots or
 // wildcards.
@@ -50,7 +57,7 @@ func ParseSubject(subject string) (eventID, deviceID string, ok bool) {
 	if eventID == UnassignedEvent {
 		return "", deviceID, true
 	}
-	if !ValidEventID(eventID) {
+	if !ValidUUID(eventID) {
 		return "", "", false
 	}
 	return eventID, deviceID, true
@@ -76,9 +83,10 @@ func ValidDeviceID(s string) bool {
 	return true
 }
 
-// ValidEventID reports whether s is a UUID in canonical lowercase form
-// (8-4-4-4-12 hex digits), the form PostgreSQL prints.
-func ValidEventID(s string) bool {
+// ValidUUID reports whether s is a UUID in canonical lowercase form
+// (8-4-4-4-12 hex digits), the form PostgreSQL prints: event and user ids
+// on the wire.
+func ValidUUID(s string) bool {
 	if len(s) != 36 {
 		return false
 	}

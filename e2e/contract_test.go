@@ -85,7 +85,7 @@ func directusContract(t *testing.T, base, email, password string) {
 	var me struct {
 		Data struct{ ID, Email string } `json:"data"`
 	}
-	if resp.StatusCode != 200 || json.Unmarshal(body, &me) != nil || !strings.EqualFold(me.Data.Email, email) || !contract.ValidEventID(me.Data.ID) {
+	if resp.StatusCode != 200 || json.Unmarshal(body, &me) != nil || !strings.EqualFold(me.Data.Email, email) || !contract.ValidUUID(me.Data.ID) {
 		t.Errorf("/users/me with the cookie: %d %s", resp.StatusCode, body)
 	}
 	resp, body = call("GET", "/users/me", "", "")

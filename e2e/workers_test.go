@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,7 +22,8 @@ func ensureStreams(tb testing.TB, n *testkit.NATS) {
 }
 
 // authStack is authsvc and the broadcaster as separate processes, in front
-// of a Directus (real or stand-in) and its database.
+// of a Directus (real or stand-in) and its database. extra adds settings:
+// BROADCASTER_* ones to the broadcaster, the others to authsvc.
 type authStack struct {
 	authsvc, broadcaster *proc
 	wsURL                string
@@ -38,14 +40,17 @@ func startAuthStack(tb testing.TB, dir string, n *testkit.NATS, directusURL, dbU
 		// does not wait out the default 30 s of reuse.
 		"AUTHSVC_SESSION_TTL": "1s", "AUTHSVC_FAILURE_TTL": "1s",
 	}
+	bEnv := map[string]string{"NATS_URL": n.URL, "HTTP_ADDR": bAddr}
 	for k, v := range extra {
-		aEnv[k] = v
+		if strings.HasPrefix(k, "BROADCASTER_") {
+			bEnv[k] = v
+		} else {
+			aEnv[k] = v
+		}
 	}
 	s := authStack{broadcasterAddr: bAddr, wsURL: "ws://" + bAddr + "/ws-live"}
 	s.authsvc = startProc(tb, dir, "authsvc", bin(tb, "authsvc"), aEnv)
-	s.broadcaster = startProc(tb, dir, "broadcaster", bin(tb, "broadcaster"), map[string]string{
-		"NATS_URL": n.URL, "HTTP_ADDR": bAddr,
-	})
+	s.broadcaster = startProc(tb, dir, "broadcaster", bin(tb, "broadcaster"), bEnv)
 	waitReady(tb, s.authsvc, aAddr, 60*time.Second)
 	waitReady(tb, s.broadcaster, bAddr, 60*time.Second)
 	return s

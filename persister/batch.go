@@ -41,6 +41,14 @@ func (p *persister) handleBatch(ctx, stop context.Context, msgs []jetstream.Msg)
 // halving and dead-lettered, anything else hands the batch back with a
 // growing delay and waits for the database.
 func (p *persister) store(ctx, stop context.Context, msgs []jetstream.Msg, ps []contract.Position, checkSchema bool) {
+	if p.heldBack.Load() != nil {
+		// The table may lose what is written into it (a planted trigger,
+		// a rule): nothing is written or acknowledged until a person has
+		// fixed it and a verification comes back clean.
+		p.nakAll(msgs)
+		sleep(stop, p.cfg.BackoffMax)
+		return
+	}
 	gen := p.schemaGen.Load()
 	start := time.Now()
 	n, err := p.w.write(ctx, ps, false)

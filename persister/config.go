@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -83,6 +82,10 @@ type Config struct {
 	Registerer prometheus.Registerer `json:"-"`
 	// Listener, when set, is used for HTTP instead of listening on HTTPAddr.
 	Listener net.Listener `json:"-"`
+	// Version and Revision label trm_build_info: the release and the VCS
+	// revision main was stamped with at build time. Empty: "dev", and the
+	// revision the Go toolchain recorded (or "unknown").
+	Version, Revision string `json:"-"`
 }
 
 // Defaults.
@@ -146,11 +149,20 @@ func (c Config) Validate() error {
 	if c.DatabaseURL == "" {
 		return errors.New("DATABASE_URL: required")
 	}
-	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return errors.New("DATABASE_URL: must be a postgres:// URL")
+	// Every URL error goes through contract (ParseURL, RedactURLs): the
+	// values carry passwords.
+	u, err := contract.ParseURL("DATABASE_URL", c.DatabaseURL)
+	if err != nil {
+		return err
 	}
-	if u, err := url.Parse(c.NATSURL); err != nil || u.Host == "" {
-		return fmt.Errorf("NATS_URL %q: must be a URL such as nats://host:4222", c.NATSURL)
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return fmt.Errorf("DATABASE_URL %q: must be a postgres:// URL", contract.RedactURLs(c.DatabaseURL))
+	}
+	if u, err = contract.ParseURL("NATS_URL", c.NATSURL); err != nil {
+		return err
+	}
+	if u.Host == "" {
+		return fmt.Errorf("NATS_URL %q: must be a URL such as nats://host:4222", contract.RedactURLs(c.NATSURL))
 	}
 	if strings.ContainsAny(c.Consumer, ".*> \t/\\") {
 		return fmt.Errorf("PERSISTER_CONSUMER %q: no dots, wildcards, whitespace or slashes", c.Consumer)

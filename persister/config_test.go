@@ -95,3 +95,40 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigErrorsHidePasswords: a URL setting with a password and a flaw
+// (a trailing newline from a secret file, a space, a bad % escape, an
+// unescaped / or # in the password) is refused with an error that names
+// the setting and shows no password.
+func TestConfigErrorsHidePasswords(t *testing.T) {
+	for name, tmpl := range map[string]string{
+		"NATS_URL":     "nats://persister:%s@nats:4222",
+		"DATABASE_URL": "postgres://trm:%s@db:5432/trm?sslmode=disable",
+	} {
+		for _, v := range flawedURLs(tmpl) {
+			e := map[string]string{"DATABASE_URL": "postgres://db/trm", name: v}
+			_, err := LoadConfig(nil, env(e))
+			if err == nil {
+				t.Errorf("%s=%q: accepted", name, v)
+				continue
+			}
+			if strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), name) {
+				t.Errorf("%s=%q: error %q shows the password or does not name the setting", name, v, err)
+			}
+		}
+	}
+}
+
+// flawedURLs fills tmpl's %s with the password hunter2 in ways the URL
+// parser or the clients refuse.
+func flawedURLs(tmpl string) []string {
+	ok := strings.Replace(tmpl, "%s", "hunter2", 1)
+	return []string{
+		ok + "\n", ok + " ", " " + ok, ok + "\r\n",
+		strings.Replace(tmpl, "%s", "hunter2 pw", 1),
+		strings.Replace(tmpl, "%s", "hunter2%zz", 1),
+		strings.Replace(tmpl, "%s", "hunter2%", 1),
+		strings.Replace(tmpl, "%s", "12/hunter2", 1),
+		strings.Replace(tmpl, "%s", "hunter2#x", 1),
+	}
+}

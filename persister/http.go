@@ -11,6 +11,27 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// Limits of the HTTP server of /healthz, /readyz and /metrics, which only
+// probes and scrapers call: a header block over httpMaxHeaderBytes (plus
+// net/http's 4 KiB slack) is answered 431, a client gets
+// httpReadHeaderTimeout to send its headers, and a keep-alive connection
+// idle for httpIdleTimeout is closed (longer than a scrape interval).
+const (
+	httpReadHeaderTimeout = 5 * time.Second
+	httpIdleTimeout       = 90 * time.Second
+	httpMaxHeaderBytes    = 16 << 10
+)
+
+// newHTTPServer is the HTTP server of h with those limits.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: httpReadHeaderTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    httpMaxHeaderBytes,
+	}
+}
+
 // handler is the private mux: /healthz (the process answers), /readyz
 // (every dependency usable) and /metrics.
 func (p *persister) handler(g prometheus.Gatherer) http.Handler {
@@ -40,7 +61,9 @@ func (p *persister) readyz(w http.ResponseWriter, r *http.Request) {
 	if p.writeFailing.Load() {
 		problems = append(problems, "database: writes failing, batches handed back")
 	}
-	if !p.schemaOK.Load() {
+	if why := p.heldBack.Load(); why != nil {
+		problems = append(problems, "schema: writes held back: "+*why)
+	} else if !p.schemaOK.Load() {
 		problems = append(problems, "schema: not verified or not repairable")
 	}
 	if !p.consumerOK.Load() {

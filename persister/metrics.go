@@ -1,7 +1,11 @@
 package persister
 
 import (
+	"errors"
+	"runtime/debug"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"trm-live/contract"
 )
@@ -15,6 +19,7 @@ type metrics struct {
 	writeErrors   *prometheus.CounterVec
 	naks          prometheus.Counter
 	copyFallbacks prometheus.Counter
+	writeRetries  *prometheus.CounterVec
 	deadLetters   *prometheus.CounterVec
 	repairs       *prometheus.CounterVec
 	refills       prometheus.Counter
@@ -49,6 +54,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		copyFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "persister_copy_fallbacks_total", Help: "Write path auto: COPYs that met an already stored position and were written with ON CONFLICT instead.",
 		}),
+		writeRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "persister_write_retries_total", Help: "Batches written again at once after a deadlock (40P01) or serialization failure (40001), by SQLSTATE.",
+		}, []string{"code"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "persister_dead_letters_total", Help: "Messages terminated and copied to POSITIONS_DLQ, by reason.",
 		}, []string{"reason"}),
@@ -72,7 +80,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.rowsInserted, m.duplicates, m.batchSize, m.commitSeconds, m.writeErrors,
-		m.naks, m.copyFallbacks, m.deadLetters, m.repairs, m.refills, m.refillRows, m.pending, m.ackPending, m.ready} {
+		m.naks, m.copyFallbacks, m.writeRetries, m.deadLetters, m.repairs, m.refills, m.refillRows, m.pending, m.ackPending, m.ready} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -80,8 +88,41 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, k := range []string{"schema", "data", "transient"} {
 		m.writeErrors.WithLabelValues(k)
 	}
+	for _, c := range []string{"40P01", "40001"} {
+		m.writeRetries.WithLabelValues(c)
+	}
 	for _, r := range []contract.Reason{contract.ReasonUndecodable, contract.ReasonUnstorable} {
 		m.deadLetters.WithLabelValues(string(r))
 	}
 	return m, nil
+}
+
+// registerRuntime registers trm_build_info{version,revision} (always 1)
+// and the Go and process collectors on reg. A collector reg already holds
+// (workers sharing one registry) is kept.
+func registerRuntime(reg prometheus.Registerer, version, revision string) error {
+	if version == "" {
+		version = "dev"
+	}
+	if revision == "" {
+		revision = "unknown"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" && s.Value != "" {
+					revision = s.Value
+				}
+			}
+		}
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "trm_build_info",
+		Help:        "Always 1: the labels name the release and VCS revision this worker was built from.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision}})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{info, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return err
+		}
+	}
+	return nil
 }

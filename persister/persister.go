@@ -56,6 +56,12 @@ type persister struct {
 	writeFailing  atomic.Bool
 	writeFailures atomic.Int64 // consecutive transient write failures, for the writers' backoff
 
+	// heldBack is set while the schema fails in a way a person must fix
+	// (fatalSchema): writers hand batches back instead of writing into a
+	// table that may lose them. It holds the error for /readyz; nil when
+	// writes may go on. Cleared by a clean verification.
+	heldBack atomic.Pointer[string]
+
 	repairMu  sync.Mutex   // one repair at a time in this process
 	schemaGen atomic.Int64 // bumped after each Apply; a writer repairs only if none ran since it wrote
 
@@ -88,6 +94,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
+	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+		return fmt.Errorf("register metrics: %w", err)
+	}
 
 	ln := cfg.Listener
 	if ln == nil && cfg.HTTPAddr != "" {
@@ -106,7 +115,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	if ln != nil {
-		srv := &http.Server{Handler: p.handler(gatherer), ReadHeaderTimeout: 5 * time.Second}
+		srv := newHTTPServer(p.handler(gatherer))
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("http: %w", err)
@@ -141,12 +150,18 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 	if need := int32(cfg.Writers + 3); pcfg.MaxConns < need {
 		pcfg.MaxConns = need
 	}
+	// Named sessions: the migration lock's waiters log who holds it.
+	if _, ok := pcfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		pcfg.ConnConfig.RuntimeParams["application_name"] = "trm-live persister"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("database pool: %w", err)
 	}
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("trm-live persister"),
+		// Its own inbox: the persister's user may read no other replies.
+		nats.CustomInboxPrefix(contract.InboxPrefix("persister")),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
@@ -172,7 +187,7 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 		ChunkInterval:      cfg.ChunkInterval,
 		Logger:             cfg.Logger.With("component", "migrate"),
 	})
-	w := &writer{pool: pool, path: cfg.WritePath, fallbacks: m.copyFallbacks}
+	w := &writer{pool: pool, path: cfg.WritePath, fallbacks: m.copyFallbacks, retries: m.writeRetries}
 	return &persister{cfg: cfg, log: log, m: m, nc: nc, js: js, pool: pool, mig: mig, w: w, runCtx: ctx}, nil
 }
 
@@ -217,7 +232,8 @@ func (p *persister) run(ctx context.Context) error {
 // fatalSchema reports errors that must stop the worker rather than be
 // retried: a person has to act.
 func fatalSchema(err error) bool {
-	return errors.Is(err, migrate.ErrChecksum) || errors.Is(err, migrate.ErrDrift) || errors.Is(err, migrate.ErrNoTimescaleDB)
+	return errors.Is(err, migrate.ErrChecksum) || errors.Is(err, migrate.ErrDrift) || errors.Is(err, migrate.ErrNoTimescaleDB) ||
+		errors.Is(err, migrate.ErrUntrusted)
 }
 
 // applySchema runs migrations at start, waiting with backoff while the
@@ -272,10 +288,13 @@ func (p *persister) repair(ctx context.Context, seenGen int64, why string) error
 	if err != nil {
 		p.schemaOK.Store(false)
 		if fatalSchema(err) {
+			msg := err.Error()
+			p.heldBack.Store(&msg)
 			p.log.Error("schema cannot be repaired: writes are held back until a person fixes it", "err", err, "trigger", why)
 		}
 		return err
 	}
+	p.heldBack.Store(nil)
 	p.schemaOK.Store(true)
 	p.schemaGen.Add(1)
 	p.countRepairs(rep)
@@ -308,6 +327,9 @@ func (p *persister) verifyLoop(ctx context.Context) error {
 		}
 		p.setDB(true, nil)
 		if len(problems) == 0 {
+			if p.heldBack.Swap(nil) != nil {
+				p.log.Info("schema verifies clean again: writes resume")
+			}
 			if !p.schemaOK.Load() {
 				// A failed repair left it false; try again now the
 				// schema verifies clean (a person fixed it).

@@ -302,26 +302,6 @@ func TestRefusesChangedMigration(t *testing.T) {
 	}
 }
 
-func TestRefusesWithoutRequiredTimescaleDB(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, true)
-	var available bool
-	if err := e.pool.QueryRow(context.Background(), "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')").Scan(&available); err != nil {
-		t.Fatal(err)
-	}
-	if available {
-		t.Log("this server has TimescaleDB: the refusal cannot be shown here; migrate tests cover the hypertable")
-		return
-	}
-	cfg := e.config(t)
-	cfg.RequireTimescaleDB = true
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := persister.Run(ctx, cfg); !errors.Is(err, migrate.ErrNoTimescaleDB) {
-		t.Fatalf("Run: %v, want ErrNoTimescaleDB", err)
-	}
-}
-
 // A persister stopped mid-stream hands its work over: a successor writes
 // everything, once.
 func TestShutdownMidStreamLosesNothing(t *testing.T) {

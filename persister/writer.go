@@ -67,13 +67,46 @@ type writer struct {
 	pool      *pgxpool.Pool
 	path      string
 	conflicts atomic.Bool
-	fallbacks prometheus.Counter // COPYs that met a stored position
+	fallbacks prometheus.Counter     // COPYs that met a stored position
+	retries   *prometheus.CounterVec // batches retried at once after a deadlock or serialization failure, by SQLSTATE
 }
+
+// maxConflictRetries bounds the immediate retries of one batch that lost a
+// deadlock (40P01) or a serialization conflict (40001). Either means
+// another transaction won a race and the batch was rolled back whole: the
+// database is fine and the next attempt normally succeeds.
+const maxConflictRetries = 5
 
 // write writes ps atomically and returns the number of new rows; the
 // others were already there. Nothing is written when it returns an error.
-// expectDuplicates (refill) skips the optimistic COPY.
+// expectDuplicates (refill) skips the optimistic COPY. A batch rolled back
+// by a deadlock or serialization failure is written again at once, up to
+// maxConflictRetries times, without waiting and without counting as a
+// failed write.
 func (w *writer) write(ctx context.Context, ps []contract.Position, expectDuplicates bool) (int64, error) {
+	for attempt := 0; ; attempt++ {
+		n, err := w.writeOnce(ctx, ps, expectDuplicates)
+		code := conflictCode(err)
+		if code == "" || attempt == maxConflictRetries || ctx.Err() != nil {
+			return n, err
+		}
+		if w.retries != nil {
+			w.retries.WithLabelValues(code).Inc()
+		}
+	}
+}
+
+// conflictCode is the SQLSTATE of a deadlock or serialization failure, or
+// "" for any other outcome.
+func conflictCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001") {
+		return pgErr.Code
+	}
+	return ""
+}
+
+func (w *writer) writeOnce(ctx context.Context, ps []contract.Position, expectDuplicates bool) (int64, error) {
 	switch {
 	case w.path == PathStaging:
 		return writeStaged(ctx, w.pool, ps)

@@ -18,7 +18,7 @@
 #                                   URL and the logins.
 #        scripts/directus.sh install   install only (warms the cache).
 #
-# Settings (env): TRM_DIRECTUS_VERSION (default 11.17.4; see docs/e2e.md), TRM_DIRECTUS_CACHE (default .data/directus).
+# Settings (env): TRM_DIRECTUS_VERSION (default 12.4.0, the current major; see docs/e2e.md), TRM_DIRECTUS_CACHE (default .data/directus).
 #
 # After directus_up these are exported:
 #   DIRECTUS_URL (http://127.0.0.1:<port>), DIRECTUS_ADMIN_EMAIL,
@@ -30,7 +30,7 @@ _dx_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib.sh
 source "$_dx_root/scripts/lib.sh"
 
-TRM_DIRECTUS_VERSION=${TRM_DIRECTUS_VERSION:-11.17.4}
+TRM_DIRECTUS_VERSION=${TRM_DIRECTUS_VERSION:-12.4.0}
 TRM_DIRECTUS_CACHE=${TRM_DIRECTUS_CACHE:-$_dx_root/.data/directus}
 
 # Demo logins, provisioned by directus_provision. Passwords are for loopback

@@ -83,7 +83,9 @@ stop_redis() {
 # start_pg DIR PORT [fast]: a PostgreSQL cluster in DIR/data on
 # 127.0.0.1:PORT, trust auth for the postgres user on loopback only. With
 # "fast", fsync is off (tests and benchmarks that compare against a raw COPY
-# on the same server).
+# on the same server). TRM_PG_OPTS, when set, is appended to the server
+# options, e.g. TRM_PG_OPTS='-c shared_preload_libraries=timescaledb' to run
+# the suite against TimescaleDB where its package is installed.
 start_pg() {
 	local dir=$1 port=$2 mode=${3:-}
 	mkdir -p "$dir"
@@ -98,6 +100,7 @@ start_pg() {
 	fi
 	local opts="-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=300"
 	if [ "$mode" = fast ]; then opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"; fi
+	if [ -n "${TRM_PG_OPTS:-}" ]; then opts="$opts $TRM_PG_OPTS"; fi
 	as_postgres pg_ctl -D "$dir/data" -l "$dir/pg.log" -w -t 60 -o "$opts" start >/dev/null \
 		|| die "PostgreSQL failed to start; see $dir/pg.log"
 }

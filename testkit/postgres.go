@@ -163,13 +163,22 @@ func (p *PostgresServer) pgCmd(name string, args ...string) *exec.Cmd {
 	return exec.Command(path, args...)
 }
 
-// Start starts the server and waits until it accepts connections.
+// EnvPGOpts names extra server options for every PostgreSQL the tests
+// start, appended to pg_ctl -o as scripts/lib.sh start_pg does, e.g.
+// "-c shared_preload_libraries=timescaledb".
+const EnvPGOpts = "TRM_PG_OPTS"
+
+// Start starts the server and waits until it accepts connections, with
+// the options of TRM_PG_OPTS added.
 func (p *PostgresServer) Start() {
 	p.tb.Helper()
 	if p.running {
 		return
 	}
 	opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -k %s -c fsync=off -c full_page_writes=off", p.Port, p.Dir)
+	if extra := os.Getenv(EnvPGOpts); extra != "" {
+		opts += " " + extra
+	}
 	if out, err := p.pgCmd("pg_ctl", "-D", p.data(), "-l", filepath.Join(p.Dir, "pg.log"), "-w", "-t", "30", "-o", opts, "start").CombinedOutput(); err != nil {
 		p.tb.Fatalf("testkit: pg_ctl start: %v\n%s", err, out)
 	}

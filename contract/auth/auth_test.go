@@ -110,3 +110,41 @@ func TestValidToken(t *testing.T) {
 		}
 	}
 }
+
+func TestPlausible(t *testing.T) {
+	jwt := "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6IjEifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+	for _, r := range []SessionRequest{
+		{Cookie: jwt},
+		{Bearer: jwt},
+		{Bearer: "qJ3vX9s_Lk2-Zp8RtYb1WcQe7HnMuA4d"}, // a generated static token
+		{Bearer: "static-token/with+chars~=="},
+	} {
+		if !r.Plausible() {
+			t.Errorf("Plausible(%+v) = false", r)
+		}
+	}
+	for name, r := range map[string]SessionRequest{
+		"none":               {},
+		"both":               {Cookie: jwt, Bearer: jwt},
+		"cookie not a jwt":   {Cookie: "bogus"},
+		"cookie static-like": {Cookie: "qJ3vX9s_Lk2-Zp8RtYb1WcQe7HnMuA4d"},
+		"two segments":       {Cookie: "eyJhbGciOiJIUzI1NiJ9.eyJpZCI6IjEifQ"},
+		"four segments":      {Cookie: jwt + ".x"},
+		"empty segment":      {Cookie: "eyJhbGciOiJIUzI1NiJ9..c2ln"},
+		"trailing dot":       {Cookie: jwt + "."},
+		"padding in jwt":     {Cookie: jwt + "=="},
+		"space in jwt":       {Cookie: "eyJ a.b.c"},
+		"oversized jwt":      {Cookie: "eyJ" + strings.Repeat("a", MaxTokenBytes) + ".b.c"},
+		"short static":       {Bearer: "abc"},
+		"static with space":  {Bearer: "abcdefgh ijk"},
+		"static with quote":  {Bearer: `abcdefgh"ijk`},
+		"padding mid token":  {Bearer: "abcd=efghijk"},
+		"only padding":       {Bearer: "========"},
+		"oversized static":   {Bearer: strings.Repeat("a", MaxTokenBytes+1)},
+		"non-ascii":          {Bearer: "abcdefghé"},
+	} {
+		if r.Plausible() {
+			t.Errorf("%s: Plausible = true", name)
+		}
+	}
+}

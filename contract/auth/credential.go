@@ -31,6 +31,15 @@ func CredentialFromRequest(r *http.Request, cookieName string) SessionRequest {
 // Empty reports whether the request carries no credential.
 func (r SessionRequest) Empty() bool { return r.Cookie == "" && r.Bearer == "" }
 
+// Token returns the request's credential value: the bearer token when one
+// is set, else the cookie value.
+func (r SessionRequest) Token() string {
+	if r.Bearer != "" {
+		return r.Bearer
+	}
+	return r.Cookie
+}
+
 // ValidToken reports whether tok can be a Directus credential at all: 1 to
 // 4,096 visible ASCII characters, none of which would change meaning in a
 // Cookie or Authorization header (space, '"', ',', ';', '\\'). authsvc
@@ -43,6 +52,79 @@ func ValidToken(tok string) bool {
 	for i := 0; i < len(tok); i++ {
 		c := tok[i]
 		if c <= ' ' || c >= 0x7f || c == '"' || c == ',' || c == ';' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// Plausible reports whether the request's one credential has the shape of
+// a Directus credential, without asking anybody: a session cookie is a
+// JWT (the compact form: three non-empty base64url segments joined by
+// '.', the first a JSON object, so starting "eyJ"); a bearer token is such
+// a JWT or a static token of RFC 6750 token68 characters
+// (A-Z a-z 0-9 - . _ ~ + / then '=' padding) of at least MinStaticToken
+// bytes; either at most MaxTokenBytes. Whatever fails it cannot be
+// accepted by Directus, so callers refuse it as unauthorized without a
+// look-up.
+func (r SessionRequest) Plausible() bool {
+	switch {
+	case r.Cookie != "" && r.Bearer != "", r.Cookie == "" && r.Bearer == "":
+		return false
+	case r.Cookie != "":
+		return isJWT(r.Cookie)
+	}
+	return isJWT(r.Bearer) || isToken68(r.Bearer)
+}
+
+// MaxTokenBytes bounds a credential's length; a Directus session JWT is
+// about 350 bytes.
+const MaxTokenBytes = 4096
+
+// MinStaticToken is the shortest static bearer token accepted for a
+// look-up (Directus generates 32 characters).
+const MinStaticToken = 8
+
+func isJWT(s string) bool {
+	if len(s) > MaxTokenBytes || !strings.HasPrefix(s, "eyJ") {
+		return false
+	}
+	segs, n := 1, 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			if n == 0 {
+				return false
+			}
+			segs, n = segs+1, 0
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
+			n++
+		default:
+			return false
+		}
+	}
+	return segs == 3 && n > 0
+}
+
+func isToken68(s string) bool {
+	if len(s) < MinStaticToken || len(s) > MaxTokenBytes {
+		return false
+	}
+	pad := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '=':
+			if i == 0 {
+				return false
+			}
+			pad = true
+		case pad:
+			return false // '=' only at the end
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9',
+			c == '-', c == '.', c == '_', c == '~', c == '+', c == '/':
+		default:
 			return false
 		}
 	}

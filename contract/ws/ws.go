@@ -84,10 +84,10 @@ const TopicPrefix = "event:"
 func EventTopic(eventID string) string { return TopicPrefix + eventID }
 
 // ParseTopic returns the event id of an event topic. The id must be a
-// canonical lowercase UUID (contract.ValidEventID).
+// canonical lowercase UUID (contract.ValidUUID).
 func ParseTopic(topic string) (eventID string, ok bool) {
 	id, found := strings.CutPrefix(topic, TopicPrefix)
-	if !found || !contract.ValidEventID(id) {
+	if !found || !contract.ValidUUID(id) {
 		return "", false
 	}
 	return id, true

@@ -47,11 +47,16 @@ func startTestCluster(t *testing.T, conf string) *Cluster {
 	return c
 }
 
-// connect opens a client connection as user, reconnecting forever.
+// connect opens a client connection as user, reconnecting forever. A
+// worker's user gets the worker's inbox prefix, the only one its
+// permissions let it read.
 func connect(t *testing.T, c *Cluster, user string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
-	opts = append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)
-	nc, err := nats.Connect(c.URL(user), opts...)
+	base := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}
+	if user != "ops" {
+		base = append(base, nats.CustomInboxPrefix(contract.InboxPrefix(user)))
+	}
+	nc, err := nats.Connect(c.URL(user), append(base, opts...)...)
 	if err != nil {
 		t.Fatalf("connect as %s: %v", user, err)
 	}

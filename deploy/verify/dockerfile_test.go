@@ -42,7 +42,7 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		`deploy/docker/build.sh "$WORKER" /out "$VERSION"`,
+		`deploy/docker/build.sh "$WORKER" /out "$VERSION" "$REVISION"`,
 		"FROM gcr.io/distroless/static-debian12:nonroot",
 		"USER nonroot:nonroot",
 		"ENV HTTP_ADDR=:8080", // serviceEnv assumes it; the healthcheck reads it

@@ -14,9 +14,8 @@ import (
 // TestConfigStringMasksDeployURLs: deploy/compose.yml gives every worker a
 // NATS_URL with the worker's password (one URL, on the nats alias), and
 // database and Redis URLs with passwords. The effective configuration each
-// worker logs at start must show none of them. (A comma-separated NATS_URL
-// is not covered: the bridge, the persister and authsvc mask only its first
-// URL; docs/DEPLOY.md, "Known gaps".)
+// worker logs at start must show none of them, and neither may the error
+// of a value with a trailing newline (a secret file's).
 func TestConfigStringMasksDeployURLs(t *testing.T) {
 	t.Parallel()
 	env := map[string]string{
@@ -44,5 +43,22 @@ func TestConfigStringMasksDeployURLs(t *testing.T) {
 				t.Errorf("%s logs a password (%s) in its effective configuration: %s", w, pw, s)
 			}
 		}
+	}
+	for k, v := range env {
+		env[k] = v + "\n"
+		for w, load := range strs {
+			// A worker that does not read k accepts it; the workers'
+			// own tests require the refusal.
+			_, err := load()
+			if err == nil {
+				continue
+			}
+			for _, pw := range []string{"natspw1", "redispw", "dbpw"} {
+				if strings.Contains(err.Error(), pw) {
+					t.Errorf("%s: %s with a trailing newline: the error shows a password: %v", w, k, err)
+				}
+			}
+		}
+		env[k] = v
 	}
 }

@@ -6,7 +6,9 @@
 // reported so the caller can log it, count it and refill lost rows.
 //
 // The runner never trusts its bookkeeping alone: a file recorded as applied
-// whose objects are gone is found by Verify and re-applied.
+// whose objects are gone is found by Verify and re-applied. What it did not
+// create on positions (another owner, a trigger, a rule, forced row-level
+// security) it refuses and leaves for a person (ErrUntrusted).
 package migrate
 
 import (
@@ -26,6 +28,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -45,7 +48,13 @@ const LockKey int64 = 0x74726d5f70657273
 // none: one day holds a race day of a big event in one chunk.
 const DefaultChunkInterval = 24 * time.Hour
 
-// Errors a caller branches on: each one refuses start.
+// DefaultLockWait bounds the wait for the advisory lock when Options gives
+// none. Another persister's Apply takes well under a second, unless it is
+// converting a large plain positions into a hypertable.
+const DefaultLockWait = 30 * time.Second
+
+// Errors a caller branches on. All but ErrLockTimeout refuse start: a
+// person has to act.
 var (
 	// ErrChecksum: an applied migration file was changed after it was
 	// applied. Applied files are immutable; add a new file instead.
@@ -56,6 +65,14 @@ var (
 	// ErrNoTimescaleDB: TimescaleDB is required by configuration and is not
 	// available or cannot be created in this database.
 	ErrNoTimescaleDB = errors.New("timescaledb required but not available")
+	// ErrUntrusted: positions carries something the persister did not
+	// create and will not remove on its own: another owner, a trigger, a
+	// rule, forced row-level security, or it is not a plain table. Any of
+	// them can make rows the persister counted as written vanish.
+	ErrUntrusted = errors.New("positions carries objects the persister did not create")
+	// ErrLockTimeout: the advisory lock stayed held by another session for
+	// Options.LockWait. Not a refusal: the caller retries.
+	ErrLockTimeout = errors.New("migration lock held by another session")
 )
 
 // Options configure a Migrator. The zero value is usable.
@@ -66,6 +83,10 @@ type Options struct {
 	// ChunkInterval is the hypertable chunk interval on ts. Zero means
 	// DefaultChunkInterval. Unused without TimescaleDB.
 	ChunkInterval time.Duration
+	// LockWait bounds the wait for the advisory lock; Apply then fails
+	// with ErrLockTimeout naming the session that holds it. Zero means
+	// DefaultLockWait.
+	LockWait time.Duration
 	// Logger receives one line per applied file, per repair and the
 	// TimescaleDB decision. Nil discards.
 	Logger *slog.Logger
@@ -102,15 +123,25 @@ type Migrator struct {
 	log  *slog.Logger
 	migs []Migration
 
+	// The TimescaleDB probe: the catalog facts and the statement run on
+	// the probe's own connection. Tests replace them (export_test.go) to
+	// play a server this machine does not have.
+	tsFacts   func(context.Context, *pgx.Conn) (tsFacts, error)
+	createSQL string
+
 	mu        sync.Mutex // serialises Apply in this process; guards the fields below
 	timescale bool
-	announced bool // the TimescaleDB decision was logged
+	announced bool   // the TimescaleDB decision was logged
+	schema    string // where positions lives, read at each Apply
 }
 
 // New returns a Migrator for the database behind pool.
 func New(pool *pgxpool.Pool, opts Options) *Migrator {
 	if opts.ChunkInterval <= 0 {
 		opts.ChunkInterval = DefaultChunkInterval
+	}
+	if opts.LockWait <= 0 {
+		opts.LockWait = DefaultLockWait
 	}
 	log := opts.Logger
 	if log == nil {
@@ -122,7 +153,7 @@ func New(pool *pgxpool.Pool, opts Options) *Migrator {
 		// that every test catches.
 		panic(err)
 	}
-	return &Migrator{pool: pool, opts: opts, log: log, migs: migs}
+	return &Migrator{pool: pool, opts: opts, log: log, migs: migs, tsFacts: readTSFacts, createSQL: createExtensionSQL}
 }
 
 // Migrations returns the embedded files in version order.
@@ -162,11 +193,12 @@ func (m *Migrator) TimescaleDB() bool {
 	return m.timescale
 }
 
-// Apply takes the advisory lock on one connection, applies pending files,
-// checks the checksums of applied ones, sets up TimescaleDB where available,
-// then verifies the schema and repairs drift by re-applying every file.
-// Two persisters calling Apply together are safe: the second waits for the
-// lock and then finds nothing to do.
+// Apply takes the advisory lock on one connection, decides on TimescaleDB,
+// applies pending files, checks the checksums of applied ones, makes
+// positions a hypertable where TimescaleDB is on, then verifies the schema
+// and repairs drift by re-applying every file. Two persisters calling
+// Apply together are safe: the second waits for the lock (at most
+// Options.LockWait) and then finds nothing to do.
 func (m *Migrator) Apply(ctx context.Context) (Report, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -177,8 +209,8 @@ func (m *Migrator) Apply(ctx context.Context) (Report, error) {
 	}
 	defer conn.Release()
 	// The lock belongs to this connection: take, work and release on it.
-	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", LockKey); err != nil {
-		return Report{}, fmt.Errorf("advisory lock: %w", err)
+	if err := m.lock(ctx, conn.Conn()); err != nil {
+		return Report{}, err
 	}
 	defer func() {
 		// A dead connection released the lock with the session already.
@@ -188,13 +220,64 @@ func (m *Migrator) Apply(ctx context.Context) (Report, error) {
 			conn.Conn().Close(uctx) //nolint:errcheck // closing is the fallback that frees the lock
 		}
 	}()
-	return m.applyLocked(ctx, conn.Conn())
+	// A deadlock or serialization failure (a repair's DDL meeting an
+	// operator's transaction) rolled back one step because another
+	// transaction won a race: apply again at once. Each step converges, so
+	// a repeat only finishes what the lost attempt did not.
+	var rep Report
+	for attempt := 0; ; attempt++ {
+		r, err := m.applyLocked(ctx, conn.Conn())
+		rep.Applied = append(rep.Applied, r.Applied...)
+		rep.Repaired = append(rep.Repaired, r.Repaired...)
+		rep.CreatedPositions = rep.CreatedPositions || r.CreatedPositions
+		rep.TimescaleDB = r.TimescaleDB
+		code := conflictCode(err)
+		if code == "" || attempt == maxConflictRetries || ctx.Err() != nil {
+			return rep, err
+		}
+		m.log.Warn("migration step lost a deadlock or serialization conflict: applying again at once", "code", code, "err", err)
+	}
+}
+
+// maxConflictRetries bounds the immediate repeats of an Apply that lost a
+// deadlock (40P01) or a serialization conflict (40001).
+const maxConflictRetries = 5
+
+// conflictCode is the SQLSTATE of a deadlock or serialization failure, or
+// "" for any other outcome.
+func conflictCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001") {
+		return pgErr.Code
+	}
+	return ""
 }
 
 func (m *Migrator) applyLocked(ctx context.Context, conn *pgx.Conn) (Report, error) {
 	var rep Report
-	existed, err := tableExists(ctx, conn, "positions")
+	schema, err := currentSchema(ctx, conn)
 	if err != nil {
+		return rep, err
+	}
+	m.schema = schema
+	existed, err := tableExists(ctx, conn, schema, "positions")
+	if err != nil {
+		return rep, err
+	}
+	// A positions that is not ours refuses before anything is touched:
+	// the files would run against it (or fail on it as a non-owner).
+	if existed {
+		problems, err := verify(ctx, conn, false)
+		if err != nil {
+			return rep, err
+		}
+		if err := refuseUntrusted(problems); err != nil {
+			return rep, err
+		}
+	}
+	// TimescaleDB before any file: a start refused for want of it leaves
+	// no table behind.
+	if err := m.setupTimescale(ctx, conn); err != nil {
 		return rep, err
 	}
 
@@ -246,13 +329,30 @@ func (m *Migrator) applyLocked(ctx context.Context, conn *pgx.Conn) (Report, err
 		}
 	}
 
-	if err := m.setupTimescale(ctx, conn); err != nil {
-		return rep, err
+	if m.timescale {
+		ok, err := tableExists(ctx, conn, schema, "positions")
+		if err != nil {
+			return rep, err
+		}
+		// A missing table is drift; verify reports it and the repair
+		// creates it and makes it a hypertable.
+		if ok {
+			converted, err := m.hypertable(ctx, conn)
+			if err != nil {
+				return rep, err
+			}
+			if converted != nil {
+				rep.Repaired = append(rep.Repaired, *converted)
+			}
+		}
 	}
 	rep.TimescaleDB = m.timescale
 
 	problems, err := verify(ctx, conn, m.timescale)
 	if err != nil {
+		return rep, err
+	}
+	if err := refuseUntrusted(problems); err != nil {
 		return rep, err
 	}
 	if len(problems) > 0 {
@@ -266,11 +366,11 @@ func (m *Migrator) applyLocked(ctx context.Context, conn *pgx.Conn) (Report, err
 		if len(left) > 0 {
 			return rep, fmt.Errorf("%w: %s", ErrDrift, joinProblems(left))
 		}
-		rep.Repaired = problems
+		rep.Repaired = append(rep.Repaired, problems...)
 		m.log.Warn("schema drift repaired by re-applying migrations", "missing", joinProblems(problems))
 	}
 	if !existed {
-		now, err := tableExists(ctx, conn, "positions")
+		now, err := tableExists(ctx, conn, schema, "positions")
 		if err != nil {
 			return rep, err
 		}
@@ -320,15 +420,21 @@ func (m *Migrator) reapply(ctx context.Context, conn *pgx.Conn) error {
 		return err
 	}
 	if m.timescale {
-		return m.hypertable(ctx, conn)
+		// The table was re-created empty (or already a hypertable): no
+		// rows to convert, nothing to count beyond the drift itself.
+		_, err := m.hypertable(ctx, conn)
+		return err
 	}
 	return nil
 }
 
-// Verify checks the schema the migrations promise without taking the lock:
-// the bookkeeping table, positions with its columns, types, NOT NULLs and
-// defaults, its primary key (device_id, ts), an index on (event_id, ts), and
-// the hypertable when TimescaleDB is on. An empty result means no drift.
+// Verify checks the schema the migrations promise without taking the lock,
+// in the schema current_schema() names: the bookkeeping table, positions
+// with its columns, types, NOT NULLs and defaults, its primary key
+// (device_id, ts), an index on (event_id, ts), the hypertable when
+// TimescaleDB is on; and that nothing on positions can take rows away
+// (owner, user triggers, rules, forced row-level security, relkind), the
+// kinds Apply refuses with ErrUntrusted. An empty result means no drift.
 func (m *Migrator) Verify(ctx context.Context) ([]Problem, error) {
 	m.mu.Lock()
 	ts := m.timescale
@@ -341,10 +447,22 @@ func (m *Migrator) Verify(ctx context.Context) ([]Problem, error) {
 	return verify(ctx, conn.Conn(), ts)
 }
 
-func tableExists(ctx context.Context, conn *pgx.Conn, name string) (bool, error) {
-	var ok bool
-	if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", name).Scan(&ok); err != nil {
-		return false, fmt.Errorf("probe table %s: %w", name, err)
+func tableExists(ctx context.Context, conn *pgx.Conn, schema, name string) (bool, error) {
+	r, err := lookup(ctx, conn, schema, name)
+	return r != nil, err
+}
+
+// refuseUntrusted is ErrUntrusted naming every problem Apply refuses
+// instead of repairing, or nil.
+func refuseUntrusted(ps []Problem) error {
+	var out []Problem
+	for _, p := range ps {
+		if untrustedKinds[p.Kind] {
+			out = append(out, p)
+		}
 	}
-	return ok, nil
+	if len(out) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s; remove them (or restore the owner) and restart: the persister will not", ErrUntrusted, joinProblems(out))
 }

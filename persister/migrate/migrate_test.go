@@ -75,8 +75,13 @@ func TestApplyFreshThenNothingToDo(t *testing.T) {
 	}
 
 	rep := apply(t, m)
-	if len(rep.Applied) != 2 || !rep.CreatedPositions || len(rep.Repaired) != 0 || rep.TimescaleDB {
-		t.Fatalf("first apply: %+v", rep)
+	// Either way: a server that preloads TimescaleDB gives a hypertable
+	// (TRM_PG_OPTS, docs/persister.md), one without gives a plain table.
+	if len(rep.Applied) != 2 || !rep.CreatedPositions || len(rep.Repaired) != 0 || rep.TimescaleDB != timescaleUsable(t, pool) {
+		t.Fatalf("first apply: %+v (timescaledb usable on this server: %v)", rep, timescaleUsable(t, pool))
+	}
+	if got := isHypertable(t, pool); got != rep.TimescaleDB {
+		t.Fatalf("positions is a hypertable: %v, report says %v", got, rep.TimescaleDB)
 	}
 	if problems, err := m.Verify(ctx); err != nil || len(problems) != 0 {
 		t.Fatalf("verify after apply: %v %v", problems, err)
@@ -229,10 +234,10 @@ func TestRequireTimescaleDBWithoutIt(t *testing.T) {
 	}
 	m := migrate.New(pool, migrate.Options{RequireTimescaleDB: true})
 	_, err := m.Apply(context.Background())
-	if available {
+	if timescaleUsable(t, pool) {
 		// A server with TimescaleDB: the requirement is met and positions
 		// must be a hypertable.
-		if err != nil || !m.TimescaleDB() {
+		if err != nil || !m.TimescaleDB() || !isHypertable(t, pool) {
 			t.Fatalf("timescaledb available: apply %v, hypertable %v", err, m.TimescaleDB())
 		}
 		return
@@ -240,6 +245,14 @@ func TestRequireTimescaleDBWithoutIt(t *testing.T) {
 	if !errors.Is(err, migrate.ErrNoTimescaleDB) {
 		t.Fatalf("want ErrNoTimescaleDB, got %v", err)
 	}
+	want := "pg_available_extensions"
+	if available {
+		want = "shared_preload_libraries"
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("the refusal must name %s: %v", want, err)
+	}
+	noTablesLeft(t, pool)
 }
 
 // Two persisters starting together: the advisory lock serialises them, and

@@ -101,7 +101,7 @@ func (o Options) Validate() error {
 	switch {
 	case o.EventID == "":
 		return bad("event is required")
-	case !contract.ValidEventID(o.EventID):
+	case !contract.ValidUUID(o.EventID):
 		return bad("event %q is not a lowercase UUID", o.EventID)
 	case o.From.IsZero():
 		return bad("from is required")

@@ -9,12 +9,17 @@
 #    a container engine. Installed with apt-get when missing (as root).
 # 2. The image build step (deploy/docker/build.sh, the Dockerfile's RUN)
 #    builds every worker and the healthcheck as static binaries.
+# 3. Each worker binary so built carries the version and revision build.sh
+#    stamps: started with its dependencies unreachable (it keeps running,
+#    not ready), its /metrics shows trm_build_info{revision=<git HEAD>,
+#    version="test"} 1.
 # Exits non-zero on the first failure.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 cd "$ROOT"
 
 command -v docker-compose >/dev/null || apt_install docker-compose
+command -v curl >/dev/null || apt_install curl
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -50,4 +55,31 @@ for w in $workers; do
 			|| die "$w: $b is not a static binary"
 	done
 done
-log "deploy: compose files valid, images' binaries build"
+# build_info WORKER ENV...: runs the worker binary with ENV (dependencies on
+# port 1: refused) and checks its stamped trm_build_info.
+revision=$(git rev-parse HEAD 2>/dev/null || true)
+build_info() {
+	local w=$1 port pid line="" i
+	shift
+	port=$(pick_port 19380)
+	env -i PATH="$PATH" HTTP_ADDR="127.0.0.1:$port" "$@" "$tmp/bin-$w/worker" >"$tmp/$w.log" 2>&1 &
+	pid=$!
+	for i in $(seq 1 150); do
+		line=$(curl -fsS --max-time 2 "http://127.0.0.1:$port/metrics" 2>/dev/null | grep '^trm_build_info' || true)
+		[ -n "$line" ] && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	kill "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	case "$line" in
+	"trm_build_info{revision=\"${revision:-unknown}\",version=\"test\"} 1") log "$w: $line" ;;
+	*) cat "$tmp/$w.log" >&2; die "$w: /metrics has '${line:-no trm_build_info}', want version test, revision ${revision:-unknown}" ;;
+	esac
+}
+down=(NATS_URL=nats://127.0.0.1:1 "DATABASE_URL=postgres://nobody@127.0.0.1:1/none?sslmode=disable")
+build_info bridge "${down[@]}" REDIS_URL=redis://127.0.0.1:1/0
+build_info persister "${down[@]}"
+build_info authsvc "${down[@]}" DIRECTUS_URL=http://127.0.0.1:1
+build_info broadcaster "${down[@]}"
+log "deploy: compose files valid, images' binaries build and carry their build info"

@@ -14,6 +14,8 @@ import (
 	"trm-live/authsvc"
 )
 
+var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -25,6 +27,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "authsvc:", err)
 		os.Exit(1)
 	}
+	cfg.Version, cfg.Revision = version, revision
 	cfg.Logger = cfg.NewLogger(os.Stderr)
 	cfg.Logger.Info("effective configuration", "config", cfg.String())
 	if err := authsvc.Run(ctx, cfg); err != nil {

@@ -14,6 +14,8 @@ import (
 	"trm-live/bridge"
 )
 
+var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -22,6 +24,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bridge: config:", err)
 		os.Exit(1)
 	}
+	cfg.Version, cfg.Revision = version, revision
 	cfg.Logger = cfg.NewLogger(os.Stderr).With("component", "bridge")
 	cfg.Logger.Info("starting", "config", cfg.String())
 	redis.SetLogger(&logging.VoidLogger{}) // the bridge logs each Redis outage once itself

@@ -11,6 +11,8 @@ import (
 	"trm-live/broadcaster"
 )
 
+var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -19,6 +21,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "broadcaster:", err)
 		os.Exit(1)
 	}
+	cfg.Version, cfg.Revision = version, revision
 	cfg.Logger = cfg.NewLogger(os.Stderr)
 	if err := broadcaster.Run(ctx, cfg); err != nil {
 		cfg.Logger.Error("broadcaster stopped", "err", err)

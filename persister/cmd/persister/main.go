@@ -12,6 +12,8 @@ import (
 	"trm-live/persister"
 )
 
+var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -35,5 +37,6 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	cfg.Version, cfg.Revision = version, revision
 	return persister.Run(ctx, cfg)
 }

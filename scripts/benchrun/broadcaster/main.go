@@ -11,6 +11,10 @@
 //
 // Usage: scripts/bench broadcaster [-c 100,1000] [-devices 500] [-rates 1,10]
 // [-duration 10s] [-sweep 100,200,300,400,700,1000] [-idle 2000]
+//
+// With -flood N it measures instead real users' handshake latency while N
+// bogus handshakes per second arrive from one address, against the same
+// without the flood in the same run (flood.go).
 package main
 
 import (
@@ -202,6 +206,10 @@ func coordinate() error {
 	fmt.Printf("broadcaster pid %d (profile: http://%s/debug/pprof/profile), raw server pid %d; %d devices, window %s per run\n\n",
 		c.srvCmd.Process.Pid, c.debugAddr, c.rawCmd.Process.Pid, *devicesF, *duration)
 
+	if *floodF > 0 {
+		return c.floodRun()
+	}
+
 	cs := ints(*clientsF)
 	rates := ints(*ratesF)
 
@@ -303,8 +311,9 @@ func waitHTTP(url string, timeout time.Duration) error {
 	return last
 }
 
-// startAuth answers authsvc's subjects: every cookie is a user named after
-// it, admin, so every event is allowed.
+// startAuth answers authsvc's subjects: every bench cookie (benchCookie) is
+// an admin user named in it, so every event is allowed; a bogus one
+// (-flood) is refused after -flood-directus-latency.
 func startAuth(nc *nats.Conn) error {
 	svc, err := micro.AddService(nc, micro.Config{Name: auth.ServiceName, Version: auth.ServiceVersion, QueueGroup: auth.QueueGroup})
 	if err != nil {
@@ -316,7 +325,12 @@ func startAuth(nc *nats.Conn) error {
 			_ = r.Error(auth.CodeUnauthorized, "no", nil)
 			return
 		}
-		_ = r.RespondJSON(auth.User{ID: req.Cookie, Admin: true})
+		id := cookieUser(req.Cookie)
+		if id == "" {
+			refuseLater(nc, r, *floodLatF)
+			return
+		}
+		_ = r.RespondJSON(auth.User{ID: id, Admin: true})
 	}), micro.WithEndpointSubject(auth.SessionSubject)); err != nil {
 		return err
 	}
@@ -728,7 +742,7 @@ func runLoad() error {
 			}
 			defer release()
 			h := hdr.Clone()
-			h.Set("Cookie", fmt.Sprintf("directus_session_token=bench-%d", i))
+			h.Set("Cookie", "directus_session_token="+benchCookie(fmt.Sprintf("bench-%d", i)))
 			// Like a browser, retry with backoff on 1013 (authsvc slow or
 			// down) and on "unavailable".
 			var conn *websocket.Conn

@@ -25,6 +25,10 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
+// version and revision are stamped with -ldflags -X by deploy/docker/build.sh;
+// every worker exports them as trm_build_info.
+var version, revision string
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -32,6 +32,7 @@ var workers = []worker{
 			return err
 		}
 		cfg.Logger, cfg.Registerer = log, reg
+		cfg.Version, cfg.Revision = version, revision
 		log.Info("starting", "config", cfg.String())
 		return bridge.Run(ctx, cfg)
 	}},
@@ -41,6 +42,7 @@ var workers = []worker{
 			return err
 		}
 		cfg.Logger, cfg.Registerer = log, reg
+		cfg.Version, cfg.Revision = version, revision
 		log.Info("starting", "config", cfg.String())
 		return persister.Run(ctx, cfg)
 	}},
@@ -50,6 +52,7 @@ var workers = []worker{
 			return err
 		}
 		cfg.Logger, cfg.Registerer = log, reg
+		cfg.Version, cfg.Revision = version, revision
 		log.Info("starting", "config", cfg.String())
 		return authsvc.Run(ctx, cfg)
 	}},
@@ -59,6 +62,7 @@ var workers = []worker{
 			return err
 		}
 		cfg.Logger, cfg.Registerer = log, reg
+		cfg.Version, cfg.Revision = version, revision
 		log.Info("starting", "config", cfg.String())
 		return broadcaster.Run(ctx, cfg)
 	}},
