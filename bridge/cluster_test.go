@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -333,7 +335,27 @@ func TestClusterMasterKilledWhilePositionsFlow(t *testing.T) {
 
 	cfg, reg := e.config("a")
 	cfg.RedisURL, cfg.Streams = c.URL, ss
-	e.start(cfg)
+	run := e.start(cfg)
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + run.addr + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	// The victim's readers fail until its replica is promoted: /readyz
+	// says so (a PING to a live node alone would not).
+	kill := func() {
+		victim.Kill()
+		testkit.Eventually(t, 10*time.Second, func() error {
+			if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "stream readers failing") {
+				return fmt.Errorf("/readyz %d %s", code, body)
+			}
+			return nil
+		})
+	}
 
 	var ws []*writer
 	for k, s := range ss {
@@ -345,9 +367,15 @@ func TestClusterMasterKilledWhilePositionsFlow(t *testing.T) {
 			return m.Addr, !original[m.Addr]
 		}})
 	}
-	failoverRun(t, e, rdb, ss, ws, victim.Kill, func() error {
+	failoverRun(t, e, rdb, ss, ws, kill, func() error {
 		if m := c.MasterOf(ss[0]); m == nil || m == victim {
 			return fmt.Errorf("no new master for %s yet", ss[0])
+		}
+		return nil
+	})
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if code, body := readyz(); code != http.StatusOK {
+			return fmt.Errorf("/readyz %d %s after the failover", code, body)
 		}
 		return nil
 	})
