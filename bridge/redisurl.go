@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -143,6 +144,7 @@ func parseRedisURL(raw, sentinelPassword string) (redisTarget, error) {
 		if err != nil {
 			return redisTarget{}, errors.New(contract.RedactURLs(err.Error()))
 		}
+		clearServerName(o.TLSConfig)
 		return redisTarget{mode: redisCluster, cluster: o}, nil
 	}
 
@@ -165,7 +167,18 @@ func parseRedisURL(raw, sentinelPassword string) (redisTarget, error) {
 		o.Username = user.Username()
 		o.Password, _ = user.Password()
 	}
+	clearServerName(o.TLSConfig)
 	return redisTarget{mode: redisSentinel, failover: o}, nil
+}
+
+// clearServerName drops the TLS server name go-redis's URL parsers take
+// from the first host: with several hosts (and the nodes or master they
+// lead to) each connection must be verified against its own host, which
+// the TLS dialer does when the name is empty.
+func clearServerName(c *tls.Config) {
+	if c != nil {
+		c.ServerName = ""
+	}
 }
 
 // client returns a new client of the target. None retries a command on

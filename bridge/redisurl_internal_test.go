@@ -24,8 +24,13 @@ func TestParseRedisURL(t *testing.T) {
 	if cl.cluster.Password != "pw" || cl.cluster.DialTimeout.String() != "2s" || cl.cluster.TLSConfig != nil {
 		t.Errorf("cluster options: %+v", cl.cluster)
 	}
-	if tls, err := parseRedisURL("rediss+cluster://a:7000", ""); err != nil || tls.cluster.TLSConfig == nil {
-		t.Errorf("rediss+cluster: %v", err)
+	// TLS over several hosts: each connection is verified against its own
+	// host name, not the first host's.
+	if tls, err := parseRedisURL("rediss+cluster://a:7000,b:7001", ""); err != nil || tls.cluster.TLSConfig == nil || tls.cluster.TLSConfig.ServerName != "" {
+		t.Errorf("rediss+cluster: %+v %v", tls.cluster, err)
+	}
+	if tls, err := parseRedisURL("rediss+sentinel://s1,s2/m", ""); err != nil || tls.failover.TLSConfig == nil || tls.failover.TLSConfig.ServerName != "" {
+		t.Errorf("rediss+sentinel: %+v %v", tls.failover, err)
 	}
 
 	se, err := parseRedisURL("redis+sentinel://app:pw@s1:26379,s2/mymaster/3", "sentpw")
