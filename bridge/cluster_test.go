@@ -25,7 +25,10 @@ import (
 // 9974, 5781, 1716).
 const shards = 8
 
-// shardStreams are the test's input streams <prefix>:{0} .. {7}.
+// shardStreams are the test's input streams <prefix>:{0} .. {7}. Entry i
+// (e.entry(i, shards)) goes to stream i % shards: device dev-00k always
+// writes to stream k, as the ingestion service keeps a device on one
+// stream.
 func shardStreams(prefix string) []string {
 	s := make([]string, shards)
 	for k := range s {
@@ -33,9 +36,6 @@ func shardStreams(prefix string) []string {
 	}
 	return s
 }
-
-// Entry i goes to stream i % shards: device dev-00k always writes to
-// stream k, as the ingestion service keeps a device on one stream.
 
 // pendingAll is the group's pending count summed over the streams.
 func pendingAll(t *testing.T, rdb redis.UniversalClient, ss []string, group string) (int64, error) {
@@ -405,8 +405,6 @@ func TestSentinelFailoverWhilePositionsFlow(t *testing.T) {
 			return m, m == s.Replica.Addr
 		}})
 	}
-	// Entries use shards devices: writers use k = 0 and 1 only, so their
-	// indexes never collide.
 	failoverRun(t, e, rdb, ss, ws, s.Master.Kill, func() error {
 		if m := s.CurrentMaster(); m != s.Replica.Addr {
 			return fmt.Errorf("master %q, want the replica %s", m, s.Replica.Addr)
