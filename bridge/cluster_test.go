@@ -415,3 +415,43 @@ func TestSentinelFailoverWhilePositionsFlow(t *testing.T) {
 		t.Fatal("the bridge saw no Redis error: the kill did not hit it")
 	}
 }
+
+// With passwords on the Redis servers and on the sentinels: the URL's
+// password reaches the master, REDIS_SENTINEL_PASSWORD the sentinels (two
+// different passwords, so a mix-up fails), and every position arrives.
+func TestSentinelWithPasswords(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	s := testkit.StartRedisSentinelWithPasswords(t, "data-secret", "sentinel-secret")
+	rdb := s.Client(t)
+	ss := shardStreams(testkit.Unique("positions"))[:2]
+	const n = 600
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	for i := range n {
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: ss[i%2], Values: e.entry(i, shards)})
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := e.config("a")
+	cfg.RedisURL, cfg.RedisSentinelPassword, cfg.Streams = s.URL, s.SentinelPassword, ss
+	if !strings.Contains(cfg.RedisURL, ":data-secret@") {
+		t.Fatalf("the sentinel URL %s carries no password", cfg.RedisURL)
+	}
+	e.start(cfg)
+	testkit.Eventually(t, 30*time.Second, func() error {
+		got, err := e.msgsErr(streams.Positions)
+		if err != nil {
+			return err
+		}
+		p, err := pendingAll(t, rdb, ss, e.group)
+		if err != nil {
+			return err
+		}
+		if got != n || p != 0 {
+			return fmt.Errorf("POSITIONS has %d messages (want %d), %d entries pending", got, n, p)
+		}
+		return nil
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,18 +24,21 @@ type RedisNode struct {
 	// Addr is 127.0.0.1:<Port>.
 	Addr string
 	Dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	// Password is the node's requirepass ("" none).
+	Password string
+	cmd      *exec.Cmd
+	done     chan struct{}
 }
 
 // startNode runs redis-server with the config file text conf (written to
-// Dir/redis.conf) and the extra arguments, and waits until it answers PING.
-func startNode(tb testing.TB, port int, dir, conf string, args ...string) *RedisNode {
+// Dir/redis.conf) and the extra arguments, and waits until it answers PING
+// (authenticated with password, its requirepass, when not empty).
+func startNode(tb testing.TB, port int, dir, password, conf string, args ...string) *RedisNode {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatal("testkit: redis-server is not on PATH: install Debian's redis-server package (scripts/test does)")
 	}
-	n := &RedisNode{Port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, done: make(chan struct{})}
+	n := &RedisNode{Port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, Password: password, done: make(chan struct{})}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
@@ -50,7 +54,7 @@ func startNode(tb testing.TB, port int, dir, conf string, args ...string) *Redis
 	}
 	go func() { _ = n.cmd.Wait(); close(n.done) }()
 	tb.Cleanup(n.Kill)
-	rdb := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Password: password, MaxRetries: -1})
 	defer rdb.Close()
 	Eventually(tb, 10*time.Second, func() error {
 		select {
@@ -75,7 +79,7 @@ func (n *RedisNode) Kill() {
 // Client is a plain client of this one process.
 func (n *RedisNode) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Password: n.Password, MaxRetries: -1})
 	tb.Cleanup(func() { _ = rdb.Close() })
 	return rdb
 }
@@ -108,7 +112,7 @@ func StartRedisCluster(tb testing.TB, masters, replicas int) *RedisCluster {
 		conf := fmt.Sprintf("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-port %d\n"+
 			"cluster-node-timeout 1000\ncluster-replica-validity-factor 0\ncluster-allow-replica-migration no\n"+
 			"repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n", ports[total+i])
-		n := startNode(tb, ports[i], filepath.Join(root, fmt.Sprintf("node-%d", i)), conf)
+		n := startNode(tb, ports[i], filepath.Join(root, fmt.Sprintf("node-%d", i)), "", conf)
 		c.Nodes = append(c.Nodes, n)
 		addrs = append(addrs, n.Addr)
 	}
@@ -264,37 +268,63 @@ type RedisSentinel struct {
 	Replica    *RedisNode
 	Sentinels  []*RedisNode
 	MasterName string
-	// URL is redis+sentinel://<every sentinel>/<MasterName>/0, the
-	// bridge's REDIS_URL form.
+	// Password is the master's and the replica's requirepass and
+	// masterauth; SentinelPassword the sentinels' requirepass ("" none).
+	Password, SentinelPassword string
+	// URL is redis+sentinel://[:Password@]<every sentinel>/<MasterName>/0,
+	// the bridge's REDIS_URL form (SentinelPassword goes in
+	// REDIS_SENTINEL_PASSWORD).
 	URL string
 }
 
-// StartRedisSentinel starts the setup and waits until every sentinel knows
-// the replica and the other sentinels (a failover needs both).
+// StartRedisSentinel starts the setup without passwords and waits until
+// every sentinel knows the replica and the other sentinels (a failover
+// needs both).
 func StartRedisSentinel(tb testing.TB) *RedisSentinel {
+	tb.Helper()
+	return StartRedisSentinelWithPasswords(tb, "", "")
+}
+
+// StartRedisSentinelWithPasswords is StartRedisSentinel with password the
+// Redis servers' requirepass (and masterauth) and sentinelPassword the
+// sentinels' own requirepass; either may be empty.
+func StartRedisSentinelWithPasswords(tb testing.TB, password, sentinelPassword string) *RedisSentinel {
 	tb.Helper()
 	ports := FreePorts(tb, 5)
 	root := tb.TempDir()
-	s := &RedisSentinel{tb: tb, MasterName: "trm-master"}
-	repl := "repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n"
-	s.Master = startNode(tb, ports[0], filepath.Join(root, "master"), repl)
-	s.Replica = startNode(tb, ports[1], filepath.Join(root, "replica"), repl+
+	s := &RedisSentinel{tb: tb, MasterName: "trm-master", Password: password, SentinelPassword: sentinelPassword}
+	data := "repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n"
+	if password != "" {
+		data += fmt.Sprintf("requirepass %q\nmasterauth %[1]q\n", password)
+	}
+	s.Master = startNode(tb, ports[0], filepath.Join(root, "master"), password, data)
+	s.Replica = startNode(tb, ports[1], filepath.Join(root, "replica"), password, data+
 		fmt.Sprintf("replicaof 127.0.0.1 %d\n", ports[0]))
 	var addrs []string
 	for i, p := range ports[2:] {
 		conf := fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 2\n"+
 			"sentinel down-after-milliseconds %[1]s 1000\nsentinel failover-timeout %[1]s 10000\n"+
 			"sentinel parallel-syncs %[1]s 1\n", s.MasterName, ports[0])
-		n := startNode(tb, p, filepath.Join(root, fmt.Sprintf("sentinel-%d", i)), conf, "--sentinel")
+		if password != "" {
+			conf += fmt.Sprintf("sentinel auth-pass %s %q\n", s.MasterName, password)
+		}
+		if sentinelPassword != "" {
+			conf += fmt.Sprintf("requirepass %q\nsentinel sentinel-pass %[1]q\n", sentinelPassword)
+		}
+		n := startNode(tb, p, filepath.Join(root, fmt.Sprintf("sentinel-%d", i)), sentinelPassword, conf, "--sentinel")
 		s.Sentinels = append(s.Sentinels, n)
 		addrs = append(addrs, n.Addr)
 	}
-	s.URL = "redis+sentinel://" + strings.Join(addrs, ",") + "/" + s.MasterName + "/0"
+	cred := ""
+	if password != "" {
+		cred = url.UserPassword("", password).String() + "@"
+	}
+	s.URL = "redis+sentinel://" + cred + strings.Join(addrs, ",") + "/" + s.MasterName + "/0"
 	Eventually(tb, 30*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		for _, n := range s.Sentinels {
-			sc := redis.NewSentinelClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+			sc := redis.NewSentinelClient(&redis.Options{Addr: n.Addr, Password: s.SentinelPassword, MaxRetries: -1})
 			replicas, err := sc.Replicas(ctx, s.MasterName).Result()
 			var others []map[string]string
 			if err == nil {
@@ -322,7 +352,8 @@ func (s *RedisSentinel) Client(tb testing.TB) *redis.Client {
 	for _, n := range s.Sentinels {
 		addrs = append(addrs, n.Addr)
 	}
-	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: s.MasterName, SentinelAddrs: addrs})
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: s.MasterName, SentinelAddrs: addrs,
+		Password: s.Password, SentinelPassword: s.SentinelPassword})
 	tb.Cleanup(func() { _ = rdb.Close() })
 	return rdb
 }
@@ -334,7 +365,7 @@ func (s *RedisSentinel) CurrentMaster() string {
 	defer cancel()
 	var addr string
 	for _, n := range s.Sentinels {
-		sc := redis.NewSentinelClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+		sc := redis.NewSentinelClient(&redis.Options{Addr: n.Addr, Password: s.SentinelPassword, MaxRetries: -1})
 		a, err := sc.GetMasterAddrByName(ctx, s.MasterName).Result()
 		_ = sc.Close()
 		if err != nil || len(a) != 2 {
