@@ -26,7 +26,18 @@ func TestRedisCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Replication is asynchronous: write k{0} on its master and WAIT for
+	// the replica, or the kill may lose it.
 	victim := c.MasterOf("k{0}")
+	pipe := victim.Client(t).Pipeline()
+	pipe.Set(ctx, "k{0}", "replicated", 0)
+	wait := pipe.Do(ctx, "WAIT", 1, 5000)
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := wait.Int64(); n != 1 {
+		t.Fatalf("WAIT 1: %d replicas acknowledged", n)
+	}
 	victim.Kill()
 	start = time.Now()
 	testkit.Eventually(t, 30*time.Second, func() error {
@@ -38,7 +49,11 @@ func TestRedisCluster(t *testing.T) {
 	c.WaitHealthy(30 * time.Second)
 	t.Logf("replica promoted in %s", time.Since(start).Round(time.Millisecond))
 	testkit.Eventually(t, 10*time.Second, func() error {
-		return rdb.Get(ctx, "k{0}").Err()
+		v, err := rdb.Get(ctx, "k{0}").Result()
+		if err == nil && v != "replicated" {
+			return fmt.Errorf("k{0} = %q after the failover, want replicated", v)
+		}
+		return err
 	})
 }
 
