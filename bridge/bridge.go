@@ -40,9 +40,13 @@ type bridge struct {
 	cfg Config
 	log *slog.Logger
 	m   *metrics
-	rdb *redis.Client
-	nc  *nats.Conn
-	js  jetstream.JetStream
+	rdb redis.UniversalClient
+	// readGroups are the indexes of the streams read by one XREADGROUP
+	// each: all of them on one server, one group per hash slot on a
+	// cluster (a command's keys must share a slot there).
+	readGroups [][]int
+	nc         *nats.Conn
+	js         jetstream.JetStream
 	// jsLegacy serves the loss check's regular (leader-answered) gets.
 	jsLegacy nats.JetStreamContext
 	watch    *lossWatch
@@ -57,9 +61,12 @@ type bridge struct {
 	inflight    *inflightSet  // entries between read and XACK, so a claim skips them
 	ackMu       sync.Mutex    // held by an XACK with its in-flight removal, and by a claim with its in-flight check
 
-	ensured  chan struct{} // closed once the streams exist
-	redisOK  atomic.Bool
-	stopping atomic.Bool
+	ensured chan struct{} // closed once the streams exist
+	redisOK atomic.Bool
+	// readersFailing counts the stream readers whose last XREADGROUP
+	// failed (on a cluster, one shard may be down while the others read).
+	readersFailing atomic.Int32
+	stopping       atomic.Bool
 }
 
 // Run runs the bridge until ctx ends, then stops reading, waits for the
@@ -101,15 +108,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer ln.Close()
 
-	ropts, err := redis.ParseURL(cfg.RedisURL)
+	target, err := parseRedisURL(cfg.RedisURL, cfg.RedisSentinelPassword)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	// No hidden retries: a retried XREADGROUP whose first reply was lost
 	// would leave that batch pending unseen. Every call is in a retry
 	// loop of ours that knows what to do.
-	ropts.MaxRetries = -1
-	rdb := redis.NewClient(ropts)
+	rdb := target.client()
 	defer rdb.Close()
 
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
@@ -178,6 +184,8 @@ func Run(ctx context.Context, cfg Config) error {
 	for i, s := range cfg.Streams {
 		b.streamIndex[s] = i
 	}
+	b.readGroups = readGroups(cfg.Streams, target.mode == redisCluster)
+	log.Info("redis", "mode", target.mode, "url", redactRedisURL(cfg.RedisURL), "streams", len(cfg.Streams), "reads", len(b.readGroups))
 	b.redisOK.Store(true)
 
 	// hard ends ShutdownTimeout after ctx: in-flight work is abandoned then

@@ -45,8 +45,15 @@ const (
 type Config struct {
 	// NATSURL is the NATS server (NATS_URL).
 	NATSURL string
-	// RedisURL is the Redis holding the input streams (REDIS_URL).
+	// RedisURL is the Redis holding the input streams (REDIS_URL): one
+	// server (redis://, rediss://), a Redis Cluster (redis+cluster://,
+	// seed nodes comma separated) or a Sentinel-managed master
+	// (redis+sentinel://, sentinels comma separated, then /<master>[/<db>]).
 	RedisURL string
+	// RedisSentinelPassword authenticates to the sentinels of a
+	// redis+sentinel:// REDIS_URL (REDIS_SENTINEL_PASSWORD); the URL's own
+	// password is the Redis servers'. Empty: the sentinels need none.
+	RedisSentinelPassword string
 	// DatabaseURL is the PostgreSQL holding event_devices (DATABASE_URL).
 	DatabaseURL string
 	// HTTPAddr serves /healthz, /readyz and /metrics (HTTP_ADDR). Ignored
@@ -183,6 +190,7 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.NATSURL, "nats-url", env("NATS_URL", DefaultNATSURL), "NATS server URL (NATS_URL)")
 	fs.StringVar(&c.RedisURL, "redis-url", env("REDIS_URL", DefaultRedisURL), "Redis URL (REDIS_URL)")
+	c.RedisSentinelPassword = getenv("REDIS_SENTINEL_PASSWORD") // no flag: a password stays out of ps
 	fs.StringVar(&c.DatabaseURL, "database-url", env("DATABASE_URL", DefaultDatabaseURL), "PostgreSQL DSN with event_devices (DATABASE_URL)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", env("HTTP_ADDR", DefaultHTTPAddr), "health and metrics address (HTTP_ADDR)")
 	fs.StringVar(&c.LogLevel, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (LOG_LEVEL)")
@@ -294,7 +302,6 @@ func (c Config) withDefaults() Config {
 func (c Config) Validate() error {
 	for _, u := range []struct{ name, val, scheme string }{
 		{"NATS_URL", c.NATSURL, "nats"},
-		{"REDIS_URL", c.RedisURL, "redis"},
 		{"DATABASE_URL", c.DatabaseURL, "postgres"},
 	} {
 		// Every URL error goes through contract (ParseURL, RedactURLs):
@@ -306,6 +313,9 @@ func (c Config) Validate() error {
 		if p.Host == "" || !strings.HasPrefix(p.Scheme, u.scheme) {
 			return fmt.Errorf("%s %q: want a %s:// URL", u.name, contract.RedactURLs(u.val), u.scheme)
 		}
+	}
+	if _, err := parseRedisURL(c.RedisURL, c.RedisSentinelPassword); err != nil {
+		return fmt.Errorf("REDIS_URL %q: %v", redactRedisURL(c.RedisURL), err)
 	}
 	seen := map[string]bool{}
 	for _, s := range c.Streams {
@@ -367,7 +377,7 @@ func (c Config) String() string {
 		"BRIDGE_ROUTING_REFRESH=%s BRIDGE_LAG_INTERVAL=%s BRIDGE_SHUTDOWN_TIMEOUT=%s "+
 		"BRIDGE_REPUBLISH_WINDOW=%s BRIDGE_VERIFY_INTERVAL=%s BRIDGE_CONSUMER_MAX_IDLE=%s "+
 		"STREAM_MAX_AGE=%s STREAM_REPLICAS=%d STREAM_DUPLICATES=%s STREAM_MAX_BYTES=%d STREAM_DLQ_MAX_BYTES=%d",
-		contract.RedactURLs(c.NATSURL), contract.RedactURLs(c.RedisURL), contract.RedactURLs(c.DatabaseURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
+		contract.RedactURLs(c.NATSURL), redactRedisURL(c.RedisURL), contract.RedactURLs(c.DatabaseURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		strings.Join(c.Streams, ","), c.Group, c.Consumer, c.Batch, c.Block,
 		c.MaxInFlight, c.PublishTimeout, c.ClaimInterval, c.ClaimMinIdle,
 		c.RoutingRefresh, c.LagInterval, c.ShutdownTimeout,

@@ -10,14 +10,15 @@ import (
 
 func TestLoadConfig(t *testing.T) {
 	env := map[string]string{
-		"NATS_URL":             "nats://n:4222",
-		"REDIS_URL":            "redis://:s3cret@r:6379/1",
-		"DATABASE_URL":         "postgres://u:pgpass@db:5432/x",
-		"BRIDGE_STREAMS":       "a, b",
-		"BRIDGE_BLOCK":         "2s",
-		"BRIDGE_MAX_IN_FLIGHT": "100",
-		"STREAM_DUPLICATES":    "3m",
-		"STREAM_MAX_BYTES":     "40GB",
+		"NATS_URL":                "nats://n:4222",
+		"REDIS_URL":               "redis+cluster://:s3cret@r1:7000,r2:7001",
+		"REDIS_SENTINEL_PASSWORD": "sentinelpass",
+		"DATABASE_URL":            "postgres://u:pgpass@db:5432/x",
+		"BRIDGE_STREAMS":          "a, b",
+		"BRIDGE_BLOCK":            "2s",
+		"BRIDGE_MAX_IN_FLIGHT":    "100",
+		"STREAM_DUPLICATES":       "3m",
+		"STREAM_MAX_BYTES":        "40GB",
 	}
 	cfg, err := bridge.LoadConfig([]string{"-group", "g2", "-block", "3s"}, func(k string) string { return env[k] })
 	if err != nil {
@@ -30,7 +31,10 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatalf("unexpected config: %s", cfg)
 	}
 	s := cfg.String()
-	if strings.Contains(s, "s3cret") || strings.Contains(s, "pgpass") {
+	if cfg.RedisSentinelPassword != "sentinelpass" || !strings.Contains(s, "REDIS_URL=redis+cluster://:xxxxx@r1:7000,r2:7001 ") {
+		t.Fatalf("REDIS_URL or REDIS_SENTINEL_PASSWORD not as given: %s", s)
+	}
+	if strings.Contains(s, "s3cret") || strings.Contains(s, "pgpass") || strings.Contains(s, "sentinelpass") {
 		t.Fatalf("String leaks a password: %s", s)
 	}
 }
@@ -44,6 +48,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		"BRIDGE_BATCH":           {env: map[string]string{"BRIDGE_BATCH": "many"}},
 		"BRIDGE_PUBLISH_TIMEOUT": {env: map[string]string{"BRIDGE_PUBLISH_TIMEOUT": "soon"}},
 		"REDIS_URL":              {env: map[string]string{"REDIS_URL": "localhost"}},
+		"REDIS_URL ":             {env: map[string]string{"REDIS_URL": "redis+sentinel://:pw@s1:26379,s2:26379"}}, // no master name
 		"STREAM_":                {args: []string{"-stream-duplicates", "30s"}},
 		"BRIDGE_STREAMS":         {env: map[string]string{"BRIDGE_STREAMS": "a,a"}},
 		"LOG_FORMAT":             {env: map[string]string{"LOG_FORMAT": "xml"}},
@@ -52,7 +57,8 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		"STREAM_*":               {args: []string{"-stream-dlq-max-bytes", "1000"}},
 	} {
 		_, err := bridge.LoadConfig(c.args, func(k string) string { return c.env[k] })
-		if err == nil || !strings.Contains(err.Error(), name) {
+		name = strings.TrimSpace(name)
+		if err == nil || !strings.Contains(err.Error(), name) || strings.Contains(err.Error(), "pw@") {
 			t.Errorf("%s: error %v does not name the setting", name, err)
 		}
 	}

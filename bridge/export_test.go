@@ -10,3 +10,6 @@ func WithCrashBeforeAck(cfg Config, f func(n int) bool) Config {
 	cfg.crashBeforeAck = f
 	return cfg
 }
+
+// KeySlot is the Redis Cluster hash slot of a key.
+var KeySlot = keySlot

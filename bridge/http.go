@@ -66,6 +66,9 @@ func (b *bridge) notReady(ctx context.Context) []string {
 	if err := b.rdb.Ping(pctx).Err(); err != nil {
 		problems = append(problems, "redis: "+err.Error())
 	}
+	if n := b.readersFailing.Load(); n > 0 {
+		problems = append(problems, fmt.Sprintf("redis: %d of %d stream readers failing", n, len(b.readGroups)))
+	}
 	if !b.nc.IsConnected() {
 		problems = append(problems, "nats: "+b.nc.Status().String())
 	}

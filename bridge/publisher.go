@@ -456,7 +456,7 @@ func (b *bridge) ackLoop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			b.m.redisErrors.Inc()
+			b.redisError()
 			if attempt == 0 {
 				b.log.Warn("xack failed; retrying with backoff", "err", err, "entries", n)
 			}

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -12,11 +13,11 @@ import (
 // any other cursor pages through this consumer's own pending list.
 const newEntries = ">"
 
-// readLoop reads every stream through the consumer group until intake ends.
-// It first re-reads this consumer's own pending entries ("0", paging by the
-// last id), then new ones (">"). A missing group (NOGROUP: Redis restarted
-// without its data, or the group was deleted) is recreated from "0". Errors
-// are retried with backoff; the bridge is not ready meanwhile.
+// readLoop reads every stream through the consumer group until intake
+// ends: one reader per read group (all streams together on one server, one
+// reader per hash slot on a cluster). A stream belongs to one reader, so
+// its entries (and a device's, which the ingestion service keeps on one
+// stream) are handled in order.
 func (b *bridge) readLoop(intake, ctx context.Context) error {
 	// Route nothing before the routing table and the streams exist: a
 	// position published as unassigned for want of a table is misrouted.
@@ -30,6 +31,21 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 	if !b.ensureGroups(intake) {
 		return nil
 	}
+	var wg sync.WaitGroup
+	for _, g := range b.readGroups {
+		wg.Go(func() { b.readStreams(intake, ctx, g) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// readStreams reads the streams of one read group (indexes into
+// Config.Streams) with one XREADGROUP at a time. It first re-reads this
+// consumer's own pending entries ("0", paging by the last id), then new
+// ones (">"). A missing group (NOGROUP: Redis restarted without its data,
+// or the group was deleted) is recreated from "0". Errors are retried with
+// backoff; the bridge is not ready meanwhile.
+func (b *bridge) readStreams(intake, ctx context.Context, group []int) {
 	// The next XREADGROUP runs while the previous batch is processed, so
 	// Redis round trips overlap with parsing and publishing.
 	batches := make(chan []redis.XStream, 1)
@@ -52,15 +68,23 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 		<-processed
 	}()
 
-	n := len(b.cfg.Streams)
+	n := len(group)
+	pos := make(map[string]int, n) // stream name -> index in group
 	cursors := make([]string, n)
-	for i := range cursors {
-		cursors[i] = "0"
-	}
 	args := make([]string, 2*n)
-	copy(args, b.cfg.Streams)
+	for i, si := range group {
+		cursors[i] = "0"
+		args[i] = b.cfg.Streams[si]
+		pos[b.cfg.Streams[si]] = i
+	}
 	seen := make([]bool, n)
 	failures := 0
+	ok := true // this reader's last read succeeded
+	defer func() {
+		if !ok {
+			b.readersFailing.Add(-1)
+		}
+	}()
 	for intake.Err() == nil {
 		pending := false
 		for i, c := range cursors {
@@ -77,21 +101,23 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 		}).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
-			b.m.redisErrors.Inc()
+			b.redisError()
 			if isNoGroup(err) {
 				b.log.Warn("consumer group missing; recreating it from the start of the streams", "group", b.cfg.Group, "err", err)
 				if !b.ensureGroups(intake) {
-					return nil
+					return
 				}
 				for i := range cursors {
 					cursors[i] = "0"
 				}
 				continue
 			}
-			if b.redisOK.Swap(false) {
-				b.log.Warn("redis read failed; retrying with backoff", "err", err)
+			if ok {
+				ok = false
+				b.readersFailing.Add(1)
+				b.log.Warn("redis read failed; retrying with backoff", "streams", args[:n], "err", err)
 			}
 			// Redis may have delivered the batch whose reply was lost: it is
 			// pending under our name. Re-read our pending list (entries in
@@ -100,44 +126,45 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 				cursors[i] = "0"
 			}
 			if sleep(intake, backoff(failures)) != nil {
-				return nil
+				return
 			}
 			failures++
 			continue
 		}
 		failures = 0
-		if !b.redisOK.Swap(true) {
-			b.log.Info("redis reads resumed")
+		if !ok {
+			ok = true
+			b.readersFailing.Add(-1)
+			b.log.Info("redis reads resumed", "streams", args[:n])
 		}
 		clear(seen)
 		for _, xs := range res {
-			si, ok := b.streamIndex[xs.Stream]
+			i, ok := pos[xs.Stream]
 			if !ok {
 				continue
 			}
-			seen[si] = true
-			if cursors[si] != newEntries {
+			seen[i] = true
+			if cursors[i] != newEntries {
 				if len(xs.Messages) == 0 {
-					cursors[si] = newEntries
+					cursors[i] = newEntries
 				} else {
-					cursors[si] = xs.Messages[len(xs.Messages)-1].ID
+					cursors[i] = xs.Messages[len(xs.Messages)-1].ID
 				}
 			}
 		}
-		for si := range cursors {
-			if !seen[si] {
-				cursors[si] = newEntries
+		for i := range cursors {
+			if !seen[i] {
+				cursors[i] = newEntries
 			}
 		}
 		if len(res) > 0 {
 			select {
 			case batches <- res:
 			case <-processed:
-				return nil // the pipeline is stopping
+				return // the pipeline is stopping
 			}
 		}
 	}
-	return nil
 }
 
 // ensureGroups creates the consumer group on every stream (and the stream
@@ -159,7 +186,7 @@ func (b *bridge) ensureGroups(intake context.Context) bool {
 		if intake.Err() != nil {
 			return false
 		}
-		b.m.redisErrors.Inc()
+		b.redisError()
 		if b.redisOK.Swap(false) {
 			b.log.Warn("cannot create consumer group yet; retrying", "group", b.cfg.Group, "err", err)
 		}
@@ -212,7 +239,7 @@ func (b *bridge) claimLoop(intake, ctx context.Context) {
 				b.ackMu.Unlock()
 				if err != nil {
 					if !isNoGroup(err) && ctx.Err() == nil {
-						b.m.redisErrors.Inc()
+						b.redisError()
 						b.log.Debug("xautoclaim failed", "stream", s, "err", err)
 					}
 					break
@@ -273,7 +300,7 @@ func (b *bridge) pruneConsumers(ctx context.Context, s string) {
 		// DELCONSUMER drops nothing; its answer is logged to prove it.
 		n, err := b.rdb.XGroupDelConsumer(qctx, s, b.cfg.Group, c.Name).Result()
 		if err != nil {
-			b.m.redisErrors.Inc()
+			b.redisError()
 			return
 		}
 		b.m.consumersDeleted.Inc()

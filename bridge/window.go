@@ -382,7 +382,7 @@ func (b *bridge) republish(intake, ctx context.Context) error {
 				if intake.Err() != nil {
 					return intake.Err()
 				}
-				b.m.redisErrors.Inc()
+				b.redisError()
 				if attempt == 0 {
 					b.log.Warn("xrange for re-publish failed; retrying", "stream", s, "err", err)
 				}

@@ -1,7 +1,9 @@
 // Package testkit starts the real servers tests run against: an embedded
 // nats-server per test, a private redis-server or PostgreSQL when a test must
-// stop and restart one, and isolated keys and databases on the shared Redis
-// and PostgreSQL that scripts/test starts.
+// stop and restart one, a private Redis Cluster (StartRedisCluster) or
+// Sentinel setup (StartRedisSentinel) from the same redis-server binary,
+// and isolated keys and databases on the shared Redis and PostgreSQL that
+// scripts/test starts.
 //
 // It is imported only by _test.go files. A missing server or setting fails
 // the test with one actionable message; nothing here ever skips.
