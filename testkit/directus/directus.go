@@ -1,9 +1,14 @@
 // Package directus is an in-process stand-in for the parts of Directus 11.x
-// and 12.x that trm-live talks to, for tests only (it lives in testkit, which
-// only _test.go files import).
+// and 12.x that trm-live talks to: the one Directus fake of the repository.
+// Unit tests use it through Start(t); the dev auth backend (scripts/devauth)
+// and the authsvc benchmark use it as an http.Handler through New. It
+// imports no testing package, so the dev tooling can link it
+// (docs/DECISIONS.md, decision 12).
 //
 // It reproduces what docs/directus.md records from a real Directus 11.17.4
-// and 12.4.0, status code by status code and body by body:
+// and 12.4.0, status code by status code and body by body, and
+// e2e/contract_test.go runs the same contract checks against it, the real
+// Directus and the dev origin:
 //
 //   - POST /auth/login {"email","password","mode":"session"}: 200
 //     {"data":{"expires":86400000}} and
@@ -11,6 +16,8 @@
 //     Expires=…; HttpOnly; SameSite=Lax. Wrong credentials: 401
 //     INVALID_CREDENTIALS. Mode "json" (the default) answers
 //     {"data":{"access_token","expires":900000,"refresh_token"}}.
+//   - POST /auth/refresh with a session credential: a new session cookie on
+//     the same session.
 //   - POST /auth/logout {"mode":"session"} with the cookie: 204, the session
 //     is revoked and the cookie cleared.
 //   - GET /users/me: 200 {"data":{…}} with the fields asked for (unknown ones
@@ -21,20 +28,25 @@
 //     clearing Set-Cookie. Token sources in Directus's priority order: the
 //     access_token query parameter, Authorization: Bearer, then the cookie.
 //   - GET /policies/me/globals: {"data":{"app_access","admin_access","enforce_tfa"}}.
+//   - GET /items/events: {"data":[{"id","name"}…]} for a logged-in user,
+//     when Config.Events is set (otherwise the route does not exist).
 //   - GET /server/ping: "pong".
 //
 // Tests steer it: SetLatency (slowness), Hold (requests wait until released),
 // SetStatus (every route answers, say, 503), Stop and Start (connection
-// refused, then back on the same port), and read what reached it: Calls and
-// Requests record every request with its exact Cookie and Authorization
-// headers, so a test can assert that only the session cookie arrived.
+// refused, then back on the same port), and read what reached it: Calls
+// counts requests per path, and Requests (Config.Record, on under Start)
+// returns each with its exact Cookie and Authorization headers, so a test
+// can assert that only the session cookie arrived.
 //
-// Users live in memory. Their ids are plain UUIDs (NewID) that tests also
-// insert into directus_users and organization_users (InsertUsers).
+// Users live in memory; passwords are compared in plain text. Their ids are
+// plain UUIDs (NewID) that tests also insert into directus_users and
+// organization_users (InsertUsers).
 package directus
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -47,7 +59,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -96,15 +107,51 @@ type Request struct {
 	Header        http.Header
 }
 
-// Server is the stand-in. Its methods are safe for concurrent use.
+// Event is one row of GET /items/events.
+type Event struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+// Config configures a stand-in made by New.
+type Config struct {
+	// Users are added as AddUser adds them.
+	Users []User
+	// Events lists the rows of GET /items/events; nil: the route is not
+	// served (404 ROUTE_NOT_FOUND).
+	Events func(ctx context.Context) ([]Event, error)
+	// Secret signs the JWTs (Directus's SECRET); nil means 32 random bytes.
+	Secret []byte
+	// Now is the clock for issuing and expiring tokens; nil means time.Now.
+	Now func() time.Time
+	// Record keeps every request for Requests. Off, only the per-path
+	// counts of Calls are kept, so a long-running server stays small.
+	Record bool
+}
+
+// TB is the part of testing.TB the test helpers use (the package does not
+// import testing, so non-test code can link it).
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
+// Server is the stand-in, an http.Handler. Its methods are safe for
+// concurrent use.
 type Server struct {
-	// URL is http://127.0.0.1:<port>, kept across Stop and Start.
+	// URL is http://127.0.0.1:<port> once Listen or Start has run, kept
+	// across Stop and Start.
 	URL string
 	// Secret signs the JWTs (Directus's SECRET).
 	Secret []byte
 
-	tb   testing.TB
-	addr string
+	tb     TB // nil outside tests
+	now    func() time.Time
+	events func(ctx context.Context) ([]Event, error)
+	record bool
+	addr   string
 
 	mu       sync.Mutex
 	srv      *http.Server
@@ -114,34 +161,60 @@ type Server struct {
 	latency  time.Duration
 	status   int
 	hold     chan struct{} // non-nil: requests wait until it is closed
+	calls    map[string]int
 	requests []Request
 }
 
-// Start starts a stand-in on a random loopback port; it is stopped at cleanup.
-func Start(tb testing.TB) *Server {
-	tb.Helper()
-	secret := make([]byte, 32)
-	_, _ = rand.Read(secret)
+// New returns a stand-in for cfg, not listening: serve it as an
+// http.Handler, or call Listen.
+func New(cfg Config) *Server {
 	s := &Server{
-		Secret:   secret,
-		tb:       tb,
-		addr:     "127.0.0.1:0",
+		Secret:   cfg.Secret,
+		now:      cfg.Now,
+		events:   cfg.Events,
+		record:   cfg.Record,
 		users:    map[string]*User{},
 		sessions: map[string]string{},
 		refresh:  map[string]string{},
+		calls:    map[string]int{},
 	}
+	if s.Secret == nil {
+		s.Secret = make([]byte, 32)
+		_, _ = rand.Read(s.Secret)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	for _, u := range cfg.Users {
+		s.AddUser(u)
+	}
+	return s
+}
+
+// Start starts a stand-in that records every request on a random loopback
+// port, for a test; it is stopped at cleanup.
+func Start(tb TB) *Server {
+	tb.Helper()
+	s := New(Config{Record: true})
+	s.tb = tb
 	s.Start()
 	tb.Cleanup(s.Stop)
 	return s
 }
 
-// Start (re)starts the HTTP listener on the same port. No-op when running.
-func (s *Server) Start() {
-	s.tb.Helper()
+// Listen serves s on addr (a random loopback port when empty) until Stop;
+// URL is set from the first address listened on.
+func (s *Server) Listen(addr string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.srv != nil {
-		return
+		return nil
+	}
+	if s.addr == "" {
+		s.addr = addr
+		if s.addr == "" {
+			s.addr = "127.0.0.1:0"
+		}
 	}
 	var ln net.Listener
 	var err error
@@ -153,14 +226,29 @@ func (s *Server) Start() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
-		s.tb.Fatalf("directus stand-in: listen %s: %v", s.addr, err)
+		return fmt.Errorf("directus stand-in: listen %s: %w", s.addr, err)
 	}
 	if s.URL == "" {
 		s.addr = ln.Addr().String()
 		s.URL = "http://" + s.addr // kept across restarts
 	}
-	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 5 * time.Second}
+	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second}
 	go func(srv *http.Server) { _ = srv.Serve(ln) }(s.srv)
+	return nil
+}
+
+// Start (re)starts the listener on the same port; a failure fails the test
+// of Start(tb) (outside a test it panics: use Listen). No-op when running.
+func (s *Server) Start() {
+	if s.tb != nil {
+		s.tb.Helper()
+	}
+	if err := s.Listen(""); err != nil {
+		if s.tb == nil {
+			panic(err)
+		}
+		s.tb.Fatalf("%v", err)
+	}
 }
 
 // Stop closes the listener and every open connection: clients then get
@@ -247,7 +335,9 @@ func (s *Server) UpdateUser(u User) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.users[u.ID]; !ok {
-		s.tb.Errorf("directus stand-in: UpdateUser: no user %s", u.ID)
+		if s.tb != nil {
+			s.tb.Errorf("directus stand-in: UpdateUser: no user %s", u.ID)
+		}
 		return
 	}
 	c := u
@@ -256,7 +346,7 @@ func (s *Server) UpdateUser(u User) {
 
 // Login logs u in with POST /auth/login {"mode":"session"} over HTTP, as a
 // browser does, and returns the session cookie value.
-func (s *Server) Login(tb testing.TB, u User) string {
+func (s *Server) Login(tb TB, u User) string {
 	tb.Helper()
 	body, _ := json.Marshal(map[string]string{"email": u.Email, "password": u.Password, "mode": "session"})
 	resp, err := http.Post(s.URL+"/auth/login", "application/json", bytes.NewReader(body))
@@ -273,13 +363,13 @@ func (s *Server) Login(tb testing.TB, u User) string {
 			return c.Value
 		}
 	}
-	tb.Fatal("directus stand-in: login: no session cookie")
+	tb.Fatalf("directus stand-in: login: no session cookie")
 	return ""
 }
 
 // Logout revokes the session of cookie with POST /auth/logout
 // {"mode":"session"} over HTTP.
-func (s *Server) Logout(tb testing.TB, cookie string) {
+func (s *Server) Logout(tb TB, cookie string) {
 	tb.Helper()
 	req, _ := http.NewRequest(http.MethodPost, s.URL+"/auth/logout", strings.NewReader(`{"mode":"session"}`))
 	req.Header.Set("Content-Type", "application/json")
@@ -294,11 +384,36 @@ func (s *Server) Logout(tb testing.TB, cookie string) {
 	}
 }
 
+// Session logs the user with this email and password in without HTTP, as
+// POST /auth/login {"mode":"session"} would, and returns the cookie value;
+// ok is false for wrong credentials.
+func (s *Server) Session(email, password string) (cookie string, ok bool) {
+	u := s.find(email, password)
+	if u == nil {
+		return "", false
+	}
+	now := s.now()
+	return s.sign(*u, s.newSession(u.ID), now, now.Add(SessionTTL)), true
+}
+
+// find returns a copy of the active user with these credentials.
+func (s *Server) find(email, password string) *User {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.users {
+		if strings.EqualFold(c.Email, email) && hmac.Equal([]byte(c.Password), []byte(password)) && !c.Suspended {
+			cu := *c
+			return &cu
+		}
+	}
+	return nil
+}
+
 // ExpiredToken returns a correctly signed session JWT for u whose exp has
 // passed (Directus answers 401 TOKEN_EXPIRED). The session itself exists.
 func (s *Server) ExpiredToken(u User) string {
 	sid := s.newSession(u.ID)
-	now := time.Now()
+	now := s.now()
 	return s.sign(u, sid, now.Add(-2*time.Hour), now.Add(-time.Hour))
 }
 
@@ -321,16 +436,18 @@ func ForgedToken(token string) string {
 func (s *Server) Calls(path string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if path != "" {
+		return s.calls[path]
+	}
 	n := 0
-	for _, r := range s.requests {
-		if path == "" || r.Path == path {
-			n++
-		}
+	for _, c := range s.calls {
+		n += c
 	}
 	return n
 }
 
-// Requests returns the requests that reached path ("" for all), oldest first.
+// Requests returns the requests that reached path ("" for all), oldest
+// first; none unless the stand-in records (Config.Record, Start).
 func (s *Server) Requests(path string) []Request {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -347,6 +464,7 @@ func (s *Server) Requests(path string) []Request {
 func (s *Server) ResetCalls() {
 	s.mu.Lock()
 	s.requests = nil
+	clear(s.calls)
 	s.mu.Unlock()
 }
 
@@ -369,7 +487,7 @@ func (s *Server) sign(u User, session string, iat, exp time.Time) string {
 		role = u.Role
 	}
 	claims := map[string]any{
-		"id": u.ID, "role": role, "app_access": u.AppAccess, "admin_access": u.Admin,
+		"id": u.ID, "role": role, "app_access": u.AppAccess || u.Admin, "admin_access": u.Admin,
 		"iat": iat.Unix(), "exp": exp.Unix(), "iss": "directus",
 	}
 	if session != "" {
@@ -399,9 +517,11 @@ const (
 	vExpired            // 401 TOKEN_EXPIRED
 )
 
-func (s *Server) check(token string) (verdict, *User) {
+// check returns the verdict on token, its user and, for a session JWT, its
+// session id.
+func (s *Server) check(token string) (verdict, *User, string) {
 	if token == "" {
-		return vNone, nil
+		return vNone, nil, ""
 	}
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
@@ -411,10 +531,10 @@ func (s *Server) check(token string) (verdict, *User) {
 		for _, u := range s.users {
 			if u.StaticToken != "" && hmac.Equal([]byte(u.StaticToken), []byte(token)) && !u.Suspended {
 				c := *u
-				return vOK, &c
+				return vOK, &c, ""
 			}
 		}
-		return vInvalidCredentials, nil
+		return vInvalidCredentials, nil, ""
 	}
 	m := hmac.New(sha256.New, s.Secret)
 	m.Write([]byte(parts[0] + "." + parts[1]))
@@ -422,41 +542,45 @@ func (s *Server) check(token string) (verdict, *User) {
 	// bits of the last base64 character, so a token whose last character
 	// was changed could decode to the valid signature.
 	if !hmac.Equal([]byte(parts[2]), []byte(b64.EncodeToString(m.Sum(nil)))) {
-		return vInvalidToken, nil
+		return vInvalidToken, nil, ""
 	}
 	raw, err := b64.DecodeString(parts[1])
 	var c claims
 	if err != nil || json.Unmarshal(raw, &c) != nil {
-		return vInvalidToken, nil
+		return vInvalidToken, nil, ""
 	}
-	if time.Now().Unix() >= c.Exp {
-		return vExpired, nil
+	if s.now().Unix() >= c.Exp {
+		return vExpired, nil, ""
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c.Session != "" {
 		if uid, ok := s.sessions[c.Session]; !ok || uid != c.ID {
-			return vInvalidCredentials, nil
+			return vInvalidCredentials, nil, ""
 		}
 	}
 	u, ok := s.users[c.ID]
 	if !ok || u.Suspended {
-		return vInvalidCredentials, nil
+		return vInvalidCredentials, nil, ""
 	}
 	cu := *u
-	return vOK, &cu
+	return vOK, &cu, c.Session
 }
 
-func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP answers as Directus; unknown routes get its 404.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
-	s.requests = append(s.requests, Request{
-		Method:        r.Method,
-		Path:          r.URL.Path,
-		Query:         r.URL.RawQuery,
-		Cookie:        strings.Join(r.Header.Values("Cookie"), "; "),
-		Authorization: strings.Join(r.Header.Values("Authorization"), "; "),
-		Header:        r.Header.Clone(),
-	})
+	s.calls[r.URL.Path]++
+	if s.record {
+		s.requests = append(s.requests, Request{
+			Method:        r.Method,
+			Path:          r.URL.Path,
+			Query:         r.URL.RawQuery,
+			Cookie:        strings.Join(r.Header.Values("Cookie"), "; "),
+			Authorization: strings.Join(r.Header.Values("Authorization"), "; "),
+			Header:        r.Header.Clone(),
+		})
+	}
 	latency, status, hold := s.latency, s.status, s.hold
 	s.mu.Unlock()
 
@@ -483,12 +607,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPost && r.URL.Path == "/auth/login":
 		s.login(w, r)
+	case r.Method == http.MethodPost && r.URL.Path == "/auth/refresh":
+		s.refreshSession(w, r)
 	case r.Method == http.MethodPost && r.URL.Path == "/auth/logout":
 		s.logout(w, r)
 	case r.Method == http.MethodGet && r.URL.Path == "/users/me":
 		s.usersMe(w, r)
 	case r.Method == http.MethodGet && r.URL.Path == "/policies/me/globals":
 		s.globals(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/items/events" && s.events != nil:
+		s.listEvents(w, r)
 	case r.Method == http.MethodGet && r.URL.Path == "/server/ping":
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = io.WriteString(w, "pong")
@@ -538,8 +666,15 @@ func token(r *http.Request) (string, bool) {
 // authenticate writes Directus's rejection and returns nil when the
 // credential is refused; it returns (nil, true) for no credential at all.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*User, bool) {
+	u, _, ok := s.authenticateSession(w, r)
+	return u, ok
+}
+
+// authenticateSession is authenticate that also returns the session id of
+// a session JWT.
+func (s *Server) authenticateSession(w http.ResponseWriter, r *http.Request) (*User, string, bool) {
 	tok, fromCookie := token(r)
-	v, u := s.check(tok)
+	v, u, sid := s.check(tok)
 	reject := func(status int, msg, code string) {
 		if fromCookie {
 			clearCookie(w)
@@ -548,9 +683,9 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*User, bo
 	}
 	switch v {
 	case vOK:
-		return u, true
+		return u, sid, true
 	case vNone:
-		return nil, true
+		return nil, "", true
 	case vInvalidToken:
 		reject(http.StatusForbidden, "Invalid token.", "INVALID_TOKEN")
 	case vExpired:
@@ -558,7 +693,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*User, bo
 	default:
 		reject(http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
 	}
-	return nil, false
+	return nil, "", false
 }
 
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
@@ -567,28 +702,16 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "Invalid payload.", "INVALID_PAYLOAD")
 		return
 	}
-	var u *User
-	s.mu.Lock()
-	for _, c := range s.users {
-		if strings.EqualFold(c.Email, in.Email) && c.Password == in.Password && !c.Suspended {
-			cu := *c
-			u = &cu
-		}
-	}
-	s.mu.Unlock()
+	u := s.find(in.Email, in.Password)
 	if u == nil {
 		writeError(w, http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
 		return
 	}
 	sid := s.newSession(u.ID)
-	now := time.Now()
+	now := s.now()
 	switch in.Mode {
 	case "session":
-		exp := now.Add(SessionTTL)
-		jwt := s.sign(*u, sid, now, exp)
-		w.Header().Add("Set-Cookie", fmt.Sprintf("%s=%s; Max-Age=%d; Path=/; Expires=%s; HttpOnly; SameSite=Lax",
-			CookieName, jwt, int(SessionTTL.Seconds()), exp.UTC().Format(http.TimeFormat)))
-		writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{"expires": SessionTTL.Milliseconds()}})
+		s.setSessionCookie(w, *u, sid)
 	default:
 		rt := make([]byte, 32)
 		_, _ = rand.Read(rt)
@@ -602,6 +725,30 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 			"refresh_token": refresh,
 		}})
 	}
+}
+
+// setSessionCookie answers a session-mode login or refresh: a new session
+// JWT for sid in the cookie, its lifetime in the body.
+func (s *Server) setSessionCookie(w http.ResponseWriter, u User, sid string) {
+	now := s.now()
+	exp := now.Add(SessionTTL)
+	w.Header().Add("Set-Cookie", fmt.Sprintf("%s=%s; Max-Age=%d; Path=/; Expires=%s; HttpOnly; SameSite=Lax",
+		CookieName, s.sign(u, sid, now, exp), int(SessionTTL.Seconds()), exp.UTC().Format(http.TimeFormat)))
+	writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{"expires": SessionTTL.Milliseconds()}})
+}
+
+// refreshSession re-issues the session cookie of a session credential,
+// keeping its session (so logout still revokes every cookie of it).
+func (s *Server) refreshSession(w http.ResponseWriter, r *http.Request) {
+	u, sid, ok := s.authenticateSession(w, r)
+	if !ok {
+		return
+	}
+	if u == nil || sid == "" {
+		writeError(w, http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
+		return
+	}
+	s.setSessionCookie(w, *u, sid)
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
@@ -698,4 +845,27 @@ func (s *Server) globals(w http.ResponseWriter, r *http.Request) {
 		g["admin_access"] = u.Admin
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"data": g})
+}
+
+// listEvents answers GET /items/events with the id and name of every event,
+// to any logged-in user (the Member policy of scripts/directus.sh reads
+// events unfiltered too).
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
+	u, ok := s.authenticate(w, r)
+	if !ok {
+		return
+	}
+	if u == nil {
+		writeError(w, http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
+		return
+	}
+	list, err := s.events(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "events: "+err.Error(), "SERVICE_UNAVAILABLE")
+		return
+	}
+	if list == nil {
+		list = []Event{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": list})
 }
