@@ -16,8 +16,9 @@
 //     Expires=…; HttpOnly; SameSite=Lax. Wrong credentials: 401
 //     INVALID_CREDENTIALS. Mode "json" (the default) answers
 //     {"data":{"access_token","expires":900000,"refresh_token"}}.
-//   - POST /auth/refresh with a session credential: a new session cookie on
-//     the same session.
+//   - POST /auth/refresh {"mode":"session"} with the cookie: a new cookie on
+//     the same session; {"refresh_token"}: new tokens; neither: 400
+//     INVALID_PAYLOAD.
 //   - POST /auth/logout {"mode":"session"} with the cookie: 204, the session
 //     is revoked and the cookie cleared.
 //   - GET /users/me: 200 {"data":{…}} with the fields asked for (unknown ones
@@ -27,9 +28,11 @@
 //     an expired JWT: 401 TOKEN_EXPIRED. A rejected cookie also gets the
 //     clearing Set-Cookie. Token sources in Directus's priority order: the
 //     access_token query parameter, Authorization: Bearer, then the cookie.
-//   - GET /policies/me/globals: {"data":{"app_access","admin_access","enforce_tfa"}}.
+//   - GET /policies/me/globals: {"data":{"app_access","admin_access","enforce_tfa"}},
+//     {"data":{"app_access":false}} without a credential.
 //   - GET /items/events: {"data":[{"id","name"}…]} for a logged-in user,
-//     when Config.Events is set (otherwise the route does not exist).
+//     403 FORBIDDEN without a credential, when Config.Events is set
+//     (otherwise the route does not exist).
 //   - GET /server/ping: "pong".
 //
 // Tests steer it: SetLatency (slowness), Hold (requests wait until released),
@@ -195,7 +198,14 @@ func New(cfg Config) *Server {
 // port, for a test; it is stopped at cleanup.
 func Start(tb TB) *Server {
 	tb.Helper()
-	s := New(Config{Record: true})
+	return StartWith(tb, Config{})
+}
+
+// StartWith is Start with cfg (users, events, clock); it always records.
+func StartWith(tb TB, cfg Config) *Server {
+	tb.Helper()
+	cfg.Record = true
+	s := New(cfg)
 	s.tb = tb
 	s.Start()
 	tb.Cleanup(s.Stop)
@@ -621,7 +631,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = io.WriteString(w, "pong")
 	default:
-		writeError(w, http.StatusNotFound, fmt.Sprintf("Route %s doesn't exist.", r.URL.Path), "ROUTE_NOT_FOUND")
+		writeErrorExt(w, http.StatusNotFound, fmt.Sprintf("Route %s doesn't exist.", r.URL.Path),
+			map[string]any{"path": r.URL.Path, "code": "ROUTE_NOT_FOUND"})
 	}
 }
 
@@ -640,6 +651,12 @@ func writeError(w http.ResponseWriter, status int, msg, code string) {
 		Extensions ext    `json:"extensions"`
 	}
 	writeJSON(w, status, map[string]any{"errors": []e{{msg, ext{code}}}})
+}
+
+// writeErrorExt is writeError with Directus's other extensions (reason,
+// path) beside the code.
+func writeErrorExt(w http.ResponseWriter, status int, msg string, ext map[string]any) {
+	writeJSON(w, status, map[string]any{"errors": []map[string]any{{"message": msg, "extensions": ext}}})
 }
 
 func clearCookie(w http.ResponseWriter) {
@@ -666,15 +683,8 @@ func token(r *http.Request) (string, bool) {
 // authenticate writes Directus's rejection and returns nil when the
 // credential is refused; it returns (nil, true) for no credential at all.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*User, bool) {
-	u, _, ok := s.authenticateSession(w, r)
-	return u, ok
-}
-
-// authenticateSession is authenticate that also returns the session id of
-// a session JWT.
-func (s *Server) authenticateSession(w http.ResponseWriter, r *http.Request) (*User, string, bool) {
 	tok, fromCookie := token(r)
-	v, u, sid := s.check(tok)
+	v, u, _ := s.check(tok)
 	reject := func(status int, msg, code string) {
 		if fromCookie {
 			clearCookie(w)
@@ -683,9 +693,9 @@ func (s *Server) authenticateSession(w http.ResponseWriter, r *http.Request) (*U
 	}
 	switch v {
 	case vOK:
-		return u, sid, true
+		return u, true
 	case vNone:
-		return nil, "", true
+		return nil, true
 	case vInvalidToken:
 		reject(http.StatusForbidden, "Invalid token.", "INVALID_TOKEN")
 	case vExpired:
@@ -693,7 +703,7 @@ func (s *Server) authenticateSession(w http.ResponseWriter, r *http.Request) (*U
 	default:
 		reject(http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
 	}
-	return nil, "", false
+	return nil, false
 }
 
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
@@ -708,23 +718,28 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sid := s.newSession(u.ID)
-	now := s.now()
-	switch in.Mode {
-	case "session":
+	if in.Mode == "session" {
 		s.setSessionCookie(w, *u, sid)
-	default:
-		rt := make([]byte, 32)
-		_, _ = rand.Read(rt)
-		refresh := hex.EncodeToString(rt)
-		s.mu.Lock()
-		s.refresh[refresh] = sid
-		s.mu.Unlock()
-		writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{
-			"access_token":  s.sign(*u, sid, now, now.Add(AccessTokenTTL)),
-			"expires":       AccessTokenTTL.Milliseconds(),
-			"refresh_token": refresh,
-		}})
+		return
 	}
+	s.writeTokens(w, *u, sid)
+}
+
+// writeTokens answers a JSON-mode login or refresh: an access token for
+// sid and a new refresh token.
+func (s *Server) writeTokens(w http.ResponseWriter, u User, sid string) {
+	rt := make([]byte, 32)
+	_, _ = rand.Read(rt)
+	refresh := hex.EncodeToString(rt)
+	s.mu.Lock()
+	s.refresh[refresh] = sid
+	s.mu.Unlock()
+	now := s.now()
+	writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{
+		"access_token":  s.sign(u, sid, now, now.Add(AccessTokenTTL)),
+		"expires":       AccessTokenTTL.Milliseconds(),
+		"refresh_token": refresh,
+	}})
 }
 
 // setSessionCookie answers a session-mode login or refresh: a new session
@@ -737,18 +752,58 @@ func (s *Server) setSessionCookie(w http.ResponseWriter, u User, sid string) {
 	writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{"expires": SessionTTL.Milliseconds()}})
 }
 
-// refreshSession re-issues the session cookie of a session credential,
-// keeping its session (so logout still revokes every cookie of it).
+// refreshSession answers POST /auth/refresh: in mode "session" a new
+// cookie on the session of the session cookie (kept, so logout revokes
+// every cookie of it); otherwise a new access token and refresh token for
+// the body's refresh_token.
 func (s *Server) refreshSession(w http.ResponseWriter, r *http.Request) {
-	u, sid, ok := s.authenticateSession(w, r)
-	if !ok {
+	var in struct {
+		Mode         string `json:"mode"`
+		RefreshToken string `json:"refresh_token"`
+	}
+	_ = json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&in)
+	if in.Mode == "session" {
+		c, err := r.Cookie(CookieName)
+		if err != nil || c.Value == "" {
+			missingRefreshToken(w)
+			return
+		}
+		v, u, sid := s.check(c.Value)
+		if v != vOK || sid == "" {
+			clearCookie(w)
+			writeError(w, http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
+			return
+		}
+		s.setSessionCookie(w, *u, sid)
 		return
 	}
-	if u == nil || sid == "" {
+	if in.RefreshToken == "" {
+		missingRefreshToken(w)
+		return
+	}
+	s.mu.Lock()
+	sid, ok := s.refresh[in.RefreshToken]
+	delete(s.refresh, in.RefreshToken)
+	var u *User
+	if uid, live := s.sessions[sid]; ok && live {
+		if c, found := s.users[uid]; found && !c.Suspended {
+			cu := *c
+			u = &cu
+		}
+	}
+	s.mu.Unlock()
+	if u == nil {
 		writeError(w, http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
 		return
 	}
-	s.setSessionCookie(w, *u, sid)
+	s.writeTokens(w, *u, sid)
+}
+
+// missingRefreshToken is Directus's answer to a refresh or logout without
+// a token to act on.
+func missingRefreshToken(w http.ResponseWriter) {
+	writeErrorExt(w, http.StatusBadRequest, "Invalid payload. The refresh token is required in either the payload or cookie.",
+		map[string]any{"reason": "The refresh token is required in either the payload or cookie", "code": "INVALID_PAYLOAD"})
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
@@ -777,7 +832,7 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}
 	if sid == "" {
-		writeError(w, http.StatusBadRequest, "Invalid payload. The refresh token is required in either the payload or cookie.", "INVALID_PAYLOAD")
+		missingRefreshToken(w)
 		return
 	}
 	s.mu.Lock()
@@ -839,10 +894,10 @@ func (s *Server) globals(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	g := map[string]any{"app_access": false, "admin_access": false, "enforce_tfa": false}
+	// No credential: the public answer holds app_access only.
+	g := map[string]any{"app_access": false}
 	if u != nil {
-		g["app_access"] = u.AppAccess || u.Admin
-		g["admin_access"] = u.Admin
+		g = map[string]any{"app_access": u.AppAccess || u.Admin, "admin_access": u.Admin, "enforce_tfa": false}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"data": g})
 }
@@ -856,7 +911,9 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if u == nil {
-		writeError(w, http.StatusUnauthorized, "Invalid user credentials.", "INVALID_CREDENTIALS")
+		// The public role may not read events.
+		const msg = `You don't have permission to access collection "events" or it does not exist. Queried in root.`
+		writeErrorExt(w, http.StatusForbidden, msg, map[string]any{"reason": msg, "code": "FORBIDDEN"})
 		return
 	}
 	list, err := s.events(r.Context())
