@@ -207,7 +207,7 @@ func StartWith(tb TB, cfg Config) *Server {
 	cfg.Record = true
 	s := New(cfg)
 	s.tb = tb
-	s.Start()
+	_ = s.Start() // a failure has failed the test
 	tb.Cleanup(s.Stop)
 	return s
 }
@@ -247,18 +247,18 @@ func (s *Server) Listen(addr string) error {
 	return nil
 }
 
-// Start (re)starts the listener on the same port; a failure fails the test
-// of Start(tb) (outside a test it panics: use Listen). No-op when running.
-func (s *Server) Start() {
+// Start (re)starts the listener on the same port (a random loopback port
+// the first time). A failure is returned, and also fails the test of a
+// stand-in made by Start(tb). No-op when running.
+func (s *Server) Start() error {
 	if s.tb != nil {
 		s.tb.Helper()
 	}
-	if err := s.Listen(""); err != nil {
-		if s.tb == nil {
-			panic(err)
-		}
+	err := s.Listen("")
+	if err != nil && s.tb != nil {
 		s.tb.Fatalf("%v", err)
 	}
+	return err
 }
 
 // Stop closes the listener and every open connection: clients then get
