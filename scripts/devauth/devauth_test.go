@@ -1,6 +1,7 @@
 package devauth
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -100,5 +101,33 @@ func TestSessionLifecycle(t *testing.T) {
 	now = now.Add(SessionTTL + time.Second)
 	if w := do(t, s, "GET", "/users/me", "", c2, lo); w.Code != 401 || !strings.Contains(w.Body.String(), "TOKEN_EXPIRED") {
 		t.Fatalf("expired: %d %s", w.Code, w.Body)
+	}
+}
+
+// TestEvents: GET /items/events lists Config.Events to a logged-in user,
+// an empty list without Config.Events; non-loopback clients are refused
+// before anything else.
+func TestEvents(t *testing.T) {
+	t.Parallel()
+	users := []User{{ID: "0b8f0c36-5a51-4f0e-9d0e-0a2b3c4d5e6f", Email: "demo@example.com", Password: "pw"}}
+	const lo = "127.0.0.1:5555"
+	s := New(Config{Users: users, Events: func(context.Context) ([]Event, error) {
+		return []Event{{ID: "6f1c0a52-3b4d-4e5f-8a9b-0c1d2e3f4a5b", Name: "Rally"}}, nil
+	}})
+	cookie, ok := s.Login("demo@example.com", "pw")
+	if !ok {
+		t.Fatal("login refused")
+	}
+	if w := do(t, s, "GET", "/items/events?fields=id,name", "", cookie, lo); w.Code != 200 ||
+		w.Body.String() != `{"data":[{"id":"6f1c0a52-3b4d-4e5f-8a9b-0c1d2e3f4a5b","name":"Rally"}]}`+"\n" {
+		t.Fatalf("events: %d %s", w.Code, w.Body)
+	}
+	if w := do(t, s, "GET", "/items/events", "", cookie, "192.0.2.7:4000"); w.Code != 403 || !strings.Contains(w.Body.String(), "loopback") {
+		t.Fatalf("non-loopback client: %d %s", w.Code, w.Body)
+	}
+	empty := New(Config{Users: users})
+	cookie, _ = empty.Login("demo@example.com", "pw")
+	if w := do(t, empty, "GET", "/items/events", "", cookie, lo); w.Code != 200 || w.Body.String() != `{"data":[]}`+"\n" {
+		t.Fatalf("events without Config.Events: %d %s", w.Code, w.Body)
 	}
 }

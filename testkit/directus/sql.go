@@ -2,7 +2,6 @@ package directus
 
 import (
 	"context"
-	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,7 +12,7 @@ import (
 // for each role, the directus_users row, and for an admin an "Administrator"
 // policy with admin_access attached through directus_access, as Directus 11
 // and 12 store them. Rows that exist already are left alone.
-func InsertUsers(tb testing.TB, dsn string, users ...User) {
+func InsertUsers(tb TB, dsn string, users ...User) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

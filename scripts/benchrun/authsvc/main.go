@@ -10,9 +10,8 @@
 // request/reply echo measured in the same run with the same requesters:
 // the ceiling. It prints both rates and their ratio.
 //
-// The Directus stand-in is a minimal one written here (valid cookies only,
-// fixed latency, call counts): testkit, which holds the faithful stand-in,
-// is imported only by tests (docs/DECISIONS.md).
+// Directus is the repository's one fake (testkit/directus), with C users
+// logged in (real session JWTs as cookies) and a fixed answer latency.
 package main
 
 import (
@@ -23,8 +22,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -42,6 +39,7 @@ import (
 
 	"trm-live/authsvc"
 	"trm-live/contract/auth"
+	"trm-live/testkit/directus"
 )
 
 func main() {
@@ -97,15 +95,13 @@ func run() error {
 		return err
 	}
 
-	// Directus stand-in.
-	dir := newStandIn(o.creds, o.latency)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Directus: the fake, with o.creds users logged in.
+	dir, tokens, err := startDirectus(o.creds, o.latency)
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: dir}
-	go func() { _ = hs.Serve(ln) }()
-	defer hs.Close()
+	defer dir.Stop()
+	token := func(i int) string { return tokens[i] }
 
 	// authsvc, in process, with its defaults except a TTL that outlives the
 	// run.
@@ -113,7 +109,7 @@ func run() error {
 	svcCtx, stopSvc := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	cfg := authsvc.Config{
-		NATSURL: ns.ClientURL(), DatabaseURL: dsn, DirectusURL: "http://" + ln.Addr().String(),
+		NATSURL: ns.ClientURL(), DatabaseURL: dsn, DirectusURL: dir.URL,
 		HTTPAddr: "127.0.0.1:0", SessionTTL: 10 * time.Minute, DirectusConcurrency: o.directusConc,
 		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Registerer: reg,
@@ -169,14 +165,14 @@ func run() error {
 			}
 		}()
 	}
-	me0, gl0 := dir.usersMe.Load(), dir.globals.Load() // the readiness probe's
+	me0, gl0 := dir.Calls("/users/me"), dir.Calls("/policies/me/globals") // the readiness probe's
 	h0, m0, c0 := metric(reg, "authsvc_cache_hits_total"), metric(reg, "authsvc_cache_misses_total"), metric(reg, "authsvc_singleflight_collapsed_total")
 	t0 := time.Now()
 	close(start)
 	wg.Wait()
 	wall := time.Since(t0)
 	slices.Sort(lat)
-	me, gl := dir.usersMe.Load()-me0, dir.globals.Load()-gl0
+	me, gl := dir.Calls("/users/me")-me0, dir.Calls("/policies/me/globals")-gl0
 	fmt.Printf("answered: %d ok, %d failed in %s\n", int64(o.storm)-failed.Load(), failed.Load(), wall.Round(time.Millisecond))
 	if e := firstErr.Load(); e != nil {
 		fmt.Printf("first failure: %s\n", e)
@@ -211,7 +207,7 @@ func run() error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	before := dir.usersMe.Load()
+	before := dir.Calls("/users/me")
 	var echoRates, cachedRates, ratios []float64
 	for r := 1; r <= o.rounds; r++ {
 		echo := measure(o, func(w int) error {
@@ -233,7 +229,7 @@ func run() error {
 	}
 	e, c := median(echoRates), median(cachedRates)
 	fmt.Printf("median: echo %.0f req/s, cached validations %.0f req/s (target >= 30000), ratio cached/echo (median of rounds) %.2f\n", e, c, median(ratios))
-	fmt.Printf("Directus calls during the throughput phase: %d\n", dir.usersMe.Load()-before)
+	fmt.Printf("Directus calls during the throughput phase: %d\n", dir.Calls("/users/me")-before)
 	return nil
 }
 
@@ -355,50 +351,27 @@ func benchDatabase(ctx context.Context) (string, error) {
 	return admin[:i] + "/bench_authsvc" + admin[i+q:], nil
 }
 
-// standIn answers /users/me and /policies/me/globals for the cookies
-// token(0..n-1) after a fixed latency, 401 for anything else, and counts
-// the calls. It is the minimum the benchmark needs; the faithful stand-in
-// for tests is testkit/directus.
-type standIn struct {
-	n                int
-	latency          time.Duration
-	usersMe, globals atomic.Int64
-}
-
 const roleID = "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
-
-func newStandIn(n int, latency time.Duration) *standIn { return &standIn{n: n, latency: latency} }
-
-func token(i int) string { return fmt.Sprintf("bench-session-%06d", i) }
 
 func userID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
 
-func (s *standIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	switch r.URL.Path {
-	case "/users/me":
-		s.usersMe.Add(1)
-	case "/policies/me/globals":
-		s.globals.Add(1)
-	case "/server/ping":
-		_, _ = io.WriteString(w, "pong")
-		return
-	default:
-		http.NotFound(w, r)
-		return
+// startDirectus starts the Directus fake on a loopback port with n members
+// (userID(i), role roleID), each logged in, answering after latency; it
+// returns the session cookie of user i at index i.
+func startDirectus(n int, latency time.Duration) (*directus.Server, []string, error) {
+	dir := directus.New(directus.Config{})
+	tokens := make([]string, n)
+	for i := range tokens {
+		u := dir.AddUser(directus.User{ID: userID(i), Role: roleID})
+		c, ok := dir.Session(u.Email, u.Password)
+		if !ok {
+			return nil, nil, fmt.Errorf("directus fake: no session for user %d", i)
+		}
+		tokens[i] = c
 	}
-	time.Sleep(s.latency)
-	var i int
-	c, err := r.Cookie("directus_session_token")
-	if err != nil || len(c.Value) != len(token(0)) || func() bool { _, e := fmt.Sscanf(c.Value, "bench-session-%06d", &i); return e != nil }() || i >= s.n {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusUnauthorized)
-		_, _ = io.WriteString(w, `{"errors":[{"message":"Invalid user credentials.","extensions":{"code":"INVALID_CREDENTIALS"}}]}`)
-		return
+	dir.SetLatency(latency)
+	if err := dir.Listen("127.0.0.1:0"); err != nil {
+		return nil, nil, err
 	}
-	w.Header().Set("Content-Type", "application/json")
-	if r.URL.Path == "/users/me" {
-		_, _ = io.WriteString(w, `{"data":{"id":"`+userID(i)+`","role":"`+roleID+`"}}`)
-		return
-	}
-	_, _ = io.WriteString(w, `{"data":{"app_access":false,"admin_access":false,"enforce_tfa":false}}`)
+	return dir, tokens, nil
 }
