@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"trm-live/contract/auth"
+
+	"trm-live/testkit"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -199,28 +201,8 @@ func TestClientIP(t *testing.T) {
 // an error that names the setting and shows no password.
 func TestConfigErrorsHidePasswords(t *testing.T) {
 	tmpl := "nats://broadcaster:%s@nats:4222"
-	for _, v := range append(flawedURLs(tmpl), "nats://a:b@n1:4222,"+strings.Replace(tmpl, "%s", "hunter2", 1)+"\n") {
+	for _, v := range append(testkit.FlawedURLs(tmpl), "nats://a:b@n1:4222,"+strings.Replace(tmpl, "%s", testkit.Password, 1)+"\n") {
 		_, err := LoadConfig(nil, func(k string) string { return map[string]string{"NATS_URL": v}[k] })
-		if err == nil {
-			t.Errorf("NATS_URL=%q: accepted", v)
-			continue
-		}
-		if strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "NATS_URL") {
-			t.Errorf("NATS_URL=%q: error %q shows the password or does not name the setting", v, err)
-		}
-	}
-}
-
-// flawedURLs fills tmpl's %s with the password hunter2 in ways the URL
-// parser or the clients refuse.
-func flawedURLs(tmpl string) []string {
-	ok := strings.Replace(tmpl, "%s", "hunter2", 1)
-	return []string{
-		ok + "\n", ok + " ", " " + ok, ok + "\r\n",
-		strings.Replace(tmpl, "%s", "hunter2 pw", 1),
-		strings.Replace(tmpl, "%s", "hunter2%zz", 1),
-		strings.Replace(tmpl, "%s", "hunter2%", 1),
-		strings.Replace(tmpl, "%s", "12/hunter2", 1),
-		strings.Replace(tmpl, "%s", "hunter2#x", 1),
+		testkit.RefusedWithoutSecret(t, "NATS_URL", v, err)
 	}
 }
