@@ -1,10 +1,9 @@
 package broadcaster
 
 import (
-	"io"
-	"net/http"
-	"regexp"
 	"testing"
+
+	"trm-live/testkit"
 )
 
 // TestBuildInfo: /metrics carries trm_build_info with the configured
@@ -13,18 +12,5 @@ import (
 func TestBuildInfo(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpt{cfg: func(c *Config) { c.Version = "1.2.3-test" }})
-	resp, err := http.Get("http://" + e.addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, re := range []string{`(?m)^trm_build_info\{revision="[^"]+",version="1\.2\.3-test"\} 1$`, `(?m)^go_goroutines \d+$`, `(?m)^process_start_time_seconds `} {
-		if !regexp.MustCompile(re).Match(body) {
-			t.Errorf("/metrics lacks %s", re)
-		}
-	}
+	testkit.CheckBuildInfo(t, "http://"+e.addr+"/metrics", "1.2.3-test")
 }

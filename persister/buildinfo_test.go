@@ -1,8 +1,9 @@
 package persister_test
 
 import (
-	"regexp"
 	"testing"
+
+	"trm-live/testkit"
 )
 
 // TestBuildInfo: /metrics carries trm_build_info with the configured
@@ -14,13 +15,5 @@ func TestBuildInfo(t *testing.T) {
 	cfg := e.config(t)
 	cfg.Version = "1.2.3-test"
 	in := start(t, cfg)
-	code, body, err := in.get("/metrics")
-	if err != nil || code != 200 {
-		t.Fatalf("/metrics: %d %v", code, err)
-	}
-	for _, re := range []string{`(?m)^trm_build_info\{revision="[^"]+",version="1\.2\.3-test"\} 1$`, `(?m)^go_goroutines \d+$`, `(?m)^process_start_time_seconds `} {
-		if !regexp.MustCompile(re).MatchString(body) {
-			t.Errorf("/metrics lacks %s", re)
-		}
-	}
+	testkit.CheckBuildInfo(t, "http://"+in.addr+"/metrics", "1.2.3-test")
 }
