@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -50,28 +48,7 @@ func goldenReplay() map[string][]byte {
 func TestGoldenReplay(t *testing.T) {
 	for name, got := range goldenReplay() {
 		t.Run(name, func(t *testing.T) {
-			path := filepath.Join("..", "testdata", "ws", name+".json")
-			got := append(got, '\n')
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test -update once to create it)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("encode:\n got %s\nwant %s", got, want)
-			}
-			var buf bytes.Buffer
-			if err := json.Compact(&buf, want); err != nil || !bytes.Equal(buf.Bytes(), bytes.TrimSpace(want)) {
-				t.Fatalf("golden is not compact JSON: %v", err)
-			}
-			var probe struct{ Type string }
-			if err := json.Unmarshal(want, &probe); err != nil {
-				t.Fatal(err)
-			}
+			want, probe := golden(t, name, got)
 			switch probe.Type {
 			case TypeSubscribe, TypeUnsubscribe, TypeReplay:
 				r, err := ParseRequest(want)

@@ -57,28 +57,7 @@ func goldenFrames() map[string][]byte {
 func TestGoldenFrames(t *testing.T) {
 	for name, got := range goldenFrames() {
 		t.Run(name, func(t *testing.T) {
-			path := filepath.Join("..", "testdata", "ws", name+".json")
-			got := append(got, '\n')
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test -update once to create it)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("encode:\n got %s\nwant %s", got, want)
-			}
-			var buf bytes.Buffer
-			if err := json.Compact(&buf, want); err != nil || !bytes.Equal(buf.Bytes(), bytes.TrimSpace(want)) {
-				t.Fatalf("golden is not compact JSON: %v", err)
-			}
-			var probe struct{ Type string }
-			if err := json.Unmarshal(want, &probe); err != nil {
-				t.Fatal(err)
-			}
+			want, probe := golden(t, name, got)
 			switch probe.Type {
 			case TypeSubscribe, TypeUnsubscribe:
 				r, err := ParseRequest(want)
@@ -199,4 +178,33 @@ func TestErrorEscapes(t *testing.T) {
 	if f.Message != "quote \" and <tag> and \x01" {
 		t.Fatalf("message %q", f.Message)
 	}
+}
+
+// golden compares got, an encoded frame, with the golden file
+// testdata/ws/<name>.json (written first with -update), checks that the
+// file is compact JSON, and returns it with its type.
+func golden(t *testing.T, name string, got []byte) (want []byte, probe struct{ Type string }) {
+	t.Helper()
+	path := filepath.Join("..", "testdata", "ws", name+".json")
+	got = append(got, '\n')
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update once to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("encode:\n got %s\nwant %s", got, want)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, want); err != nil || !bytes.Equal(buf.Bytes(), bytes.TrimSpace(want)) {
+		t.Fatalf("golden is not compact JSON: %v", err)
+	}
+	if err := json.Unmarshal(want, &probe); err != nil {
+		t.Fatal(err)
+	}
+	return want, probe
 }
