@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -37,5 +38,24 @@ func CheckBuildInfo(tb testing.TB, url, version string) {
 		if !regexp.MustCompile(re).Match(body) {
 			tb.Errorf("%s lacks %s", url, re)
 		}
+	}
+}
+
+// CheckHeaderLimit fails tb unless a GET of url with a 64 KiB header block
+// (net/http's default limit is 1 MiB) is answered 431.
+func CheckHeaderLimit(tb testing.TB, url string) {
+	tb.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("X-Big", strings.Repeat("a", 64<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("%s with a 64 KiB header: %v", url, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		tb.Fatalf("%s with a 64 KiB header: %d, want 431", url, resp.StatusCode)
 	}
 }
