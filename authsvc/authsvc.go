@@ -25,6 +25,7 @@ import (
 
 	"trm-live/contract"
 	"trm-live/contract/auth"
+	"trm-live/contract/buildinfo"
 )
 
 // Run serves authsvc until ctx ends, then shuts down gracefully: stop taking
@@ -54,7 +55,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
-	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+	if err := buildinfo.Register(reg, cfg.Version, cfg.Revision); err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
 

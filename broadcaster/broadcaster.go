@@ -37,6 +37,7 @@ import (
 
 	"trm-live/contract"
 	"trm-live/contract/auth"
+	"trm-live/contract/buildinfo"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
 )
@@ -141,7 +142,7 @@ func newServer(cfg Config) (*server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
-	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+	if err := buildinfo.Register(reg, cfg.Version, cfg.Revision); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	srv.m = m

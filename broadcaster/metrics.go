@@ -1,11 +1,7 @@
 package broadcaster
 
 import (
-	"errors"
-	"runtime/debug"
-
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // metrics of the broadcaster, registered on Config.Registerer.
@@ -90,34 +86,4 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
-}
-
-// registerRuntime registers trm_build_info{version,revision} (always 1)
-// and the Go and process collectors on reg. A collector reg already holds
-// (workers sharing one registry) is kept.
-func registerRuntime(reg prometheus.Registerer, version, revision string) error {
-	if version == "" {
-		version = "dev"
-	}
-	if revision == "" {
-		revision = "unknown"
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			for _, s := range bi.Settings {
-				if s.Key == "vcs.revision" && s.Value != "" {
-					revision = s.Value
-				}
-			}
-		}
-	}
-	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "trm_build_info",
-		Help:        "Always 1: the labels name the release and VCS revision this worker was built from.",
-		ConstLabels: prometheus.Labels{"version": version, "revision": revision}})
-	info.Set(1)
-	for _, c := range []prometheus.Collector{info, collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
-		if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-			return err
-		}
-	}
-	return nil
 }

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"trm-live/contract"
+	"trm-live/contract/buildinfo"
 	"trm-live/persister/migrate"
 )
 
@@ -94,7 +95,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
-	if err := registerRuntime(reg, cfg.Version, cfg.Revision); err != nil {
+	if err := buildinfo.Register(reg, cfg.Version, cfg.Revision); err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
 
