@@ -37,6 +37,27 @@ func shardStreams(prefix string) []string {
 	return s
 }
 
+// waitAllIn is waitAll for input streams ss on rdb (a cluster or a
+// sentinel-managed master): POSITIONS holds want messages and nothing is
+// pending in any of them.
+func (e *env) waitAllIn(rdb redis.UniversalClient, ss []string, want uint64, timeout time.Duration) {
+	e.t.Helper()
+	testkit.Eventually(e.t, timeout, func() error {
+		got, err := e.msgsErr(streams.Positions)
+		if err != nil {
+			return err
+		}
+		p, err := pendingAll(e.t, rdb, ss, e.group)
+		if err != nil {
+			return err
+		}
+		if got != want || p != 0 {
+			return fmt.Errorf("POSITIONS has %d messages (want %d), %d entries pending", got, want, p)
+		}
+		return nil
+	})
+}
+
 // pendingAll is the group's pending count summed over the streams.
 func pendingAll(t *testing.T, rdb redis.UniversalClient, ss []string, group string) (int64, error) {
 	t.Helper()
@@ -113,20 +134,7 @@ func TestClusterEveryShardExactlyOnce(t *testing.T) {
 	cfgB.ClaimMinIdle = 300 * time.Millisecond
 	cfgB.ConsumerMaxIdle = 10 * cfgB.Block
 	e.start(cfgB)
-	testkit.Eventually(t, 60*time.Second, func() error {
-		got, err := e.msgsErr(streams.Positions)
-		if err != nil {
-			return err
-		}
-		p, err := pendingAll(t, rdb, ss, e.group)
-		if err != nil {
-			return err
-		}
-		if got != n || p != 0 {
-			return fmt.Errorf("POSITIONS has %d messages (want %d), %d entries pending", got, n, p)
-		}
-		return nil
-	})
+	e.waitAllIn(rdb, ss, n, 60*time.Second)
 	if claimed := metric(t, regB, "bridge_entries_claimed_total"); claimed == 0 {
 		t.Fatal("the second bridge claimed nothing: the test did not exercise XAUTOCLAIM on the cluster")
 	}
@@ -440,18 +448,5 @@ func TestSentinelWithPasswords(t *testing.T) {
 		t.Fatalf("the sentinel URL %s carries no password", cfg.RedisURL)
 	}
 	e.start(cfg)
-	testkit.Eventually(t, 30*time.Second, func() error {
-		got, err := e.msgsErr(streams.Positions)
-		if err != nil {
-			return err
-		}
-		p, err := pendingAll(t, rdb, ss, e.group)
-		if err != nil {
-			return err
-		}
-		if got != n || p != 0 {
-			return fmt.Errorf("POSITIONS has %d messages (want %d), %d entries pending", got, n, p)
-		}
-		return nil
-	})
+	e.waitAllIn(rdb, ss, n, 30*time.Second)
 }
