@@ -202,6 +202,7 @@ func (c *client) subscribe(req ws.Request) {
 		c.fail(req, ws.CodeUnavailable, "snapshot unavailable; try again")
 		return
 	}
+	snap = t.complete(snap)
 	c.mu.Lock()
 	if c.closed || c.subs[req.Topic] != sub {
 		// The connection ended or re-authorization removed it meanwhile.

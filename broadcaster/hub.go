@@ -72,6 +72,9 @@ type topic struct {
 	fanMu sync.Mutex
 	seq   uint64
 	last  []int64
+	// lastItem is that last position itself, by device index (see
+	// complete).
+	lastItem []snapItem
 
 	// Shared batches queued in feeds and not yet taken by a writer; the
 	// fan-out waits for them before the next pass (see fanout).
@@ -308,12 +311,14 @@ func (t *topic) fanout() {
 		for _, it := range batch {
 			if n := int(it.idx) + 1; len(t.last) < n {
 				t.last = append(t.last, make([]int64, n-len(t.last))...)
+				t.lastItem = append(t.lastItem, make([]snapItem, n-len(t.lastItem))...)
 			}
 			if it.ts <= t.last[it.idx] {
 				stale++
 				continue
 			}
 			t.last[it.idx] = it.ts
+			t.lastItem[it.idx] = it
 			fresh = append(fresh, it)
 		}
 		t.seq++
@@ -363,6 +368,29 @@ func (t *topic) sharedTaken() {
 		default:
 		}
 	}
+}
+
+// complete returns snap with, for every device whose last fanned-out
+// position is newer than the snapshot's (or that the snapshot lacks), that
+// position. Core NATS can route a position to the topic before the stream
+// has stored it: fanned out before a new feed attached and missing from the
+// snapshot read just after, it would otherwise reach that feed in neither.
+func (t *topic) complete(snap []snapItem) []snapItem {
+	t.fanMu.Lock()
+	defer t.fanMu.Unlock()
+	have := make(map[int32]int64, len(snap))
+	for _, it := range snap {
+		have[it.idx] = max(have[it.idx], it.ts)
+	}
+	for idx, it := range t.lastItem {
+		if it.data == nil {
+			continue
+		}
+		if ts, ok := have[int32(idx)]; !ok || it.ts > ts {
+			snap = append(snap, it)
+		}
+	}
+	return snap
 }
 
 // sharedFrom returns the first batch a feed activated now may take as a
