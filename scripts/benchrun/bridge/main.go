@@ -40,7 +40,7 @@ import (
 	"trm-live/bridge"
 	"trm-live/contract"
 	"trm-live/contract/streams"
-	"trm-live/scripts/benchrun/benchenv"
+	"trm-live/testkit/benchenv"
 	"trm-live/scripts/simulate"
 )
 

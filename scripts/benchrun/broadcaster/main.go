@@ -60,7 +60,7 @@ import (
 	"trm-live/contract/auth"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
-	"trm-live/scripts/benchrun/benchenv"
+	"trm-live/testkit/benchenv"
 )
 
 var (

@@ -47,7 +47,7 @@ import (
 	"trm-live/contract/streams"
 	"trm-live/deploy/verify"
 	"trm-live/persister"
-	"trm-live/scripts/benchrun/benchenv"
+	"trm-live/testkit/benchenv"
 )
 
 func main() {

@@ -46,7 +46,7 @@ import (
 
 	"trm-live/contract"
 	"trm-live/contract/ws"
-	"trm-live/scripts/benchrun/benchenv"
+	"trm-live/testkit/benchenv"
 	"trm-live/scripts/devauth"
 )
 

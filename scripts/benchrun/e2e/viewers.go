@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"trm-live/scripts/benchrun/benchenv"
+	"trm-live/testkit/benchenv"
 	"trm-live/scripts/devauth"
 )
 

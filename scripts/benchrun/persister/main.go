@@ -42,7 +42,7 @@ import (
 	"trm-live/contract/streams"
 	"trm-live/persister"
 	"trm-live/persister/migrate"
-	"trm-live/scripts/benchrun/benchenv"
+	"trm-live/testkit/benchenv"
 )
 
 func main() {

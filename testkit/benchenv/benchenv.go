@@ -1,4 +1,4 @@
-// Package benchenv is what every benchmark program under scripts/benchrun
+// Package benchenv is what every benchmark program of trm-live
 // sets up the same way: the repository root, and an embedded nats-server on
 // loopback that the benchmark owns.
 package benchenv
