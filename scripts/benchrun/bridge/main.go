@@ -40,8 +40,8 @@ import (
 	"trm-live/bridge"
 	"trm-live/contract"
 	"trm-live/contract/streams"
-	"trm-live/testkit/benchenv"
 	"trm-live/scripts/simulate"
+	"trm-live/testkit/benchenv"
 )
 
 func main() {

@@ -46,8 +46,8 @@ import (
 
 	"trm-live/contract"
 	"trm-live/contract/ws"
-	"trm-live/testkit/benchenv"
 	"trm-live/scripts/devauth"
+	"trm-live/testkit/benchenv"
 )
 
 type scenario struct {

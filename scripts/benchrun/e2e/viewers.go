@@ -15,8 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"trm-live/testkit/benchenv"
 	"trm-live/scripts/devauth"
+	"trm-live/testkit/benchenv"
 )
 
 // viewerResult is what a viewer process reports on stdout at the end.

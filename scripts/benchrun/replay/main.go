@@ -53,8 +53,8 @@ import (
 	"trm-live/contract/auth"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
-	"trm-live/testkit/benchenv"
 	"trm-live/scripts/export"
+	"trm-live/testkit/benchenv"
 )
 
 var (
