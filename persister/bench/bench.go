@@ -1,4 +1,4 @@
-// Command persister benchmarks the persister worker (scripts/bench persister).
+// Command bench benchmarks the persister worker (scripts/bench persister).
 //
 // It fills the POSITIONS stream of an embedded nats-server with N positions
 // (as the bridge publishes them: Encode() bytes with Nats-Msg-Id), then
@@ -45,43 +45,50 @@ import (
 	"trm-live/testkit/benchenv"
 )
 
-func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench persister:", err)
-		os.Exit(1)
-	}
+// Config is one benchmark run: the flags of scripts/bench persister, and the
+// servers scripts/bench started.
+type Config struct {
+	N, Batch, Writers, Devices int
+	// Path is the persister's PERSISTER_WRITE_PATH; with Paths the
+	// persister runs once per write path and the ratio uses the first.
+	Path       string
+	Paths      bool
+	Verbose    bool   // persister logs to stderr
+	CPUProfile string // a CPU profile of the persister phase, when set
+	// DatabaseURL is the PostgreSQL the benchmark may create databases in
+	// (BENCH_DATABASE_URL); DataDir holds the NATS store (BENCH_DATA_DIR,
+	// default the temporary directory).
+	DatabaseURL, DataDir string
 }
 
-type options struct {
-	n, batch, writers, devices int
-	paths                      bool
-	path                       string
-	verbose                    bool
-	cpuprofile                 string
+// LoadConfig reads the flags in args and the servers from getenv.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
+	c := Config{DatabaseURL: getenv("BENCH_DATABASE_URL"), DataDir: getenv("BENCH_DATA_DIR")}
+	fs := flag.NewFlagSet("bench persister", flag.ContinueOnError)
+	fs.IntVar(&c.N, "n", 1_000_000, "positions in the stream")
+	fs.IntVar(&c.Batch, "batch", 1000, "batch size: persister PERSISTER_BATCH_SIZE, COPY rows per statement, fetch size")
+	fs.IntVar(&c.Writers, "writers", persister.DefaultWriters, "persister PERSISTER_WRITERS")
+	fs.IntVar(&c.Devices, "devices", 500, "distinct devices")
+	fs.StringVar(&c.Path, "path", persister.PathAuto, "persister PERSISTER_WRITE_PATH: auto, unnest or staging")
+	fs.BoolVar(&c.Paths, "paths", false, "run the persister once per write path (auto, unnest, staging); the ratio uses the first")
+	fs.BoolVar(&c.Verbose, "v", false, "persister logs to stderr")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the persister phase to this file")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if c.DatabaseURL == "" {
+		return Config{}, errors.New("BENCH_DATABASE_URL is not set: run through scripts/bench persister")
+	}
+	if c.DataDir == "" {
+		c.DataDir = os.TempDir()
+	}
+	return c, nil
 }
 
-func run() error {
-	var o options
-	flag.IntVar(&o.n, "n", 1_000_000, "positions in the stream")
-	flag.IntVar(&o.batch, "batch", 1000, "batch size: persister PERSISTER_BATCH_SIZE, COPY rows per statement, fetch size")
-	flag.IntVar(&o.writers, "writers", persister.DefaultWriters, "persister PERSISTER_WRITERS")
-	flag.IntVar(&o.devices, "devices", 500, "distinct devices")
-	flag.StringVar(&o.path, "path", persister.PathAuto, "persister PERSISTER_WRITE_PATH: auto, unnest or staging")
-	flag.BoolVar(&o.paths, "paths", false, "run the persister once per write path (auto, unnest, staging); the ratio uses the first")
-	flag.BoolVar(&o.verbose, "v", false, "persister logs to stderr")
-	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the persister phase to this file")
-	flag.Parse()
-
-	adminDSN := os.Getenv("BENCH_DATABASE_URL")
-	if adminDSN == "" {
-		return errors.New("BENCH_DATABASE_URL is not set: run through scripts/bench persister")
-	}
-	dataDir := os.Getenv("BENCH_DATA_DIR")
-	if dataDir == "" {
-		dataDir = os.TempDir()
-	}
-	ctx := context.Background()
-	fmt.Printf("persister benchmark: n=%d batch=%d writers=%d devices=%d GOMAXPROCS=%d\n", o.n, o.batch, o.writers, o.devices, runtime.GOMAXPROCS(0))
+// Run fills the stream, then measures the ceilings and the persister.
+func Run(ctx context.Context, o Config) error {
+	adminDSN, dataDir := o.DatabaseURL, o.DataDir
+	fmt.Printf("persister benchmark: n=%d batch=%d writers=%d devices=%d GOMAXPROCS=%d\n", o.N, o.Batch, o.Writers, o.Devices, runtime.GOMAXPROCS(0))
 
 	// NATS, embedded, file store under BENCH_DATA_DIR.
 	store := filepath.Join(dataDir, "persister-nats")
@@ -105,15 +112,15 @@ func run() error {
 		return err
 	}
 
-	ps := generate(o.n, o.devices)
+	ps := generate(o.N, o.Devices)
 	t0 := time.Now()
 	if err := fill(ctx, js, ps); err != nil {
 		return err
 	}
-	fmt.Printf("fill:      %9d msgs in %6.2fs  %9.0f msgs/s (PublishAsync with Msg-Id, not a ceiling)\n", o.n, time.Since(t0).Seconds(), rate(o.n, time.Since(t0)))
+	fmt.Printf("fill:      %9d msgs in %6.2fs  %9.0f msgs/s (PublishAsync with Msg-Id, not a ceiling)\n", o.N, time.Since(t0).Seconds(), rate(o.N, time.Since(t0)))
 
-	paths := []string{o.path}
-	if o.paths {
+	paths := []string{o.Path}
+	if o.Paths {
 		paths = []string{persister.PathAuto, persister.PathUnnest, persister.PathStaging}
 	}
 	// The machine is shared and its load drifts: both ceilings are measured
@@ -215,7 +222,7 @@ func fill(ctx context.Context, js jetstream.JetStream, ps []contract.Position) e
 
 // benchFetch drains the stream with a bare durable pull consumer: Fetch of
 // -batch messages, Ack each, as the persister's consumer is configured.
-func benchFetch(ctx context.Context, js jetstream.JetStream, name string, o options) (float64, error) {
+func benchFetch(ctx context.Context, js jetstream.JetStream, name string, o Config) (float64, error) {
 	cons, err := js.CreateOrUpdateConsumer(ctx, streams.Positions, jetstream.ConsumerConfig{
 		Durable: name, AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: persister.DefaultMaxAckPending,
 		AckWait: time.Minute, MaxDeliver: -1,
@@ -225,8 +232,8 @@ func benchFetch(ctx context.Context, js jetstream.JetStream, name string, o opti
 	}
 	start := time.Now()
 	got := 0
-	for got < o.n {
-		b, err := cons.Fetch(o.batch, jetstream.FetchMaxWait(5*time.Second))
+	for got < o.N {
+		b, err := cons.Fetch(o.Batch, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return 0, err
 		}
@@ -240,7 +247,7 @@ func benchFetch(ctx context.Context, js jetstream.JetStream, name string, o opti
 	}
 	d := time.Since(start)
 	r := rate(got, d)
-	fmt.Printf("fetch:     %9d msgs in %6.2fs  %9.0f msgs/s (bare Fetch(%d) + Ack: NATS ceiling)\n", got, d.Seconds(), r, o.batch)
+	fmt.Printf("fetch:     %9d msgs in %6.2fs  %9.0f msgs/s (bare Fetch(%d) + Ack: NATS ceiling)\n", got, d.Seconds(), r, o.Batch)
 	return r, nil
 }
 
@@ -298,15 +305,15 @@ func row(p *contract.Position) []any {
 
 // benchCopy COPYs the rows into an empty positions table, -batch rows per
 // COPY statement, one connection: the database ceiling.
-func benchCopy(ctx context.Context, adminDSN string, ps []contract.Position, o options) (float64, error) {
+func benchCopy(ctx context.Context, adminDSN string, ps []contract.Position, o Config) (float64, error) {
 	_, pool, err := freshDB(ctx, adminDSN, "bench_persister_copy")
 	if err != nil {
 		return 0, err
 	}
 	defer pool.Close()
 	start := time.Now()
-	for i := 0; i < len(ps); i += o.batch {
-		chunk := ps[i:min(i+o.batch, len(ps))]
+	for i := 0; i < len(ps); i += o.Batch {
+		chunk := ps[i:min(i+o.Batch, len(ps))]
 		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"positions"}, columns, pgx.CopyFromSlice(len(chunk), func(j int) ([]any, error) {
 			return row(&chunk[j]), nil
 		})); err != nil {
@@ -315,13 +322,13 @@ func benchCopy(ctx context.Context, adminDSN string, ps []contract.Position, o o
 	}
 	d := time.Since(start)
 	r := rate(len(ps), d)
-	fmt.Printf("copy:      %9d rows in %6.2fs  %9.0f rows/s (plain COPY of %d rows per statement: database ceiling)\n", len(ps), d.Seconds(), r, o.batch)
+	fmt.Printf("copy:      %9d rows in %6.2fs  %9.0f rows/s (plain COPY of %d rows per statement: database ceiling)\n", len(ps), d.Seconds(), r, o.Batch)
 	return r, nil
 }
 
 // benchPersister runs the worker on an empty table until every position
 // is a row.
-func benchPersister(ctx context.Context, adminDSN, natsURL, path, db string, o options) (float64, error) {
+func benchPersister(ctx context.Context, adminDSN, natsURL, path, db string, o Config) (float64, error) {
 	dsn, pool, err := freshDB(ctx, adminDSN, db)
 	if err != nil {
 		return 0, err
@@ -335,17 +342,17 @@ func benchPersister(ctx context.Context, adminDSN, natsURL, path, db string, o o
 
 	reg := prometheus.NewRegistry()
 	logger := slog.New(slog.DiscardHandler)
-	if o.verbose {
+	if o.Verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	cfg := persister.Config{
-		NATSURL: natsURL, DatabaseURL: dsn, BatchSize: o.batch, Writers: o.writers, WritePath: path,
+		NATSURL: natsURL, DatabaseURL: dsn, BatchSize: o.Batch, Writers: o.Writers, WritePath: path,
 		Consumer:      "persister_" + path, // each run drains the whole stream
-		MaxAckPending: max(persister.DefaultMaxAckPending, 4*o.batch*o.writers),
+		MaxAckPending: max(persister.DefaultMaxAckPending, 4*o.Batch*o.Writers),
 		Logger:        logger, Registerer: reg,
 	}
-	if o.cpuprofile != "" {
-		f, err := os.Create(o.cpuprofile)
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
 		if err != nil {
 			return 0, err
 		}
@@ -369,7 +376,7 @@ func benchPersister(ctx context.Context, adminDSN, natsURL, path, db string, o o
 		case <-time.After(20 * time.Millisecond):
 		}
 		got := inserted(reg)
-		if got >= float64(o.n) {
+		if got >= float64(o.N) {
 			d = time.Since(start)
 			break
 		}
@@ -385,12 +392,12 @@ func benchPersister(ctx context.Context, adminDSN, natsURL, path, db string, o o
 	if err := <-done; err != nil {
 		return 0, err
 	}
-	r := rate(o.n, d)
+	r := rate(o.N, d)
 	if sum, cnt := histogram(reg, "persister_commit_seconds"); cnt > 0 {
 		bsum, _ := histogram(reg, "persister_batch_size")
 		fmt.Printf("           %d batches, mean %.0f positions, mean write+commit %.1f ms\n", int(cnt), bsum/cnt, 1000*sum/cnt)
 	}
-	fmt.Printf("persister: %9d rows in %6.2fs  %9.0f rows/s (write path %s, %d writers: decode, write, commit, ack)\n", o.n, d.Seconds(), r, path, o.writers)
+	fmt.Printf("persister: %9d rows in %6.2fs  %9.0f rows/s (write path %s, %d writers: decode, write, commit, ack)\n", o.N, d.Seconds(), r, path, o.Writers)
 	return r, nil
 }
 
