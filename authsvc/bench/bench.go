@@ -1,4 +1,4 @@
-// Command authsvc benchmarks the authsvc worker (scripts/bench authsvc).
+// Command bench benchmarks the authsvc worker (scripts/bench authsvc).
 //
 // Phase 1, the race-start storm: N session validations over C distinct
 // cookies in one burst, against a Directus stand-in that answers every call
@@ -39,64 +39,76 @@ import (
 
 	"trm-live/authsvc"
 	"trm-live/contract/auth"
+	"trm-live/testkit/benchenv"
 	"trm-live/testkit/directus"
 )
 
-func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench authsvc:", err)
-		os.Exit(1)
+// Config is one benchmark run: the flags of scripts/bench authsvc, and the
+// servers scripts/bench started.
+type Config struct {
+	Storm   int           // session validations in the storm burst
+	Creds   int           // distinct credentials in the storm
+	Latency time.Duration // Directus stand-in answer latency
+	// Workers concurrent requesters share Conns NATS connections in the
+	// throughput phase: Rounds rounds of echo then cached, Duration each.
+	Workers, Conns, Rounds int
+	Duration               time.Duration
+	DirectusConcurrency    int    // AUTHSVC_DIRECTUS_CONCURRENCY (0: authsvc's default)
+	CPUProfile             string // a CPU profile of the throughput phase, when set
+	// DatabaseURL is the PostgreSQL the benchmark may create a database in
+	// (BENCH_DATABASE_URL); DataDir holds the NATS store (BENCH_DATA_DIR,
+	// default the temporary directory).
+	DatabaseURL, DataDir string
+}
+
+// LoadConfig reads the flags in args and the servers from getenv.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
+	o := Config{DatabaseURL: getenv("BENCH_DATABASE_URL"), DataDir: getenv("BENCH_DATA_DIR")}
+	fs := flag.NewFlagSet("bench authsvc", flag.ContinueOnError)
+	fs.IntVar(&o.Storm, "n", 5000, "session validations in the storm burst")
+	fs.IntVar(&o.Creds, "creds", 1000, "distinct credentials in the storm")
+	fs.DurationVar(&o.Latency, "latency", 20*time.Millisecond, "Directus stand-in answer latency")
+	fs.IntVar(&o.Workers, "workers", 256, "concurrent requesters in the throughput phase")
+	fs.IntVar(&o.Conns, "conns", 4, "NATS connections the requesters share")
+	fs.IntVar(&o.Rounds, "rounds", 3, "throughput rounds (echo then cached, alternating)")
+	fs.DurationVar(&o.Duration, "duration", 3*time.Second, "length of each throughput measurement")
+	fs.IntVar(&o.DirectusConcurrency, "directus-concurrency", 0, "AUTHSVC_DIRECTUS_CONCURRENCY (0: authsvc's default, 64)")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the throughput phase to this file")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
 	}
+	if o.DatabaseURL == "" {
+		return Config{}, errors.New("BENCH_DATABASE_URL is not set: run through scripts/bench authsvc")
+	}
+	if o.DataDir == "" {
+		o.DataDir = os.TempDir()
+	}
+	return o, nil
 }
 
-type options struct {
-	storm, creds, workers, conns int
-	rounds                       int
-	latency, duration            time.Duration
-	directusConc                 int
-}
-
-func run() error {
-	var o options
-	flag.IntVar(&o.storm, "n", 5000, "session validations in the storm burst")
-	flag.IntVar(&o.creds, "creds", 1000, "distinct credentials in the storm")
-	flag.DurationVar(&o.latency, "latency", 20*time.Millisecond, "Directus stand-in answer latency")
-	flag.IntVar(&o.workers, "workers", 256, "concurrent requesters in the throughput phase")
-	flag.IntVar(&o.conns, "conns", 4, "NATS connections the requesters share")
-	flag.IntVar(&o.rounds, "rounds", 3, "throughput rounds (echo then cached, alternating)")
-	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each throughput measurement")
-	flag.IntVar(&o.directusConc, "directus-concurrency", 0, "AUTHSVC_DIRECTUS_CONCURRENCY (0: authsvc's default, 64)")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the throughput phase to this file")
-	flag.Parse()
-
-	ctx, cancel := context.WithCancel(context.Background())
+// Run measures the storm, then the cached throughput against the echo.
+func Run(ctx context.Context, o Config) error {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	dataDir := os.Getenv("BENCH_DATA_DIR")
-	if dataDir == "" {
-		dataDir = os.TempDir()
-	}
+	dataDir := o.DataDir
 
 	// NATS, embedded.
 	store := filepath.Join(dataDir, "authsvc-nats")
 	_ = os.RemoveAll(store)
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, StoreDir: store, NoLog: true, NoSigs: true})
+	ns, stopNATS, err := benchenv.StartNATS(server.Options{StoreDir: store})
 	if err != nil {
 		return err
 	}
-	ns.Start()
-	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		return errors.New("nats-server not ready")
-	}
+	defer stopNATS()
 
 	// A database for authsvc (the session path never queries it).
-	dsn, err := benchDatabase(ctx)
+	dsn, err := benchDatabase(ctx, o.DatabaseURL)
 	if err != nil {
 		return err
 	}
 
-	// Directus: the fake, with o.creds users logged in.
-	dir, tokens, err := startDirectus(o.creds, o.latency)
+	// Directus: the fake, with o.Creds users logged in.
+	dir, tokens, err := startDirectus(o.Creds, o.Latency)
 	if err != nil {
 		return err
 	}
@@ -110,14 +122,14 @@ func run() error {
 	done := make(chan error, 1)
 	cfg := authsvc.Config{
 		NATSURL: ns.ClientURL(), DatabaseURL: dsn, DirectusURL: dir.URL,
-		HTTPAddr: "127.0.0.1:0", SessionTTL: 10 * time.Minute, DirectusConcurrency: o.directusConc,
+		HTTPAddr: "127.0.0.1:0", SessionTTL: 10 * time.Minute, DirectusConcurrency: o.DirectusConcurrency,
 		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Registerer: reg,
 	}
 	go func() { done <- authsvc.Run(svcCtx, cfg) }()
 	defer func() { stopSvc(); <-done }()
 
-	conns := make([]*nats.Conn, o.conns)
+	conns := make([]*nats.Conn, o.Conns)
 	for i := range conns {
 		if conns[i], err = nats.Connect(ns.ClientURL()); err != nil {
 			return err
@@ -133,25 +145,25 @@ func run() error {
 	}
 
 	fmt.Printf("authsvc benchmark: %d cores, GOMAXPROCS %d, %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
-	dc := o.directusConc
+	dc := o.DirectusConcurrency
 	if dc == 0 {
 		dc = 64
 	}
 	fmt.Printf("settings: AUTHSVC_DIRECTUS_CONCURRENCY=%d, other settings at their defaults, session TTL 10m for the run\n", dc)
 
 	// Phase 1: the storm.
-	fmt.Printf("\n== storm: %d validations over %d distinct cookies in one burst, Directus answering in %s\n", o.storm, o.creds, o.latency)
-	lat := make([]time.Duration, o.storm)
+	fmt.Printf("\n== storm: %d validations over %d distinct cookies in one burst, Directus answering in %s\n", o.Storm, o.Creds, o.Latency)
+	lat := make([]time.Duration, o.Storm)
 	var failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	start := make(chan struct{})
-	for i := 0; i < o.storm; i++ {
+	for i := 0; i < o.Storm; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			c := clients[i%len(clients)]
-			cred := i % o.creds
+			cred := i % o.Creds
 			<-start
 			t0 := time.Now()
 			u, err := c.Session(ctx, auth.SessionRequest{Cookie: token(cred)})
@@ -173,11 +185,11 @@ func run() error {
 	wall := time.Since(t0)
 	slices.Sort(lat)
 	me, gl := dir.Calls("/users/me")-me0, dir.Calls("/policies/me/globals")-gl0
-	fmt.Printf("answered: %d ok, %d failed in %s\n", int64(o.storm)-failed.Load(), failed.Load(), wall.Round(time.Millisecond))
+	fmt.Printf("answered: %d ok, %d failed in %s\n", int64(o.Storm)-failed.Load(), failed.Load(), wall.Round(time.Millisecond))
 	if e := firstErr.Load(); e != nil {
 		fmt.Printf("first failure: %s\n", e)
 	}
-	fmt.Printf("Directus look-ups: %d (target <= %d): HTTP calls /users/me %d + /policies/me/globals %d = %d\n", me, o.creds, me, gl, me+gl)
+	fmt.Printf("Directus look-ups: %d (target <= %d): HTTP calls /users/me %d + /policies/me/globals %d = %d\n", me, o.Creds, me, gl, me+gl)
 	fmt.Printf("answer latency: p50 %s  p99 %s  max %s\n", pct(lat, 50), pct(lat, 99), lat[len(lat)-1].Round(100*time.Microsecond))
 	fmt.Printf("cache: %v hits, %v misses, of which %v joined a look-up in flight (singleflight)\n",
 		metric(reg, "authsvc_cache_hits_total")-h0, metric(reg, "authsvc_cache_misses_total")-m0, metric(reg, "authsvc_singleflight_collapsed_total")-c0)
@@ -195,9 +207,9 @@ func run() error {
 	_ = echoConn.Flush()
 	payload, _ := json.Marshal(auth.SessionRequest{Cookie: token(0)})
 
-	fmt.Printf("\n== throughput: %d requesters on %d connections, %d rounds of echo then cached, %s each\n", o.workers, o.conns, o.rounds, o.duration)
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
+	fmt.Printf("\n== throughput: %d requesters on %d connections, %d rounds of echo then cached, %s each\n", o.Workers, o.Conns, o.Rounds, o.Duration)
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
 		if err != nil {
 			return err
 		}
@@ -209,13 +221,13 @@ func run() error {
 	}
 	before := dir.Calls("/users/me")
 	var echoRates, cachedRates, ratios []float64
-	for r := 1; r <= o.rounds; r++ {
+	for r := 1; r <= o.Rounds; r++ {
 		echo := measure(o, func(w int) error {
 			_, err := conns[w%len(conns)].Request("bench.echo", payload, 10*time.Second)
 			return err
 		})
 		cached := measure(o, func(w int) error {
-			cred := w % o.creds
+			cred := w % o.Creds
 			u, err := clients[w%len(clients)].Session(ctx, auth.SessionRequest{Cookie: token(cred)})
 			if err == nil && u.ID != userID(cred) {
 				err = errors.New("wrong user")
@@ -239,13 +251,13 @@ type result struct {
 	errors   int64
 }
 
-// measure runs o.workers goroutines calling fn back to back for o.duration.
-func measure(o options, fn func(worker int) error) result {
+// measure runs o.Workers goroutines calling fn back to back for o.Duration.
+func measure(o Config, fn func(worker int) error) result {
 	var n, errs atomic.Int64
-	lats := make([][]time.Duration, o.workers)
+	lats := make([][]time.Duration, o.Workers)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for w := 0; w < o.workers; w++ {
+	for w := 0; w < o.Workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -267,7 +279,7 @@ func measure(o options, fn func(worker int) error) result {
 		}()
 	}
 	t0 := time.Now()
-	time.Sleep(o.duration)
+	time.Sleep(o.Duration)
 	close(stop)
 	wg.Wait()
 	el := time.Since(t0)
@@ -326,12 +338,8 @@ func waitReady(c *auth.Client) error {
 	}
 }
 
-// benchDatabase creates a fresh database on BENCH_DATABASE_URL.
-func benchDatabase(ctx context.Context) (string, error) {
-	admin := os.Getenv("BENCH_DATABASE_URL")
-	if admin == "" {
-		return "", errors.New("BENCH_DATABASE_URL is not set: run through scripts/bench authsvc")
-	}
+// benchDatabase creates a fresh database on admin (BENCH_DATABASE_URL).
+func benchDatabase(ctx context.Context, admin string) (string, error) {
 	conn, err := pgx.Connect(ctx, admin)
 	if err != nil {
 		return "", fmt.Errorf("connect BENCH_DATABASE_URL: %w", err)
