@@ -50,13 +50,6 @@ import (
 	"trm-live/testkit/benchenv"
 )
 
-func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench cluster:", err)
-		os.Exit(1)
-	}
-}
-
 type setup struct {
 	name  string
 	nodes int
@@ -69,28 +62,45 @@ type result struct {
 	raw, bridge, persister float64 // per second; 0 = not measured
 }
 
-type options struct {
-	n, rawN, alwaysN, runs int
-	quick                  bool
+// Config is one benchmark run: the flags of scripts/bench cluster, and the
+// servers scripts/bench started.
+type Config struct {
+	N       int  // positions through the bridge and the persister per setup and run
+	RawN    int  // raw async publishes per setup and run
+	AlwaysN int  // positions and raw publishes on the single node with sync always
+	Runs    int  // rounds over every setup, interleaved; each figure is the median
+	Quick   bool // only the two setups the ratio needs
+	// RedisURL and DatabaseURL are the servers the workers use
+	// (BENCH_REDIS_URL, BENCH_DATABASE_URL); DataDir holds the NATS nodes
+	// (BENCH_DATA_DIR, default the temporary directory).
+	RedisURL, DatabaseURL, DataDir string
 }
 
-func run() error {
-	var o options
-	flag.IntVar(&o.n, "n", 50000, "positions through the bridge and the persister per setup and run")
-	flag.IntVar(&o.rawN, "raw-n", 50000, "raw async publishes per setup and run")
-	flag.IntVar(&o.alwaysN, "always-n", 5000, "positions and raw publishes on the single node with sync always (about 1,000/s: keep it small)")
-	flag.IntVar(&o.runs, "runs", 3, "rounds over every setup, interleaved; each figure is the median")
-	flag.BoolVar(&o.quick, "quick", false, "only the two setups the ratio needs (single/default, R3/always)")
-	flag.Parse()
+// LoadConfig reads the flags in args and the servers from getenv.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
+	o := Config{RedisURL: getenv("BENCH_REDIS_URL"), DatabaseURL: getenv("BENCH_DATABASE_URL"), DataDir: getenv("BENCH_DATA_DIR")}
+	fs := flag.NewFlagSet("bench cluster", flag.ContinueOnError)
+	fs.IntVar(&o.N, "n", 50000, "positions through the bridge and the persister per setup and run")
+	fs.IntVar(&o.RawN, "raw-n", 50000, "raw async publishes per setup and run")
+	fs.IntVar(&o.AlwaysN, "always-n", 5000, "positions and raw publishes on the single node with sync always (about 1,000/s: keep it small)")
+	fs.IntVar(&o.Runs, "runs", 3, "rounds over every setup, interleaved; each figure is the median")
+	fs.BoolVar(&o.Quick, "quick", false, "only the two setups the ratio needs (single/default, R3/always)")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if o.RedisURL == "" || o.DatabaseURL == "" {
+		return Config{}, errors.New("BENCH_REDIS_URL and BENCH_DATABASE_URL are not set: run through scripts/bench cluster")
+	}
+	if o.DataDir == "" {
+		o.DataDir = os.TempDir()
+	}
+	return o, nil
+}
 
-	redisURL, adminDSN := os.Getenv("BENCH_REDIS_URL"), os.Getenv("BENCH_DATABASE_URL")
-	if redisURL == "" || adminDSN == "" {
-		return errors.New("BENCH_REDIS_URL and BENCH_DATABASE_URL are not set: run through scripts/bench cluster")
-	}
-	dataDir := os.Getenv("BENCH_DATA_DIR")
-	if dataDir == "" {
-		dataDir = os.TempDir()
-	}
+// Run measures every setup in interleaved rounds and prints the medians
+// and ratios.
+func Run(ctx context.Context, o Config) error {
+	redisURL, adminDSN, dataDir := o.RedisURL, o.DatabaseURL, o.DataDir
 	root, err := benchenv.RepoRoot()
 	if err != nil {
 		return err
@@ -103,15 +113,15 @@ func run() error {
 		{"R3/default", 3, verify.SyncDefault, true},
 		{"R3/always", 3, verify.SyncAlways, true},
 	}
-	if o.quick {
+	if o.Quick {
 		setups = []setup{setups[0], setups[3]}
 	}
 	fmt.Printf("cluster benchmark: -n %d positions through bridge and persister, raw %d (single/always: %d of each), %d interleaved runs, medians; config %s\n",
-		o.n, o.rawN, o.alwaysN, o.runs, strings.TrimPrefix(conf, root+"/"))
+		o.N, o.RawN, o.AlwaysN, o.Runs, strings.TrimPrefix(conf, root+"/"))
 	all := map[string][]result{}
-	for run := range o.runs {
+	for run := range o.Runs {
 		for i, s := range setups {
-			r, err := measure(o, s, i, conf, dataDir, redisURL, adminDSN, root)
+			r, err := measure(ctx, o, s, i, conf, dataDir, redisURL, adminDSN, root)
 			if err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
@@ -146,7 +156,7 @@ func run() error {
 	return nil
 }
 
-func measure(o options, s setup, idx int, conf, dataDir, redisURL, adminDSN, root string) (result, error) {
+func measure(ctx context.Context, o Config, s setup, idx int, conf, dataDir, redisURL, adminDSN, root string) (result, error) {
 	var r result
 	dir := filepath.Join(dataDir, "cluster", strings.ReplaceAll(s.name, "/", "-"))
 	if err := os.RemoveAll(dir); err != nil {
@@ -160,7 +170,6 @@ func measure(o options, s setup, idx int, conf, dataDir, redisURL, adminDSN, roo
 		c.Shutdown()
 		_ = os.RemoveAll(dir)
 	}()
-	ctx := context.Background()
 	ops, err := nats.Connect(c.URL("ops"))
 	if err != nil {
 		return r, err
@@ -170,9 +179,9 @@ func measure(o options, s setup, idx int, conf, dataDir, redisURL, adminDSN, roo
 	if err != nil {
 		return r, err
 	}
-	rawN, n := o.rawN, o.n
+	rawN, n := o.RawN, o.N
 	if s.sync == verify.SyncAlways && s.nodes == 1 {
-		rawN, n = o.alwaysN, o.alwaysN
+		rawN, n = o.AlwaysN, o.AlwaysN
 	}
 	if r.raw, err = rawPublish(ctx, js, s.nodes, rawN); err != nil {
 		return r, fmt.Errorf("raw: %w", err)
