@@ -10,5 +10,5 @@
 // and comes back.
 //
 // The package itself exports StartCluster, which the cluster tests and
-// scripts/benchrun/cluster share.
+// the cluster benchmark (e2e/bench/cluster) share.
 package verify
