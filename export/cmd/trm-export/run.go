@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"trm-live/contract/streams"
 	"trm-live/export"
 )
 
@@ -45,7 +46,7 @@ func ParseFlags(name string, args []string, getenv func(string) string, stderr i
 	fs.StringVar(&format, "format", "", "ndjson, csv or gpx, required")
 	fs.StringVar(&a.NATSURL, "nats", natsDefault, "NATS server URL (env NATS_URL)")
 	fs.StringVar(&a.Out, "o", "", "output file (default stdout)")
-	fs.DurationVar(&a.Options.Lateness, "lateness", export.DefaultLateness, "how far out of fix-time order a position may arrive and still count (the read stops at a fix time after --to + this)")
+	fs.DurationVar(&a.Options.Lateness, "lateness", streams.DefaultLateness, "how far out of fix-time order a position may arrive and still count (the read stops at a fix time after --to + this)")
 	fs.BoolVar(&a.Quiet, "q", false, "no progress on stderr")
 	if err := fs.Parse(args); err != nil {
 		return a, err
