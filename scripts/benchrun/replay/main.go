@@ -15,7 +15,7 @@
 //     p50/p99/max, and how many positions arrived (a client that falls
 //     MaxLag behind loses the oldest pending position of a device).
 //
-// With -export it also times scripts/export over the whole race (NDJSON in
+// With -export it also times the export package (export/) over the whole race (NDJSON in
 // one pass, GPX in one pass per device).
 //
 // Usage: scripts/bench replay [-devices 500] [-duration 2h] [-clients 10]
@@ -53,7 +53,7 @@ import (
 	"trm-live/contract/auth"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
-	"trm-live/scripts/export"
+	"trm-live/export"
 	"trm-live/testkit/benchenv"
 )
 
@@ -66,7 +66,7 @@ var (
 	skipMax   = flag.Bool("skip-max", false, "skip the single client at max speed")
 	reuseF    = flag.Bool("reuse", false, "reuse the race stored by a previous run with the same -devices and -duration")
 	maxLagF   = flag.Duration("max-lag", 0, "BROADCASTER_REPLAY_MAX_LAG for the broadcaster (0: its default)")
-	exportF   = flag.Bool("export", false, "also time scripts/export (NDJSON and GPX of the whole race, to a counting writer)")
+	exportF   = flag.Bool("export", false, "also time the export package (NDJSON and GPX of the whole race, to a counting writer)")
 )
 
 const eventID = "5e1a7c00-0000-4000-8000-00000000be9c"

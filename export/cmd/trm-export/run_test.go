@@ -32,10 +32,13 @@ func TestExportCommandWritesFileAndProgress(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "race.ndjson")
 	var stderr bytes.Buffer
-	err := runExport(ctx, []string{"--event", ev, "--from", base.Add(2 * time.Second).Format(time.RFC3339),
+	cfg, err := ParseFlags("trm-export", []string{"--event", ev, "--from", base.Add(2 * time.Second).Format(time.RFC3339),
 		"--to", base.Add(5 * time.Second).Format(time.RFC3339), "--format", "ndjson", "-o", out},
-		func(k string) string { return map[string]string{"NATS_URL": n.URL}[k] }, os.Stdout, &stderr)
+		func(k string) string { return map[string]string{"NATS_URL": n.URL}[k] }, &stderr)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Run(ctx, cfg, os.Stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
 	data, err := os.ReadFile(out)
@@ -70,7 +73,7 @@ func TestExportCommandBadArguments(t *testing.T) {
 		{[]string{"--event", "7c1e0f52-3a4b-4c5d-8e6f-0123456789ab", "--from", "2026-05-03T10:00:00Z", "--format", "gpx", "extra"}, `unexpected argument "extra"`},
 	} {
 		var stderr bytes.Buffer
-		err := runExport(context.Background(), tc.args, func(string) string { return "" }, &bytes.Buffer{}, &stderr)
+		_, err := ParseFlags("trm-export", tc.args, func(string) string { return "" }, &stderr)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.want)
 		}

@@ -4,12 +4,13 @@
 //
 // Ranges are fix times (the position's ts), inclusive at both ends, because
 // that is what "the race from 10:00 to 12:00" means. The stream can only be
-// seeked by storage time; see scan for how the two are bridged.
+// seeked by storage time; streams.Reader (contract/streams), the one reader
+// of a range of fix times, bridges the two.
 //
 // Every format has each device's positions in fix-time order, late-stored
 // ones included (a publish re-sent after a failure lands in the stream
 // behind newer positions of its device): a first read of the range finds
-// them, the second writes (scan). NDJSON and CSV are in stream order but
+// them, the second writes (streams.PlaceLate). NDJSON and CSV are in stream order but
 // for those. GPX needs one <trk> per device while positions arrive
 // interleaved by device: its writing pass is one pass too,
 // each point appended to a temporary file of its device (spool.go, at most
@@ -53,7 +54,7 @@ type Options struct {
 	// Lateness is how far out of fix-time order a position may arrive in
 	// the stream (trackers that buffered while offline, jitter between
 	// devices) and still be exported: the read stops at the first fix time
-	// after To + Lateness. Zero means DefaultLateness.
+	// after To + Lateness. Zero means streams.DefaultLateness.
 	Lateness time.Duration
 	// Progress, when set, is called about every ProgressEvery and once at
 	// the end, on the exporting goroutine.
@@ -102,25 +103,18 @@ var ErrBadOptions = errors.New("bad export options")
 
 // Validate names the first bad option.
 func (o Options) Validate() error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrBadOptions, fmt.Sprintf(format, args...))
-	}
-	switch {
-	case o.EventID == "":
-		return bad("event is required")
-	case !contract.ValidUUID(o.EventID):
-		return bad("event %q is not a lowercase UUID", o.EventID)
-	case o.From.IsZero():
-		return bad("from is required")
-	case !o.To.IsZero() && o.To.Before(o.From):
-		return bad("from %s is after to %s", o.From.UTC().Format(contract.TimeLayout), o.To.UTC().Format(contract.TimeLayout))
-	case o.Lateness < 0:
-		return bad("lateness %s is negative", o.Lateness)
+	if err := o.rng().Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadOptions, err)
 	}
 	if _, err := ParseFormat(string(o.Format)); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadOptions, err)
 	}
 	return nil
+}
+
+// rng is the range of fix times o selects.
+func (o Options) rng() streams.Range {
+	return streams.Range{EventID: o.EventID, From: o.From, To: o.To, Lateness: o.Lateness}
 }
 
 // ParseTime reads a range bound: RFC 3339 (with an offset), or integer Unix
@@ -142,9 +136,6 @@ func ParseTime(s string) (time.Time, error) {
 func Export(ctx context.Context, js jetstream.JetStream, w io.Writer, o Options) (Stats, error) {
 	if err := o.Validate(); err != nil {
 		return Stats{}, err
-	}
-	if o.Lateness == 0 {
-		o.Lateness = DefaultLateness
 	}
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = time.Second
@@ -185,51 +176,65 @@ type exporter struct {
 	lastSeq    uint64
 	start      time.Time
 	lastReport time.Time
-	done       scanStats // of finished passes
-	cur        scanStats // of the pass under way
+	done       streams.ReadStats // of finished passes
+	cur        streams.ReadStats // of the pass under way
 	tracks     int
 }
 
 func (e *exporter) stats() Stats {
 	return Stats{
-		Written:   e.done.matched + e.cur.matched,
-		Scanned:   e.done.scanned + e.cur.scanned,
-		Malformed: e.done.malformed + e.cur.malformed,
-		Late:      e.done.late + e.cur.late,
+		Written:   e.done.Yielded + e.cur.Yielded,
+		Scanned:   e.done.Read + e.cur.Read,
+		Malformed: e.done.Malformed + e.cur.Malformed,
+		Late:      e.done.Late + e.cur.Late,
 		Tracks:    e.tracks,
 		Elapsed:   e.o.Now().Sub(e.start),
 	}
 }
 
-func (e *exporter) tick(st scanStats) {
-	e.cur = st
-	if e.o.Progress == nil {
+func (e *exporter) tick(st streams.ReadStats) {
+	if e.o.Progress == nil || st.Read%1024 != 0 {
 		return
 	}
+	e.cur = st
 	if now := e.o.Now(); now.Sub(e.lastReport) >= e.o.ProgressEvery {
 		e.lastReport = now
 		e.o.Progress(e.stats())
 	}
 }
 
-func (e *exporter) pass(ctx context.Context, filter string, fn func(contract.Position) error) error {
-	st, err := scan(ctx, e.js, window{
-		filter: filter, from: e.o.From, to: e.o.To, lateness: e.o.Lateness, lastSeq: e.lastSeq,
-	}, fn, e.tick)
-	e.cur = scanStats{}
-	e.done.scanned += st.scanned
-	e.done.matched += st.matched
-	e.done.malformed += st.malformed
-	e.done.late += st.late
+// pass is one read of the range (streams.Reader, PlaceLate: every
+// late-stored position in its fix-time place), fn called per position.
+func (e *exporter) pass(ctx context.Context, fn func(contract.Position) error) error {
+	rd := streams.Reader{
+		Range: e.o.rng(), Late: streams.PlaceLate, LastSeq: e.lastSeq, Tick: e.tick,
+		Open: func(ctx context.Context) (jetstream.Consumer, error) {
+			start := e.o.rng().Start()
+			cons, err := e.js.OrderedConsumer(ctx, streams.Positions, jetstream.OrderedConsumerConfig{
+				FilterSubjects: []string{contract.EventSubject(e.o.EventID)},
+				DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+				OptStartTime:   &start,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("ordered consumer on %s: %w", contract.EventSubject(e.o.EventID), err)
+			}
+			return cons, nil
+		},
+	}
+	st, err := rd.Read(ctx, func(p streams.Pos) error { return fn(p.Position) })
+	e.cur = streams.ReadStats{}
+	e.done.Read += st.Read
+	e.done.Yielded += st.Yielded
+	e.done.Malformed += st.Malformed
+	e.done.Late += st.Late
 	return err
 }
 
 // flat writes NDJSON or CSV in one writing pass.
 func (e *exporter) flat(ctx context.Context) error {
-	filter := contract.EventSubject(e.o.EventID)
 	if e.o.Format == NDJSON {
 		var buf []byte
-		return e.pass(ctx, filter, func(p contract.Position) (err error) {
+		return e.pass(ctx, func(p contract.Position) (err error) {
 			buf, err = writeNDJSON(e.bw, buf, &p)
 			return err
 		})
@@ -239,7 +244,7 @@ func (e *exporter) flat(ctx context.Context) error {
 		return fmt.Errorf("write: %w", err)
 	}
 	rec := make([]string, 0, len(CSVHeader))
-	err = e.pass(ctx, filter, func(p contract.Position) error {
+	err = e.pass(ctx, func(p contract.Position) error {
 		rec = csvRecord(rec, &p)
 		return cw.Write(rec)
 	})
@@ -261,7 +266,7 @@ func (e *exporter) gpx(ctx context.Context) error {
 	defer os.RemoveAll(dir)
 	sp := newSpool(dir)
 	var buf []byte
-	err = e.pass(ctx, contract.EventSubject(e.o.EventID), func(p contract.Position) error {
+	err = e.pass(ctx, func(p contract.Position) error {
 		buf = appendTrkpt(buf[:0], &p)
 		return sp.write(p.DeviceID, buf)
 	})

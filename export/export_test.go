@@ -18,7 +18,7 @@ import (
 
 	"trm-live/contract"
 	"trm-live/contract/streams"
-	"trm-live/scripts/export"
+	"trm-live/export"
 	"trm-live/testkit"
 )
 
