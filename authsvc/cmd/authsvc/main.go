@@ -4,14 +4,12 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"trm-live/authsvc"
+	"trm-live/contract/config"
 )
 
 var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
@@ -20,18 +18,14 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	cfg, err := authsvc.LoadConfig(os.Args[1:], os.Getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "authsvc:", err)
-		os.Exit(1)
+		stop()
+		os.Exit(config.Exit(os.Stdout, os.Stderr, "authsvc", version, revision, err))
 	}
 	cfg.Version, cfg.Revision = version, revision
 	cfg.Logger = cfg.NewLogger(os.Stderr)
-	cfg.Logger.Info("effective configuration", "config", cfg.String())
 	if err := authsvc.Run(ctx, cfg); err != nil {
-		cfg.Logger.Error("authsvc failed", "err", err)
+		cfg.Logger.Error("authsvc stopped", "err", err)
 		stop()
 		os.Exit(1)
 	}
