@@ -43,6 +43,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log = cfg.NewLogger(os.Stderr)
 	}
 	log = log.With("component", "authsvc")
+	log.Info("starting", "config", cfg.String())
 	reg := cfg.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()

@@ -7,9 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 
 	"trm-live/contract"
 	"trm-live/contract/auth"
+	"trm-live/contract/config"
 )
 
 // Config is every setting of authsvc plus its runtime dependencies. A
@@ -100,141 +99,50 @@ type Config struct {
 	Now func() time.Time
 }
 
-type setting struct {
-	env, flag, def, usage string
-	apply                 func(c *Config, v string) error
-}
-
-func durationSetting(env, def, usage string, dst func(*Config) *time.Duration) setting {
-	return setting{env: env, def: def, usage: usage, apply: func(c *Config, v string) error {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return err
-		}
-		*dst(c) = d
-		return nil
-	}}
-}
-
-func intSetting(env, def, usage string, dst func(*Config) *int) setting {
-	return setting{env: env, def: def, usage: usage, apply: func(c *Config, v string) error {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return err
-		}
-		*dst(c) = n
-		return nil
-	}}
-}
-
-func stringSetting(env, def, usage string, dst func(*Config) *string) setting {
-	return setting{env: env, def: def, usage: usage, apply: func(c *Config, v string) error {
-		*dst(c) = v
-		return nil
-	}}
-}
-
-func settings() []setting {
-	s := []setting{
-		stringSetting("NATS_URL", "nats://127.0.0.1:4222", "NATS server URL", func(c *Config) *string { return &c.NATSURL }),
-		stringSetting("DATABASE_URL", "", "PostgreSQL DSN with the events and organization_users tables (required)", func(c *Config) *string { return &c.DatabaseURL }),
-		stringSetting("DIRECTUS_URL", "", "Directus base URL (required)", func(c *Config) *string { return &c.DirectusURL }),
-		stringSetting("HTTP_ADDR", ":8080", "address of /healthz, /readyz and /metrics", func(c *Config) *string { return &c.HTTPAddr }),
-		stringSetting("LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
-		stringSetting("LOG_FORMAT", "text", "text or json", func(c *Config) *string { return &c.LogFormat }),
-		stringSetting("AUTHSVC_COOKIE_NAME", auth.DefaultCookieName, "Directus session cookie name", func(c *Config) *string { return &c.CookieName }),
-		durationSetting("AUTHSVC_DIRECTUS_TIMEOUT", "2s", "bound of one Directus look-up", func(c *Config) *time.Duration { return &c.DirectusTimeout }),
-		intSetting("AUTHSVC_DIRECTUS_CONCURRENCY", "64", "Directus look-ups in flight at once", func(c *Config) *int { return &c.DirectusConcurrency }),
-		durationSetting("AUTHSVC_DB_TIMEOUT", "2s", "bound of one membership query", func(c *Config) *time.Duration { return &c.DBTimeout }),
-		durationSetting("AUTHSVC_SESSION_TTL", "30s", "reuse of a resolved session (a logged-out cookie works this long)", func(c *Config) *time.Duration { return &c.SessionTTL }),
-		durationSetting("AUTHSVC_FAILURE_TTL", "5s", "reuse of a rejected credential", func(c *Config) *time.Duration { return &c.FailureTTL }),
-		durationSetting("AUTHSVC_EVENT_TTL", "30s", "reuse of an allowed event decision (a removed member keeps access this long)", func(c *Config) *time.Duration { return &c.EventTTL }),
-		durationSetting("AUTHSVC_EVENT_DENY_TTL", "5s", "reuse of a forbidden or not_found decision", func(c *Config) *time.Duration { return &c.EventDenyTTL }),
-		intSetting("AUTHSVC_CACHE_SIZE", "100000", "entries per cache (accepted sessions, event decisions)", func(c *Config) *int { return &c.CacheSize }),
-		intSetting("AUTHSVC_FAILURE_CACHE_SIZE", "10000", "entries of the refused-credential cache", func(c *Config) *int { return &c.FailureCacheSize }),
-		intSetting("AUTHSVC_CONCURRENCY", "512", "look-ups (cache misses) in flight per endpoint", func(c *Config) *int { return &c.Concurrency }),
-		durationSetting("AUTHSVC_SHUTDOWN_TIMEOUT", "10s", "bound of the graceful shutdown", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+// settings is authsvc's table of settings: variable (the flag is its name
+// without AUTHSVC_), default, usage and the field it sets.
+func settings() []config.Setting[Config] {
+	return []config.Setting[Config]{
+		config.String("NATS_URL", "nats://127.0.0.1:4222", "NATS server URL", func(c *Config) *string { return &c.NATSURL }),
+		config.String("DATABASE_URL", "", "PostgreSQL DSN with the events and organization_users tables (required)", func(c *Config) *string { return &c.DatabaseURL }),
+		config.String("DIRECTUS_URL", "", "Directus base URL (required)", func(c *Config) *string { return &c.DirectusURL }),
+		config.String("HTTP_ADDR", ":8080", "address of /healthz, /readyz and /metrics", func(c *Config) *string { return &c.HTTPAddr }),
+		config.String("LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
+		config.String("LOG_FORMAT", "text", "text or json", func(c *Config) *string { return &c.LogFormat }),
+		config.String("AUTHSVC_COOKIE_NAME", auth.DefaultCookieName, "Directus session cookie name", func(c *Config) *string { return &c.CookieName }),
+		config.Duration("AUTHSVC_DIRECTUS_TIMEOUT", 2*time.Second, "bound of one Directus look-up", func(c *Config) *time.Duration { return &c.DirectusTimeout }),
+		config.Int("AUTHSVC_DIRECTUS_CONCURRENCY", 64, "Directus look-ups in flight at once", func(c *Config) *int { return &c.DirectusConcurrency }),
+		config.Duration("AUTHSVC_DB_TIMEOUT", 2*time.Second, "bound of one membership query", func(c *Config) *time.Duration { return &c.DBTimeout }),
+		config.Duration("AUTHSVC_SESSION_TTL", 30*time.Second, "reuse of a resolved session (a logged-out cookie works this long)", func(c *Config) *time.Duration { return &c.SessionTTL }),
+		config.Duration("AUTHSVC_FAILURE_TTL", 5*time.Second, "reuse of a rejected credential", func(c *Config) *time.Duration { return &c.FailureTTL }),
+		config.Duration("AUTHSVC_EVENT_TTL", 30*time.Second, "reuse of an allowed event decision (a removed member keeps access this long)", func(c *Config) *time.Duration { return &c.EventTTL }),
+		config.Duration("AUTHSVC_EVENT_DENY_TTL", 5*time.Second, "reuse of a forbidden or not_found decision", func(c *Config) *time.Duration { return &c.EventDenyTTL }),
+		config.Int("AUTHSVC_CACHE_SIZE", 100000, "entries per cache (accepted sessions, event decisions)", func(c *Config) *int { return &c.CacheSize }),
+		config.Int("AUTHSVC_FAILURE_CACHE_SIZE", 10000, "entries of the refused-credential cache", func(c *Config) *int { return &c.FailureCacheSize }),
+		config.Int("AUTHSVC_CONCURRENCY", 512, "look-ups (cache misses) in flight per endpoint", func(c *Config) *int { return &c.Concurrency }),
+		config.Duration("AUTHSVC_SHUTDOWN_TIMEOUT", 10*time.Second, "bound of the graceful shutdown", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
 	}
-	for i := range s {
-		s[i].flag = strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(s[i].env, "AUTHSVC_")), "_", "-")
-	}
-	return s
 }
 
-// LoadConfig reads the settings from getenv, then from args (flags win).
+// LoadConfig reads the settings from getenv, then from args (a flag wins
+// over its variable), and validates them. -version returns
+// config.ErrVersion.
 func LoadConfig(args []string, getenv func(string) string) (Config, error) {
-	fs := flag.NewFlagSet("authsvc", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	all := settings()
-	vals := make([]*string, len(all))
-	for i, s := range all {
-		def := s.def
-		if v := getenv(s.env); v != "" {
-			def = v
-		}
-		vals[i] = fs.String(s.flag, def, s.usage+" ("+s.env+")")
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fs.PrintDefaults()
-		}
+	c, err := config.Load(flag.NewFlagSet("authsvc", flag.ContinueOnError), "AUTHSVC_", settings(), args, getenv)
+	if err != nil {
 		return Config{}, err
 	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	var cfg Config
-	for i, s := range all {
-		if err := s.apply(&cfg, *vals[i]); err != nil {
-			return Config{}, fmt.Errorf("%s (-%s) = %q: %w", s.env, s.flag, *vals[i], err)
-		}
-	}
-	return cfg, cfg.Validate()
+	return c, c.Validate()
 }
 
 // withDefaults returns c with every zero setting replaced by its default.
 func (c Config) withDefaults() Config {
-	def, _ := LoadConfig(nil, func(string) string { return "" })
-	set := func(v *string, d string) {
-		if *v == "" {
-			*v = d
-		}
-	}
-	setD := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	setI := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	set(&c.NATSURL, def.NATSURL)
-	set(&c.HTTPAddr, def.HTTPAddr)
-	set(&c.LogLevel, def.LogLevel)
-	set(&c.LogFormat, def.LogFormat)
-	set(&c.CookieName, def.CookieName)
-	setD(&c.DirectusTimeout, def.DirectusTimeout)
-	setI(&c.DirectusConcurrency, def.DirectusConcurrency)
-	setD(&c.DBTimeout, def.DBTimeout)
-	setD(&c.SessionTTL, def.SessionTTL)
-	setD(&c.FailureTTL, def.FailureTTL)
-	setD(&c.EventTTL, def.EventTTL)
-	setD(&c.EventDenyTTL, def.EventDenyTTL)
-	setI(&c.CacheSize, def.CacheSize)
-	setI(&c.FailureCacheSize, def.FailureCacheSize)
-	setI(&c.Concurrency, def.Concurrency)
-	setD(&c.ShutdownTimeout, def.ShutdownTimeout)
+	config.Fill(&c, settings())
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 	return c
 }
-
-// cookieNameRE is RFC 6265's cookie-name token.
-var cookieNameRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")
 
 // Validate checks every setting and names the first bad one. Zero values
 // stand for their defaults and pass, except the required URLs.
@@ -268,15 +176,8 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	switch strings.ToLower(c.LogLevel) {
-	case "", "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("LOG_LEVEL (-log-level) = %q: want debug, info, warn or error", c.LogLevel)
-	}
-	switch c.LogFormat {
-	case "", "text", "json":
-	default:
-		return fmt.Errorf("LOG_FORMAT (-log-format) = %q: want text or json", c.LogFormat)
+	if err := config.CheckLog(c.LogLevel, c.LogFormat); err != nil {
+		return err
 	}
 	if c.CookieName != "" && !cookieNameRE.MatchString(c.CookieName) {
 		return fmt.Errorf("AUTHSVC_COOKIE_NAME (-cookie-name) = %q: not a valid cookie name", c.CookieName)
@@ -327,13 +228,11 @@ func (c Config) String() string {
 		d.CacheSize, d.FailureCacheSize, d.Concurrency, d.ShutdownTimeout)
 }
 
-// NewLogger builds the logger LogLevel and LogFormat describe, writing to w.
+// NewLogger returns the logger LogLevel and LogFormat describe, writing
+// to w.
 func (c Config) NewLogger(w io.Writer) *slog.Logger {
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(c.LogLevel))
-	opts := &slog.HandlerOptions{Level: lvl}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return config.NewLogger(w, c.LogLevel, c.LogFormat)
 }
+
+// cookieNameRE is RFC 6265's cookie-name token.
+var cookieNameRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")

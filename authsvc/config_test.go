@@ -1,10 +1,12 @@
 package authsvc
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"trm-live/contract/config"
 	"trm-live/testkit"
 )
 
@@ -119,5 +121,14 @@ func TestConfigErrorsHidePasswords(t *testing.T) {
 			_, err := LoadConfig(nil, env(e))
 			testkit.RefusedWithoutSecret(t, name, v, err)
 		}
+	}
+}
+
+// TestVersionFlag: -version is answered before any setting is read or
+// validated (here DATABASE_URL is missing), so main prints the version
+// and exits 0 without touching a server.
+func TestVersionFlag(t *testing.T) {
+	if _, err := LoadConfig([]string{"-version"}, env(map[string]string{"LOG_LEVEL": "loud"})); !errors.Is(err, config.ErrVersion) {
+		t.Fatalf("LoadConfig(-version) = %v, want config.ErrVersion", err)
 	}
 }

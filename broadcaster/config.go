@@ -9,11 +9,11 @@ import (
 	"net"
 	"net/url"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
 	"trm-live/contract"
+	"trm-live/contract/config"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -159,52 +159,65 @@ type Config struct {
 	Version, Revision string
 }
 
+// settings is the broadcaster's table of settings: variable (the flag is
+// its name without BROADCASTER_), default, usage and the field it sets.
+func settings() []config.Setting[Config] {
+	return append([]config.Setting[Config]{
+		config.String("NATS_URL", "nats://127.0.0.1:4222", "NATS server URL", func(c *Config) *string { return &c.NATSURL }),
+		config.String("HTTP_ADDR", ":8080", "listen address for /ws-live, /healthz, /readyz, /metrics", func(c *Config) *string { return &c.HTTPAddr }),
+		config.String("LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
+		config.String("LOG_FORMAT", "text", "text or json", func(c *Config) *string { return &c.LogFormat }),
+		config.String("BROADCASTER_COOKIE_NAME", "directus_session_token", "session cookie name", func(c *Config) *string { return &c.CookieName }),
+		config.List("BROADCASTER_ALLOWED_ORIGINS", "", "comma-separated allowed Origins; empty = same-origin", func(c *Config) *[]string { return &c.AllowedOrigins }),
+		config.Duration("BROADCASTER_AUTH_TIMEOUT", 3*time.Second, "timeout of one authsvc request", func(c *Config) *time.Duration { return &c.AuthTimeout }),
+		config.Duration("BROADCASTER_REAUTH_INTERVAL", time.Minute, "re-authorization interval of live subscriptions", func(c *Config) *time.Duration { return &c.ReauthInterval }),
+		config.Int("BROADCASTER_MAX_CONNS_PER_USER", 20, "connections per user", func(c *Config) *int { return &c.MaxConnsPerUser }),
+		config.Int("BROADCASTER_MAX_SUBSCRIPTIONS", 10, "subscriptions per connection", func(c *Config) *int { return &c.MaxSubscriptions }),
+		config.Float("BROADCASTER_HANDSHAKE_RATE", 5, "refused handshakes per second per client address; -1 = no limit", func(c *Config) *float64 { return &c.HandshakeRate }),
+		config.Int("BROADCASTER_HANDSHAKE_BURST", 100, "refused handshakes burst (and handshakes in flight) per client address", func(c *Config) *int { return &c.HandshakeBurst }),
+		config.Int("BROADCASTER_MAX_PENDING_HANDSHAKES", 1024, "handshakes waiting for authsvc at once, all addresses", func(c *Config) *int { return &c.MaxPendingHandshakes }),
+		config.Bool("BROADCASTER_TRUST_PROXY", "take the client address and scheme from X-Forwarded-For and X-Forwarded-Proto", func(c *Config) *bool { return &c.TrustProxy }),
+		config.Float("BROADCASTER_MSG_RATE", 10, "client messages per second per connection", func(c *Config) *float64 { return &c.MsgRate }),
+		config.Int("BROADCASTER_MSG_BURST", 20, "client message burst per connection", func(c *Config) *int { return &c.MsgBurst }),
+		config.Int("BROADCASTER_CONTROL_QUEUE", 64, "control frames queued per client before it is closed", func(c *Config) *int { return &c.ControlQueue }),
+		config.Int("BROADCASTER_FRAME_MAX_POSITIONS", 500, "positions per frame", func(c *Config) *int { return &c.FrameMaxPositions }),
+		config.Int("BROADCASTER_FRAME_MAX_BYTES", 32<<10, "bytes per positions frame", func(c *Config) *int { return &c.FrameMaxBytes }),
+		config.Int("BROADCASTER_SOCKET_SEND_BUFFER", 128<<10, "kernel send buffer per connection in bytes; -1 = system default", func(c *Config) *int { return &c.SocketSendBuffer }),
+		config.Int("BROADCASTER_SOCKET_NOTSENT_LOWAT", 16<<10, "unsent bytes the kernel holds per connection (TCP_NOTSENT_LOWAT); -1 = system default", func(c *Config) *int { return &c.SocketNotsentLowat }),
+		config.Int("BROADCASTER_TOPIC_FRAME_RATE", 0, "frames per second a topic's fan-out paces itself to over all its clients; 0 = no pacing", func(c *Config) *int { return &c.TopicFrameRate }),
+		config.Int("BROADCASTER_WRITERS", 0, "frame-building goroutines; 0 = 2 × GOMAXPROCS", func(c *Config) *int { return &c.Writers }),
+		config.Duration("BROADCASTER_PING_PERIOD", 30*time.Second, "WebSocket ping period", func(c *Config) *time.Duration { return &c.PingPeriod }),
+		config.Duration("BROADCASTER_PONG_WAIT", 60*time.Second, "close after this long without a pong", func(c *Config) *time.Duration { return &c.PongWait }),
+		config.Duration("BROADCASTER_WRITE_WAIT", 10*time.Second, "timeout of one WebSocket write", func(c *Config) *time.Duration { return &c.WriteWait }),
+		config.Duration("BROADCASTER_SNAPSHOT_TIMEOUT", 5*time.Second, "timeout of one JetStream snapshot", func(c *Config) *time.Duration { return &c.SnapshotTimeout }),
+		config.Duration("BROADCASTER_SHUTDOWN_TIMEOUT", 10*time.Second, "hard deadline of the shutdown", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+	}, replaySettings()...)
+}
+
+// LoadConfig reads the settings from getenv, then from args (a flag wins
+// over its variable), and validates them. -version returns
+// config.ErrVersion.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
+	c, err := config.Load(flag.NewFlagSet("broadcaster", flag.ContinueOnError), "BROADCASTER_", settings(), args, getenv)
+	if err != nil {
+		return Config{}, err
+	}
+	for i, o := range c.AllowedOrigins {
+		c.AllowedOrigins[i] = strings.TrimSuffix(o, "/")
+	}
+	c = c.withDefaults()
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// withDefaults returns c with every zero setting replaced by its default.
 func (c Config) withDefaults() Config {
-	def := func(v *string, d string) {
-		if *v == "" {
-			*v = d
-		}
+	config.Fill(&c, settings())
+	if c.Writers == 0 {
+		c.Writers = 2 * runtime.GOMAXPROCS(0)
 	}
-	defDur := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defInt := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&c.NATSURL, "nats://127.0.0.1:4222")
-	def(&c.HTTPAddr, ":8080")
-	def(&c.LogLevel, "info")
-	def(&c.LogFormat, "text")
-	def(&c.CookieName, "directus_session_token")
-	defDur(&c.AuthTimeout, 3*time.Second)
-	defDur(&c.ReauthInterval, time.Minute)
-	if c.HandshakeRate == 0 {
-		c.HandshakeRate = 5
-	}
-	defInt(&c.HandshakeBurst, 100)
-	defInt(&c.MaxPendingHandshakes, 1024)
-	defInt(&c.MaxConnsPerUser, 20)
-	defInt(&c.MaxSubscriptions, 10)
-	if c.MsgRate == 0 {
-		c.MsgRate = 10
-	}
-	defInt(&c.MsgBurst, 20)
-	defInt(&c.ControlQueue, 64)
-	defInt(&c.FrameMaxPositions, 500)
-	defInt(&c.FrameMaxBytes, 32<<10)
-	defInt(&c.Writers, 2*runtime.GOMAXPROCS(0))
-	defInt(&c.SocketSendBuffer, 128<<10)
-	defInt(&c.SocketNotsentLowat, 16<<10)
-	defDur(&c.PingPeriod, 30*time.Second)
-	defDur(&c.PongWait, 60*time.Second)
-	defDur(&c.WriteWait, 10*time.Second)
-	defDur(&c.SnapshotTimeout, 5*time.Second)
-	defDur(&c.ShutdownTimeout, 10*time.Second)
-	c.Replay = c.Replay.withDefaults()
 	return c
 }
 
@@ -270,11 +283,8 @@ func (c Config) Validate() error {
 	if err := c.Replay.validate(); err != nil {
 		return err
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if err := config.CheckLog(c.LogLevel, c.LogFormat); err != nil {
 		return err
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		return fmt.Errorf("LOG_FORMAT %q: must be text or json", c.LogFormat)
 	}
 	for _, o := range c.AllowedOrigins {
 		if o == "*" {
@@ -286,41 +296,6 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
-}
-
-func validCookieName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
-			return false
-		}
-	}
-	return true
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("LOG_LEVEL %q: must be debug, info, warn or error", s)
-	}
-	return l, nil
-}
-
-// NewLogger returns the logger LOG_LEVEL and LOG_FORMAT describe, writing
-// to w.
-func (c Config) NewLogger(w io.Writer) *slog.Logger {
-	c = c.withDefaults()
-	level, err := parseLevel(c.LogLevel)
-	if err != nil {
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // String is the effective configuration with secrets masked, for the log.
@@ -344,103 +319,20 @@ func (c Config) String() string {
 		c.PingPeriod, c.PongWait, c.WriteWait, c.SnapshotTimeout, c.ShutdownTimeout) + " " + c.Replay.String()
 }
 
-// LoadConfig reads the settings from args (flags) and getenv (environment);
-// a flag wins over its variable. It validates the result.
-func LoadConfig(args []string, getenv func(string) string) (Config, error) {
-	var c Config
-	fs := flag.NewFlagSet("broadcaster", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var errs []error
-	str := func(p *string, name, env, usage string) {
-		fs.StringVar(p, name, getenv(env), usage+" ("+env+")")
+// NewLogger returns the logger LOG_LEVEL and LOG_FORMAT describe, writing
+// to w.
+func (c Config) NewLogger(w io.Writer) *slog.Logger {
+	return config.NewLogger(w, c.LogLevel, c.LogFormat)
+}
+
+func validCookieName(s string) bool {
+	if s == "" {
+		return false
 	}
-	dur := func(p *time.Duration, name, env, usage string) {
-		var d time.Duration
-		if v := getenv(env); v != "" {
-			var err error
-			if d, err = time.ParseDuration(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s %q: %v", env, v, err))
-			}
-		}
-		fs.DurationVar(p, name, d, usage+" ("+env+")")
-	}
-	num := func(p *int, name, env, usage string) {
-		var n int
-		if v := getenv(env); v != "" {
-			var err error
-			if n, err = strconv.Atoi(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s %q: not an integer", env, v))
-			}
-		}
-		fs.IntVar(p, name, n, usage+" ("+env+")")
-	}
-	float := func(p *float64, name, env, usage string) {
-		var f float64
-		if v := getenv(env); v != "" {
-			var err error
-			if f, err = strconv.ParseFloat(v, 64); err != nil {
-				errs = append(errs, fmt.Errorf("%s %q: not a number", env, v))
-			}
-		}
-		fs.Float64Var(p, name, f, usage+" ("+env+")")
-	}
-	boolean := func(p *bool, name, env, usage string) {
-		var b bool
-		if v := getenv(env); v != "" {
-			var err error
-			if b, err = strconv.ParseBool(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s %q: not true or false", env, v))
-			}
-		}
-		fs.BoolVar(p, name, b, usage+" ("+env+")")
-	}
-	var origins string
-	str(&c.NATSURL, "nats-url", "NATS_URL", "NATS server URL")
-	str(&c.HTTPAddr, "http-addr", "HTTP_ADDR", "listen address for /ws-live, /healthz, /readyz, /metrics")
-	str(&c.LogLevel, "log-level", "LOG_LEVEL", "debug, info, warn or error")
-	str(&c.LogFormat, "log-format", "LOG_FORMAT", "text or json")
-	str(&c.CookieName, "cookie-name", "BROADCASTER_COOKIE_NAME", "session cookie name")
-	str(&origins, "allowed-origins", "BROADCASTER_ALLOWED_ORIGINS", "comma-separated allowed Origins; empty = same-origin")
-	dur(&c.AuthTimeout, "auth-timeout", "BROADCASTER_AUTH_TIMEOUT", "timeout of one authsvc request")
-	dur(&c.ReauthInterval, "reauth-interval", "BROADCASTER_REAUTH_INTERVAL", "re-authorization interval of live subscriptions")
-	num(&c.MaxConnsPerUser, "max-conns-per-user", "BROADCASTER_MAX_CONNS_PER_USER", "connections per user")
-	num(&c.MaxSubscriptions, "max-subscriptions", "BROADCASTER_MAX_SUBSCRIPTIONS", "subscriptions per connection")
-	float(&c.HandshakeRate, "handshake-rate", "BROADCASTER_HANDSHAKE_RATE", "refused handshakes per second per client address; -1 = no limit")
-	num(&c.HandshakeBurst, "handshake-burst", "BROADCASTER_HANDSHAKE_BURST", "refused handshakes burst (and handshakes in flight) per client address")
-	num(&c.MaxPendingHandshakes, "max-pending-handshakes", "BROADCASTER_MAX_PENDING_HANDSHAKES", "handshakes waiting for authsvc at once, all addresses")
-	boolean(&c.TrustProxy, "trust-proxy", "BROADCASTER_TRUST_PROXY", "take the client address and scheme from X-Forwarded-For and X-Forwarded-Proto")
-	float(&c.MsgRate, "msg-rate", "BROADCASTER_MSG_RATE", "client messages per second per connection")
-	num(&c.MsgBurst, "msg-burst", "BROADCASTER_MSG_BURST", "client message burst per connection")
-	num(&c.ControlQueue, "control-queue", "BROADCASTER_CONTROL_QUEUE", "control frames queued per client before it is closed")
-	num(&c.FrameMaxPositions, "frame-max-positions", "BROADCASTER_FRAME_MAX_POSITIONS", "positions per frame")
-	num(&c.FrameMaxBytes, "frame-max-bytes", "BROADCASTER_FRAME_MAX_BYTES", "bytes per positions frame")
-	num(&c.SocketSendBuffer, "socket-send-buffer", "BROADCASTER_SOCKET_SEND_BUFFER", "kernel send buffer per connection in bytes; -1 = system default")
-	num(&c.SocketNotsentLowat, "socket-notsent-lowat", "BROADCASTER_SOCKET_NOTSENT_LOWAT", "unsent bytes the kernel holds per connection (TCP_NOTSENT_LOWAT); -1 = system default")
-	num(&c.TopicFrameRate, "topic-frame-rate", "BROADCASTER_TOPIC_FRAME_RATE", "frames per second a topic's fan-out paces itself to over all its clients; 0 = no pacing")
-	num(&c.Writers, "writers", "BROADCASTER_WRITERS", "frame-building goroutines")
-	dur(&c.PingPeriod, "ping-period", "BROADCASTER_PING_PERIOD", "WebSocket ping period")
-	dur(&c.PongWait, "pong-wait", "BROADCASTER_PONG_WAIT", "close after this long without a pong")
-	dur(&c.WriteWait, "write-wait", "BROADCASTER_WRITE_WAIT", "timeout of one WebSocket write")
-	dur(&c.SnapshotTimeout, "snapshot-timeout", "BROADCASTER_SNAPSHOT_TIMEOUT", "timeout of one JetStream snapshot")
-	dur(&c.ShutdownTimeout, "shutdown-timeout", "BROADCASTER_SHUTDOWN_TIMEOUT", "hard deadline of the shutdown")
-	c.Replay.register(fs, getenv, &errs)
-	if err := fs.Parse(args); err != nil {
-		return Config{}, err
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
-	if len(errs) > 0 {
-		return Config{}, errors.Join(errs...)
-	}
-	for _, o := range strings.Split(origins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			c.AllowedOrigins = append(c.AllowedOrigins, strings.TrimSuffix(o, "/"))
+	for _, c := range s {
+		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
+			return false
 		}
 	}
-	c = c.withDefaults()
-	if err := c.Validate(); err != nil {
-		return Config{}, err
-	}
-	return c, nil
+	return true
 }

@@ -2,12 +2,14 @@ package broadcaster
 
 import (
 	"crypto/tls"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"trm-live/contract/auth"
+	"trm-live/contract/config"
 
 	"trm-live/testkit"
 )
@@ -204,5 +206,31 @@ func TestConfigErrorsHidePasswords(t *testing.T) {
 	for _, v := range append(testkit.FlawedURLs(tmpl), "nats://a:b@n1:4222,"+strings.Replace(tmpl, "%s", testkit.Password, 1)+"\n") {
 		_, err := LoadConfig(nil, func(k string) string { return map[string]string{"NATS_URL": v}[k] })
 		testkit.RefusedWithoutSecret(t, "NATS_URL", v, err)
+	}
+}
+
+// TestVersionFlag: -version is answered before any setting is read or
+// validated, so main prints the version and exits 0 without touching a
+// server.
+func TestVersionFlag(t *testing.T) {
+	_, err := LoadConfig([]string{"-version"}, func(k string) string { return map[string]string{"LOG_LEVEL": "loud"}[k] })
+	if !errors.Is(err, config.ErrVersion) {
+		t.Fatalf("LoadConfig(-version) = %v, want config.ErrVersion", err)
+	}
+}
+
+// TestZeroConfigGetsDefaults: a literal's zero values are the table's
+// defaults, and LoadConfig without settings gives the same configuration.
+func TestZeroConfigGetsDefaults(t *testing.T) {
+	loaded, err := LoadConfig(nil, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := (Config{}).withDefaults().String(), loaded.String(); got != want {
+		t.Fatalf("literal:\n%s\nLoadConfig:\n%s", got, want)
+	}
+	if c := (Config{HandshakeRate: -1, SocketSendBuffer: -1}).withDefaults(); c.HandshakeRate != -1 || c.SocketSendBuffer != -1 ||
+		c.Replay.Buffer != 1024 || c.Writers < 2 {
+		t.Fatalf("withDefaults: %+v", c)
 	}
 }

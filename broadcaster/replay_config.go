@@ -2,14 +2,14 @@ package broadcaster
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"strconv"
 	"time"
+
+	"trm-live/contract/config"
 )
 
 // ReplayConfig holds the settings of replays (docs/replay.md). Zero values
-// are replaced by the defaults below.
+// are replaced by the defaults named on each field (replaySettings).
 type ReplayConfig struct {
 	// MaxPerUser bounds the replays one user runs at once on this instance,
 	// over all connections (BROADCASTER_REPLAY_MAX_PER_USER). Default 3.
@@ -45,30 +45,20 @@ type ReplayConfig struct {
 	Buffer int
 }
 
-func (r ReplayConfig) withDefaults() ReplayConfig {
-	if r.MaxPerUser == 0 {
-		r.MaxPerUser = 3
+// replaySettings are the replay rows of the broadcaster's settings.
+func replaySettings() []config.Setting[Config] {
+	return []config.Setting[Config]{
+		config.Int("BROADCASTER_REPLAY_MAX_PER_USER", 3, "concurrent replays per user", func(c *Config) *int { return &c.Replay.MaxPerUser }),
+		config.Int("BROADCASTER_REPLAY_MAX", 100, "concurrent replays per instance", func(c *Config) *int { return &c.Replay.MaxPerInstance }),
+		config.Duration("BROADCASTER_REPLAY_INACTIVE_THRESHOLD", 30*time.Second, "replay consumers unused this long are deleted by the server", func(c *Config) *time.Duration { return &c.Replay.InactiveThreshold }),
+		config.Duration("BROADCASTER_REPLAY_LATENESS", time.Minute, "how late a position may be stored and still be replayed", func(c *Config) *time.Duration { return &c.Replay.Lateness }),
+		config.Duration("BROADCASTER_REPLAY_MAX_LAG", 250*time.Millisecond, "wait for a slow client this long before dropping its oldest replay position", func(c *Config) *time.Duration { return &c.Replay.MaxLag }),
+		config.Int("BROADCASTER_REPLAY_BUFFER", 1024, "stream messages read ahead per replay", func(c *Config) *int { return &c.Replay.Buffer }),
 	}
-	if r.MaxPerInstance == 0 {
-		r.MaxPerInstance = 100
-	}
-	if r.InactiveThreshold == 0 {
-		r.InactiveThreshold = 30 * time.Second
-	}
-	if r.Lateness == 0 {
-		r.Lateness = time.Minute
-	}
-	if r.MaxLag == 0 {
-		r.MaxLag = 250 * time.Millisecond
-	}
-	if r.Buffer == 0 {
-		r.Buffer = 1024
-	}
-	return r
 }
 
+// validate checks r as Config.withDefaults leaves it.
 func (r ReplayConfig) validate() error {
-	r = r.withDefaults()
 	switch {
 	case r.MaxPerUser < 1:
 		return errors.New("BROADCASTER_REPLAY_MAX_PER_USER: must be at least 1")
@@ -86,40 +76,9 @@ func (r ReplayConfig) validate() error {
 	return nil
 }
 
+// String is the replay part of Config.String.
 func (r ReplayConfig) String() string {
-	r = r.withDefaults()
 	return fmt.Sprintf("BROADCASTER_REPLAY_MAX_PER_USER=%d BROADCASTER_REPLAY_MAX=%d BROADCASTER_REPLAY_INACTIVE_THRESHOLD=%s"+
 		" BROADCASTER_REPLAY_LATENESS=%s BROADCASTER_REPLAY_MAX_LAG=%s BROADCASTER_REPLAY_BUFFER=%d",
 		r.MaxPerUser, r.MaxPerInstance, r.InactiveThreshold, r.Lateness, r.MaxLag, r.Buffer)
-}
-
-// register adds the replay flags to fs, each defaulting to its environment
-// variable; bad variables are appended to errs.
-func (r *ReplayConfig) register(fs *flag.FlagSet, getenv func(string) string, errs *[]error) {
-	num := func(p *int, name, env, usage string) {
-		var n int
-		if v := getenv(env); v != "" {
-			var err error
-			if n, err = strconv.Atoi(v); err != nil {
-				*errs = append(*errs, fmt.Errorf("%s %q: not an integer", env, v))
-			}
-		}
-		fs.IntVar(p, name, n, usage+" ("+env+")")
-	}
-	dur := func(p *time.Duration, name, env, usage string) {
-		var d time.Duration
-		if v := getenv(env); v != "" {
-			var err error
-			if d, err = time.ParseDuration(v); err != nil {
-				*errs = append(*errs, fmt.Errorf("%s %q: %v", env, v, err))
-			}
-		}
-		fs.DurationVar(p, name, d, usage+" ("+env+")")
-	}
-	num(&r.MaxPerUser, "replay-max-per-user", "BROADCASTER_REPLAY_MAX_PER_USER", "concurrent replays per user")
-	num(&r.MaxPerInstance, "replay-max", "BROADCASTER_REPLAY_MAX", "concurrent replays per instance")
-	dur(&r.InactiveThreshold, "replay-inactive-threshold", "BROADCASTER_REPLAY_INACTIVE_THRESHOLD", "replay consumers unused this long are deleted by the server")
-	dur(&r.Lateness, "replay-lateness", "BROADCASTER_REPLAY_LATENESS", "how late a position may be stored and still be replayed")
-	dur(&r.MaxLag, "replay-max-lag", "BROADCASTER_REPLAY_MAX_LAG", "wait for a slow client this long before dropping its oldest replay position")
-	num(&r.Buffer, "replay-buffer", "BROADCASTER_REPLAY_BUFFER", "stream messages read ahead per replay")
 }

@@ -8,11 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"trm-live/contract"
+	"trm-live/contract/config"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -105,38 +105,67 @@ const (
 	DefaultShutdownTimeout = 15 * time.Second
 )
 
-// withDefaults fills zero values.
+// settings is the persister's table of settings: variable (the flag is its
+// name without PERSISTER_), default, usage and the field it sets.
+func settings() []config.Setting[Config] {
+	return []config.Setting[Config]{
+		config.String("NATS_URL", DefaultNATSURL, "NATS server URL", func(c *Config) *string { return &c.NATSURL }),
+		config.String("DATABASE_URL", "", "PostgreSQL DSN", func(c *Config) *string { return &c.DatabaseURL }),
+		config.String("HTTP_ADDR", DefaultHTTPAddr, "address of /healthz, /readyz, /metrics", func(c *Config) *string { return &c.HTTPAddr }),
+		config.String("PERSISTER_CONSUMER", DefaultConsumer, "durable consumer name on POSITIONS", func(c *Config) *string { return &c.Consumer }),
+		config.Int("PERSISTER_BATCH_SIZE", DefaultBatchSize, "positions per transaction", func(c *Config) *int { return &c.BatchSize }),
+		config.Duration("PERSISTER_FETCH_MAX_WAIT", DefaultFetchMaxWait, "how long a batch waits to fill", func(c *Config) *time.Duration { return &c.FetchMaxWait }),
+		config.String("PERSISTER_WRITE_PATH", PathAuto, "auto, unnest or staging", func(c *Config) *string { return &c.WritePath }),
+		config.Int("PERSISTER_WRITERS", DefaultWriters, "batches written concurrently", func(c *Config) *int { return &c.Writers }),
+		config.Int("PERSISTER_MAX_ACK_PENDING", DefaultMaxAckPending, "consumer max ack pending", func(c *Config) *int { return &c.MaxAckPending }),
+		config.Duration("PERSISTER_ACK_WAIT", DefaultAckWait, "consumer ack wait", func(c *Config) *time.Duration { return &c.AckWait }),
+		config.Duration("PERSISTER_BACKOFF_MIN", DefaultBackoffMin, "first retry delay", func(c *Config) *time.Duration { return &c.BackoffMin }),
+		config.Duration("PERSISTER_BACKOFF_MAX", DefaultBackoffMax, "largest retry delay", func(c *Config) *time.Duration { return &c.BackoffMax }),
+		config.Duration("PERSISTER_VERIFY_INTERVAL", DefaultVerifyInterval, "schema verification period", func(c *Config) *time.Duration { return &c.VerifyInterval }),
+		config.Bool("PERSISTER_REQUIRE_TIMESCALEDB", "refuse to start without TimescaleDB", func(c *Config) *bool { return &c.RequireTimescaleDB }),
+		config.Duration("PERSISTER_CHUNK_INTERVAL", DefaultChunkInterval, "hypertable chunk interval", func(c *Config) *time.Duration { return &c.ChunkInterval }),
+		config.Duration("PERSISTER_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout, "bound on finishing in-flight batches", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+		config.String("LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
+		config.String("LOG_FORMAT", "text", "text or json", func(c *Config) *string { return &c.LogFormat }),
+	}
+}
+
+// LoadConfig reads the settings from getenv, then from args (a flag wins
+// over its variable), and validates them. It also builds Logger from
+// LOG_LEVEL and LOG_FORMAT, writing to stderr. -version returns
+// config.ErrVersion.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
+	c, err := config.Load(flag.NewFlagSet("persister", flag.ContinueOnError), "PERSISTER_", settings(), args, getenv)
+	if err != nil {
+		return Config{}, err
+	}
+	return c.loaded()
+}
+
+// LoadRebuildConfig is LoadConfig for "persister rebuild": the same
+// settings plus --since, the time from which the stream is replayed into
+// the table.
+func LoadRebuildConfig(args []string, getenv func(string) string) (Config, time.Time, error) {
+	fs := flag.NewFlagSet("persister rebuild", flag.ContinueOnError)
+	since := fs.String("since", "", "replay positions stored in the stream since this time (RFC 3339, or a duration ago such as 6h); required")
+	c, err := config.Load(fs, "PERSISTER_", settings(), args, getenv)
+	if err != nil {
+		return Config{}, time.Time{}, err
+	}
+	t, err := parseSince(*since, time.Now())
+	if err != nil {
+		return Config{}, time.Time{}, err
+	}
+	c, err = c.loaded()
+	return c, t, err
+}
+
+// withDefaults fills zero values, except HTTPAddr: a literal's empty
+// HTTPAddr (and no Listener) means no HTTP server.
 func (c Config) withDefaults() Config {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	if c.NATSURL == "" {
-		c.NATSURL = DefaultNATSURL
-	}
-	if c.Consumer == "" {
-		c.Consumer = DefaultConsumer
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.WritePath == "" {
-		c.WritePath = PathAuto
-	}
-	if c.Writers == 0 {
-		c.Writers = DefaultWriters
-	}
-	if c.MaxAckPending == 0 {
-		c.MaxAckPending = DefaultMaxAckPending
-	}
-	def(&c.FetchMaxWait, DefaultFetchMaxWait)
-	def(&c.AckWait, DefaultAckWait)
-	def(&c.BackoffMin, DefaultBackoffMin)
-	def(&c.BackoffMax, DefaultBackoffMax)
-	def(&c.VerifyInterval, DefaultVerifyInterval)
-	def(&c.ChunkInterval, DefaultChunkInterval)
-	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	addr := c.HTTPAddr
+	config.Fill(&c, settings())
+	c.HTTPAddr = addr
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -192,17 +221,7 @@ func (c Config) Validate() error {
 	case c.ShutdownTimeout <= 0:
 		return fmt.Errorf("PERSISTER_SHUTDOWN_TIMEOUT %s: must be positive", c.ShutdownTimeout)
 	}
-	switch strings.ToLower(c.LogLevel) {
-	case "", "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("LOG_LEVEL %q: must be debug, info, warn or error", c.LogLevel)
-	}
-	switch strings.ToLower(c.LogFormat) {
-	case "", "text", "json":
-	default:
-		return fmt.Errorf("LOG_FORMAT %q: must be text or json", c.LogFormat)
-	}
-	return nil
+	return config.CheckLog(c.LogLevel, c.LogFormat)
 }
 
 // String is the effective configuration with passwords masked, for the
@@ -220,54 +239,23 @@ func (c Config) String() string {
 		contract.RedactURLs(c.NATSURL), contract.RedactURLs(c.DatabaseURL), addr, c.Consumer, c.BatchSize,
 		c.FetchMaxWait, c.WritePath, c.Writers, c.MaxAckPending, c.AckWait,
 		c.BackoffMin, c.BackoffMax, c.VerifyInterval,
-		c.RequireTimescaleDB, c.ChunkInterval, c.ShutdownTimeout, orDefault(c.LogLevel, "info"), orDefault(c.LogFormat, "text"))
+		c.RequireTimescaleDB, c.ChunkInterval, c.ShutdownTimeout, c.LogLevel, c.LogFormat)
 }
 
-func orDefault(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
+// NewLogger returns the logger LogLevel and LogFormat describe, writing
+// to w.
+func (c Config) NewLogger(w io.Writer) *slog.Logger {
+	return config.NewLogger(w, c.LogLevel, c.LogFormat)
 }
 
-// LoadConfig reads the settings from args (flags) and getenv (environment);
-// a flag wins over its environment variable. It also builds Logger from
-// LOG_LEVEL and LOG_FORMAT, writing to stderr.
-func LoadConfig(args []string, getenv func(string) string) (Config, error) {
-	cfg, fs, err := newFlagSet("persister", getenv)
-	if err != nil {
+// loaded is c validated, with Logger built on stderr: what LoadConfig and
+// LoadRebuildConfig return.
+func (c Config) loaded() (Config, error) {
+	if err := c.Validate(); err != nil {
 		return Config{}, err
 	}
-	if err := fs.Parse(args); err != nil {
-		return Config{}, err
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return cfg.finish(os.Stderr)
-}
-
-// LoadRebuildConfig is LoadConfig for "persister rebuild": the same
-// settings plus --since, the time from which the stream is replayed into
-// the table.
-func LoadRebuildConfig(args []string, getenv func(string) string) (Config, time.Time, error) {
-	cfg, fs, err := newFlagSet("persister rebuild", getenv)
-	if err != nil {
-		return Config{}, time.Time{}, err
-	}
-	since := fs.String("since", "", "replay positions stored in the stream since this time (RFC 3339, or a duration ago such as 6h); required")
-	if err := fs.Parse(args); err != nil {
-		return Config{}, time.Time{}, err
-	}
-	if fs.NArg() > 0 {
-		return Config{}, time.Time{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	t, err := parseSince(*since, time.Now())
-	if err != nil {
-		return Config{}, time.Time{}, err
-	}
-	c, err := cfg.finish(os.Stderr)
-	return c, t, err
+	c.Logger = c.NewLogger(os.Stderr)
+	return c, nil
 }
 
 func parseSince(s string, now time.Time) (time.Time, error) {
@@ -282,92 +270,4 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("--since %q: neither an RFC 3339 time nor a positive duration", s)
 	}
 	return t, nil
-}
-
-// flagConfig binds every setting to a flag whose default is the
-// environment variable when set.
-type flagConfig struct {
-	*Config
-}
-
-func newFlagSet(name string, getenv func(string) string) (flagConfig, *flag.FlagSet, error) {
-	cfg := flagConfig{&Config{}}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	var errs []error
-	str := func(p *string, flagName, env, def, usage string) {
-		v := getenv(env)
-		if v == "" {
-			v = def
-		}
-		fs.StringVar(p, flagName, v, usage+" ("+env+")")
-	}
-	dur := func(p *time.Duration, flagName, env string, def time.Duration, usage string) {
-		v := def
-		if s := getenv(env); s != "" {
-			d, err := time.ParseDuration(s)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s %q: not a duration", env, s))
-			}
-			v = d
-		}
-		fs.DurationVar(p, flagName, v, usage+" ("+env+")")
-	}
-	num := func(p *int, flagName, env string, def int, usage string) {
-		v := def
-		if s := getenv(env); s != "" {
-			n, err := strconv.Atoi(s)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s %q: not an integer", env, s))
-			}
-			v = n
-		}
-		fs.IntVar(p, flagName, v, usage+" ("+env+")")
-	}
-	boolean := func(p *bool, flagName, env string, usage string) {
-		v := false
-		if s := getenv(env); s != "" {
-			b, err := strconv.ParseBool(s)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s %q: not a boolean", env, s))
-			}
-			v = b
-		}
-		fs.BoolVar(p, flagName, v, usage+" ("+env+")")
-	}
-	c := cfg.Config
-	str(&c.NATSURL, "nats-url", "NATS_URL", DefaultNATSURL, "NATS server URL")
-	str(&c.DatabaseURL, "database-url", "DATABASE_URL", "", "PostgreSQL DSN")
-	str(&c.HTTPAddr, "http-addr", "HTTP_ADDR", DefaultHTTPAddr, "address of /healthz, /readyz, /metrics")
-	str(&c.Consumer, "consumer", "PERSISTER_CONSUMER", DefaultConsumer, "durable consumer name on POSITIONS")
-	num(&c.BatchSize, "batch-size", "PERSISTER_BATCH_SIZE", DefaultBatchSize, "positions per transaction")
-	dur(&c.FetchMaxWait, "fetch-max-wait", "PERSISTER_FETCH_MAX_WAIT", DefaultFetchMaxWait, "how long a batch waits to fill")
-	str(&c.WritePath, "write-path", "PERSISTER_WRITE_PATH", PathAuto, "auto, unnest or staging")
-	num(&c.Writers, "writers", "PERSISTER_WRITERS", DefaultWriters, "batches written concurrently")
-	num(&c.MaxAckPending, "max-ack-pending", "PERSISTER_MAX_ACK_PENDING", DefaultMaxAckPending, "consumer max ack pending")
-	dur(&c.AckWait, "ack-wait", "PERSISTER_ACK_WAIT", DefaultAckWait, "consumer ack wait")
-	dur(&c.BackoffMin, "backoff-min", "PERSISTER_BACKOFF_MIN", DefaultBackoffMin, "first retry delay")
-	dur(&c.BackoffMax, "backoff-max", "PERSISTER_BACKOFF_MAX", DefaultBackoffMax, "largest retry delay")
-	dur(&c.VerifyInterval, "verify-interval", "PERSISTER_VERIFY_INTERVAL", DefaultVerifyInterval, "schema verification period")
-	boolean(&c.RequireTimescaleDB, "require-timescaledb", "PERSISTER_REQUIRE_TIMESCALEDB", "refuse to start without TimescaleDB")
-	dur(&c.ChunkInterval, "chunk-interval", "PERSISTER_CHUNK_INTERVAL", DefaultChunkInterval, "hypertable chunk interval")
-	dur(&c.ShutdownTimeout, "shutdown-timeout", "PERSISTER_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout, "bound on finishing in-flight batches")
-	str(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
-	str(&c.LogFormat, "log-format", "LOG_FORMAT", "text", "text or json")
-	return cfg, fs, errors.Join(errs...)
-}
-
-func (f flagConfig) finish(w io.Writer) (Config, error) {
-	c := *f.Config
-	if err := c.Validate(); err != nil {
-		return Config{}, err
-	}
-	level := slog.LevelInfo
-	_ = level.UnmarshalText([]byte(orDefault(c.LogLevel, "info"))) // validated above
-	opts := &slog.HandlerOptions{Level: level}
-	if strings.EqualFold(c.LogFormat, "json") {
-		c.Logger = slog.New(slog.NewJSONHandler(w, opts))
-	} else {
-		c.Logger = slog.New(slog.NewTextHandler(w, opts))
-	}
-	return c, nil
 }

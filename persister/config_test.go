@@ -1,10 +1,12 @@
 package persister
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"trm-live/contract/config"
 	"trm-live/testkit"
 )
 
@@ -112,5 +114,27 @@ func TestConfigErrorsHidePasswords(t *testing.T) {
 			_, err := LoadConfig(nil, env(e))
 			testkit.RefusedWithoutSecret(t, name, v, err)
 		}
+	}
+}
+
+// TestVersionFlag: -version is answered before any setting is read or
+// validated (here DATABASE_URL is missing), also by "persister rebuild",
+// so main prints the version and exits 0 without touching a server.
+func TestVersionFlag(t *testing.T) {
+	t.Parallel()
+	if _, err := LoadConfig([]string{"-version"}, env(map[string]string{"LOG_LEVEL": "loud"})); !errors.Is(err, config.ErrVersion) {
+		t.Fatalf("LoadConfig(-version) = %v, want config.ErrVersion", err)
+	}
+	if _, _, err := LoadRebuildConfig([]string{"-version"}, env(nil)); !errors.Is(err, config.ErrVersion) {
+		t.Fatalf("LoadRebuildConfig(-version) = %v, want config.ErrVersion", err)
+	}
+}
+
+// TestZeroHTTPAddr: a literal without HTTPAddr runs no HTTP server, while
+// LoadConfig's default is :8080.
+func TestZeroHTTPAddr(t *testing.T) {
+	t.Parallel()
+	if c := (Config{DatabaseURL: "postgres://x/y"}).withDefaults(); c.HTTPAddr != "" || c.BatchSize != DefaultBatchSize || c.LogLevel != "info" {
+		t.Fatalf("withDefaults: %+v", c)
 	}
 }

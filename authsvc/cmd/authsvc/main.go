@@ -4,35 +4,33 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"trm-live/authsvc"
+	"trm-live/contract/config"
 )
 
 var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	cfg, err := authsvc.LoadConfig(os.Args[1:], os.Getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
+	err := run(ctx, os.Args[1:])
+	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "authsvc:", err)
-		os.Exit(1)
+		os.Exit(config.Exit(os.Stdout, os.Stderr, "authsvc", version, revision, err))
+	}
+}
+
+// run loads the settings from args and the environment and runs the authsvc
+// until ctx ends.
+func run(ctx context.Context, args []string) error {
+	cfg, err := authsvc.LoadConfig(args, os.Getenv)
+	if err != nil {
+		return err
 	}
 	cfg.Version, cfg.Revision = version, revision
 	cfg.Logger = cfg.NewLogger(os.Stderr)
-	cfg.Logger.Info("effective configuration", "config", cfg.String())
-	if err := authsvc.Run(ctx, cfg); err != nil {
-		cfg.Logger.Error("authsvc failed", "err", err)
-		stop()
-		os.Exit(1)
-	}
+	return authsvc.Run(ctx, cfg)
 }

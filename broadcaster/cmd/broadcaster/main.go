@@ -1,31 +1,36 @@
 // Command broadcaster serves live positions over WebSocket at /ws-live.
+// Settings: docs/broadcaster.md.
 package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"trm-live/broadcaster"
+	"trm-live/contract/config"
 )
 
 var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	cfg, err := broadcaster.LoadConfig(os.Args[1:], os.Getenv)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "broadcaster:", err)
-		os.Exit(1)
+		os.Exit(config.Exit(os.Stdout, os.Stderr, "broadcaster", version, revision, err))
+	}
+}
+
+// run loads the settings from args and the environment and runs the broadcaster
+// until ctx ends.
+func run(ctx context.Context, args []string) error {
+	cfg, err := broadcaster.LoadConfig(args, os.Getenv)
+	if err != nil {
+		return err
 	}
 	cfg.Version, cfg.Revision = version, revision
 	cfg.Logger = cfg.NewLogger(os.Stderr)
-	if err := broadcaster.Run(ctx, cfg); err != nil {
-		cfg.Logger.Error("broadcaster stopped", "err", err)
-		stop()
-		os.Exit(1)
-	}
+	return broadcaster.Run(ctx, cfg)
 }
