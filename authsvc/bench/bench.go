@@ -27,12 +27,10 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,15 +53,14 @@ type Config struct {
 	Duration               time.Duration
 	DirectusConcurrency    int    // AUTHSVC_DIRECTUS_CONCURRENCY (0: authsvc's default)
 	CPUProfile             string // a CPU profile of the throughput phase, when set
-	// DatabaseURL is the PostgreSQL the benchmark may create a database in
-	// (BENCH_DATABASE_URL); DataDir holds the NATS store (BENCH_DATA_DIR,
-	// default the temporary directory).
-	DatabaseURL, DataDir string
+	// DatabaseURL is where the benchmark creates authsvc's database;
+	// DataDir holds the NATS store.
+	benchenv.Servers
 }
 
 // LoadConfig reads the flags in args and the servers from getenv.
 func LoadConfig(args []string, getenv func(string) string) (Config, error) {
-	o := Config{DatabaseURL: getenv("BENCH_DATABASE_URL"), DataDir: getenv("BENCH_DATA_DIR")}
+	var o Config
 	fs := flag.NewFlagSet("bench authsvc", flag.ContinueOnError)
 	fs.IntVar(&o.Storm, "n", 5000, "session validations in the storm burst")
 	fs.IntVar(&o.Creds, "creds", 1000, "distinct credentials in the storm")
@@ -77,13 +74,9 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
-	if o.DatabaseURL == "" {
-		return Config{}, errors.New("BENCH_DATABASE_URL is not set: run through scripts/bench authsvc")
-	}
-	if o.DataDir == "" {
-		o.DataDir = os.TempDir()
-	}
-	return o, nil
+	var err error
+	o.Servers, err = benchenv.LoadServers(getenv, "authsvc", benchenv.EnvDatabaseURL)
+	return o, err
 }
 
 // Run measures the storm, then the cached throughput against the echo.
@@ -102,7 +95,7 @@ func Run(ctx context.Context, o Config) error {
 	defer stopNATS()
 
 	// A database for authsvc (the session path never queries it).
-	dsn, err := benchDatabase(ctx, o.DatabaseURL)
+	dsn, err := benchenv.FreshDatabase(ctx, o.DatabaseURL, "bench_authsvc")
 	if err != nil {
 		return err
 	}
@@ -336,27 +329,6 @@ func waitReady(c *auth.Client) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// benchDatabase creates a fresh database on admin (BENCH_DATABASE_URL).
-func benchDatabase(ctx context.Context, admin string) (string, error) {
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		return "", fmt.Errorf("connect BENCH_DATABASE_URL: %w", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS bench_authsvc WITH (FORCE)"); err != nil {
-		return "", err
-	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE bench_authsvc"); err != nil {
-		return "", err
-	}
-	i := strings.LastIndex(admin, "/")
-	q := strings.Index(admin[i:], "?")
-	if q < 0 {
-		return admin[:i] + "/bench_authsvc", nil
-	}
-	return admin[:i] + "/bench_authsvc" + admin[i+q:], nil
 }
 
 const roleID = "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"

@@ -55,15 +55,14 @@ type Config struct {
 	Paths      bool
 	Verbose    bool   // persister logs to stderr
 	CPUProfile string // a CPU profile of the persister phase, when set
-	// DatabaseURL is the PostgreSQL the benchmark may create databases in
-	// (BENCH_DATABASE_URL); DataDir holds the NATS store (BENCH_DATA_DIR,
-	// default the temporary directory).
-	DatabaseURL, DataDir string
+	// DatabaseURL is where the benchmark creates its databases; DataDir
+	// holds the NATS store.
+	benchenv.Servers
 }
 
 // LoadConfig reads the flags in args and the servers from getenv.
 func LoadConfig(args []string, getenv func(string) string) (Config, error) {
-	c := Config{DatabaseURL: getenv("BENCH_DATABASE_URL"), DataDir: getenv("BENCH_DATA_DIR")}
+	var c Config
 	fs := flag.NewFlagSet("bench persister", flag.ContinueOnError)
 	fs.IntVar(&c.N, "n", 1_000_000, "positions in the stream")
 	fs.IntVar(&c.Batch, "batch", 1000, "batch size: persister PERSISTER_BATCH_SIZE, COPY rows per statement, fetch size")
@@ -76,13 +75,9 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
-	if c.DatabaseURL == "" {
-		return Config{}, errors.New("BENCH_DATABASE_URL is not set: run through scripts/bench persister")
-	}
-	if c.DataDir == "" {
-		c.DataDir = os.TempDir()
-	}
-	return c, nil
+	var err error
+	c.Servers, err = benchenv.LoadServers(getenv, "persister", benchenv.EnvDatabaseURL)
+	return c, err
 }
 
 // Run fills the stream, then measures the ceilings and the persister.
@@ -193,17 +188,9 @@ func fill(ctx context.Context, js jetstream.JetStream, ps []contract.Position) e
 	const window = 4096
 	futures := make([]jetstream.PubAckFuture, 0, window)
 	wait := func() error {
-		for _, f := range futures {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return err
-			case <-time.After(30 * time.Second):
-				return errors.New("publish ack timeout")
-			}
-		}
+		err := benchenv.AwaitAcks(futures, 30*time.Second)
 		futures = futures[:0]
-		return nil
+		return err
 	}
 	for i := range ps {
 		f, err := js.PublishAsync(ps[i].Subject(), ps[i].Encode(), jetstream.WithMsgID(ps[i].MsgID()))
@@ -254,22 +241,10 @@ func benchFetch(ctx context.Context, js jetstream.JetStream, name string, o Conf
 // freshDB (re)creates a database and applies the persister's migrations,
 // so the table has exactly the positions shape, keys and index.
 func freshDB(ctx context.Context, adminDSN, name string) (string, *pgxpool.Pool, error) {
-	conn, err := pgx.Connect(ctx, adminDSN)
+	dsn, err := benchenv.FreshDatabase(ctx, adminDSN, name)
 	if err != nil {
 		return "", nil, err
 	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-		return "", nil, err
-	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		return "", nil, err
-	}
-	cfg, err := pgx.ParseConfig(adminDSN)
-	if err != nil {
-		return "", nil, err
-	}
-	dsn := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
 	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {
 		return "", nil, err

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // RepoRoot returns the nearest folder above the working directory that
@@ -70,4 +71,19 @@ func FreeAddrs(n int) ([]string, error) {
 		addrs[i] = ln.Addr().String()
 	}
 	return addrs, nil
+}
+
+// AwaitAcks waits for the acknowledgement of every publish in futures, at
+// most timeout each, and returns the first error.
+func AwaitAcks(futures []jetstream.PubAckFuture, timeout time.Duration) error {
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-time.After(timeout):
+			return errors.New("publish ack timeout")
+		}
+	}
+	return nil
 }

@@ -37,7 +37,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,15 +69,14 @@ type Config struct {
 	AlwaysN int  // positions and raw publishes on the single node with sync always
 	Runs    int  // rounds over every setup, interleaved; each figure is the median
 	Quick   bool // only the two setups the ratio needs
-	// RedisURL and DatabaseURL are the servers the workers use
-	// (BENCH_REDIS_URL, BENCH_DATABASE_URL); DataDir holds the NATS nodes
-	// (BENCH_DATA_DIR, default the temporary directory).
-	RedisURL, DatabaseURL, DataDir string
+	// RedisURL and DatabaseURL are the servers the workers use; DataDir
+	// holds the NATS nodes.
+	benchenv.Servers
 }
 
 // LoadConfig reads the flags in args and the servers from getenv.
 func LoadConfig(args []string, getenv func(string) string) (Config, error) {
-	o := Config{RedisURL: getenv("BENCH_REDIS_URL"), DatabaseURL: getenv("BENCH_DATABASE_URL"), DataDir: getenv("BENCH_DATA_DIR")}
+	var o Config
 	fs := flag.NewFlagSet("bench cluster", flag.ContinueOnError)
 	fs.IntVar(&o.N, "n", 50000, "positions through the bridge and the persister per setup and run")
 	fs.IntVar(&o.RawN, "raw-n", 50000, "raw async publishes per setup and run")
@@ -88,13 +86,9 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
-	if o.RedisURL == "" || o.DatabaseURL == "" {
-		return Config{}, errors.New("BENCH_REDIS_URL and BENCH_DATABASE_URL are not set: run through scripts/bench cluster")
-	}
-	if o.DataDir == "" {
-		o.DataDir = os.TempDir()
-	}
-	return o, nil
+	var err error
+	o.Servers, err = benchenv.LoadServers(getenv, "cluster", benchenv.EnvRedisURL, benchenv.EnvDatabaseURL)
+	return o, err
 }
 
 // Run measures every setup in interleaved rounds and prints the medians
@@ -309,36 +303,11 @@ func rawPublish(ctx context.Context, js jetstream.JetStream, replicas, n int) (f
 
 // freshDatabase (re)creates a database with the Directus stand-in tables.
 func freshDatabase(ctx context.Context, adminDSN, name, root string) (string, error) {
-	conn, err := pgx.Connect(ctx, adminDSN)
+	dsn, err := benchenv.FreshDatabase(ctx, adminDSN, name)
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close(ctx)
-	id := pgx.Identifier{name}.Sanitize()
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+id+" WITH (FORCE)"); err != nil {
-		return "", err
-	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+id); err != nil {
-		return "", err
-	}
-	cfg, err := pgx.ParseConfig(adminDSN)
-	if err != nil {
-		return "", err
-	}
-	dsn := strings.Replace(adminDSN, "/"+cfg.Database+"?", "/"+name+"?", 1)
-	seed, err := os.ReadFile(filepath.Join(root, "deploy", "seed", "directus-standin.sql"))
-	if err != nil {
-		return "", err
-	}
-	c2, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return "", err
-	}
-	defer c2.Close(ctx)
-	if _, err := c2.Exec(ctx, string(seed)); err != nil {
-		return "", fmt.Errorf("seed: %w", err)
-	}
-	return dsn, nil
+	return dsn, benchenv.SeedDirectusTables(ctx, dsn, root)
 }
 
 // preload appends n positions over 500 devices (unassigned: no event_devices
