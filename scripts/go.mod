@@ -61,10 +61,6 @@ require trm-live/broadcaster v0.0.0
 
 replace trm-live/broadcaster => ../broadcaster
 
-require trm-live/deploy/verify v0.0.0
-
-replace trm-live/deploy/verify => ../deploy/verify
-
 require trm-live/export v0.0.0
 
 replace trm-live/export => ../export
