@@ -60,7 +60,3 @@ replace trm-live/persister => ../persister
 require trm-live/broadcaster v0.0.0
 
 replace trm-live/broadcaster => ../broadcaster
-
-require trm-live/export v0.0.0
-
-replace trm-live/export => ../export
