@@ -78,6 +78,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	cfg.Logger = cfg.Logger.With("component", "bridge")
+	cfg.Logger.Info("starting", "config", cfg.String())
 	reg, gat := cfg.Registerer, cfg.Gatherer
 	if reg == nil {
 		r := prometheus.NewRegistry()

@@ -8,13 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"trm-live/contract"
+	"trm-live/contract/config"
 	"trm-live/contract/streams"
 )
 
@@ -141,117 +141,56 @@ type Config struct {
 	crashBeforeAck func(n int) bool
 }
 
-// LoadConfig reads the settings from flags (args) and the environment
-// (getenv); a flag wins over its variable.
-func LoadConfig(args []string, getenv func(string) string) (Config, error) {
-	var c Config
-	var errs []error
-	env := func(name, def string) string {
-		if v := getenv(name); v != "" {
-			return v
-		}
-		return def
+// settings is the bridge's table of settings: variable (the flag is its
+// name without BRIDGE_), default, usage and the field it sets.
+func settings() []config.Setting[Config] {
+	return []config.Setting[Config]{
+		config.String("NATS_URL", DefaultNATSURL, "NATS server URL", func(c *Config) *string { return &c.NATSURL }),
+		config.String("REDIS_URL", DefaultRedisURL, "Redis URL", func(c *Config) *string { return &c.RedisURL }),
+		// No flag: a password stays out of ps.
+		config.String("REDIS_SENTINEL_PASSWORD", "", "password of the sentinels", func(c *Config) *string { return &c.RedisSentinelPassword }).EnvOnly(),
+		config.String("DATABASE_URL", DefaultDatabaseURL, "PostgreSQL DSN with event_devices", func(c *Config) *string { return &c.DatabaseURL }),
+		config.String("HTTP_ADDR", DefaultHTTPAddr, "health and metrics address", func(c *Config) *string { return &c.HTTPAddr }),
+		config.String("LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
+		config.String("LOG_FORMAT", "text", "text or json", func(c *Config) *string { return &c.LogFormat }),
+		config.List("BRIDGE_STREAMS", DefaultStream, "Redis stream keys, comma separated", func(c *Config) *[]string { return &c.Streams }),
+		config.String("BRIDGE_GROUP", DefaultGroup, "Redis consumer group", func(c *Config) *string { return &c.Group }),
+		config.String("BRIDGE_CONSUMER", "", "consumer name, default the host name", func(c *Config) *string { return &c.Consumer }),
+		config.Int("BRIDGE_BATCH", DefaultBatch, "entries per XREADGROUP/XAUTOCLAIM", func(c *Config) *int { return &c.Batch }),
+		config.Duration("BRIDGE_BLOCK", DefaultBlock, "XREADGROUP BLOCK", func(c *Config) *time.Duration { return &c.Block }),
+		config.Int("BRIDGE_MAX_IN_FLIGHT", DefaultMaxInFlight, "publishes awaiting ack", func(c *Config) *int { return &c.MaxInFlight }),
+		config.Duration("BRIDGE_PUBLISH_TIMEOUT", DefaultPublishTimeout, "ack wait before re-send", func(c *Config) *time.Duration { return &c.PublishTimeout }),
+		config.Duration("BRIDGE_CLAIM_INTERVAL", DefaultClaimInterval, "XAUTOCLAIM period", func(c *Config) *time.Duration { return &c.ClaimInterval }),
+		config.Duration("BRIDGE_CLAIM_MIN_IDLE", DefaultClaimMinIdle, "idle time before claiming", func(c *Config) *time.Duration { return &c.ClaimMinIdle }),
+		config.Duration("BRIDGE_ROUTING_REFRESH", DefaultRoutingRefresh, "event_devices reload period", func(c *Config) *time.Duration { return &c.RoutingRefresh }),
+		config.Duration("BRIDGE_LAG_INTERVAL", DefaultLagInterval, "group lag metrics period", func(c *Config) *time.Duration { return &c.LagInterval }),
+		config.Duration("BRIDGE_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout, "wait for in-flight acks at shutdown", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+		config.Duration("BRIDGE_REPUBLISH_WINDOW", 0, "entries re-published after a JetStream loss, default STREAM_DUPLICATES", func(c *Config) *time.Duration { return &c.RepublishWindow }),
+		config.Duration("BRIDGE_VERIFY_INTERVAL", DefaultVerifyInterval, "JetStream loss check period", func(c *Config) *time.Duration { return &c.VerifyInterval }),
+		config.Duration("BRIDGE_CONSUMER_MAX_IDLE", DefaultConsumerMaxIdle, "idle time before an empty consumer is deleted", func(c *Config) *time.Duration { return &c.ConsumerMaxIdle }),
+		config.Duration("STREAM_MAX_AGE", streams.DefaultMaxAge, "POSITIONS retention", func(c *Config) *time.Duration { return &c.Stream.MaxAge }),
+		config.Int("STREAM_REPLICAS", 1, "stream replicas", func(c *Config) *int { return &c.Stream.Replicas }),
+		config.Duration("STREAM_DUPLICATES", streams.DefaultDuplicates, "Nats-Msg-Id dedup window", func(c *Config) *time.Duration { return &c.Stream.Duplicates }),
+		config.Value("STREAM_MAX_BYTES", int64(streams.DefaultMaxBytes), "POSITIONS byte limit, -1 none", streams.ParseBytes, func(c *Config) *int64 { return &c.Stream.MaxBytes }),
+		config.Value("STREAM_DLQ_MAX_BYTES", int64(streams.DefaultDLQMaxBytes), "POSITIONS_DLQ byte limit", streams.ParseBytes, func(c *Config) *int64 { return &c.Stream.DLQMaxBytes }),
 	}
-	envInt := func(name string, def int) int {
-		v := getenv(name)
-		if v == "" {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: not an integer", name, v))
-		}
-		return n
-	}
-	envDur := func(name string, def time.Duration) time.Duration {
-		v := getenv(name)
-		if v == "" {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: not a duration (e.g. 5s, 2m)", name, v))
-		}
-		return d
-	}
-	envBytes := func(name string, def int64) int64 {
-		v := getenv(name)
-		if v == "" {
-			return def
-		}
-		n, err := streams.ParseBytes(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-		}
-		return n
-	}
+}
 
-	fs := flag.NewFlagSet("bridge", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.NATSURL, "nats-url", env("NATS_URL", DefaultNATSURL), "NATS server URL (NATS_URL)")
-	fs.StringVar(&c.RedisURL, "redis-url", env("REDIS_URL", DefaultRedisURL), "Redis URL (REDIS_URL)")
-	c.RedisSentinelPassword = getenv("REDIS_SENTINEL_PASSWORD") // no flag: a password stays out of ps
-	fs.StringVar(&c.DatabaseURL, "database-url", env("DATABASE_URL", DefaultDatabaseURL), "PostgreSQL DSN with event_devices (DATABASE_URL)")
-	fs.StringVar(&c.HTTPAddr, "http-addr", env("HTTP_ADDR", DefaultHTTPAddr), "health and metrics address (HTTP_ADDR)")
-	fs.StringVar(&c.LogLevel, "log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (LOG_LEVEL)")
-	fs.StringVar(&c.LogFormat, "log-format", env("LOG_FORMAT", "text"), "text or json (LOG_FORMAT)")
-	streamList := fs.String("streams", env("BRIDGE_STREAMS", DefaultStream), "Redis stream keys, comma separated (BRIDGE_STREAMS)")
-	fs.StringVar(&c.Group, "group", env("BRIDGE_GROUP", DefaultGroup), "Redis consumer group (BRIDGE_GROUP)")
-	fs.StringVar(&c.Consumer, "consumer", env("BRIDGE_CONSUMER", ""), "consumer name, default the host name (BRIDGE_CONSUMER)")
-	fs.IntVar(&c.Batch, "batch", envInt("BRIDGE_BATCH", DefaultBatch), "entries per XREADGROUP/XAUTOCLAIM (BRIDGE_BATCH)")
-	fs.DurationVar(&c.Block, "block", envDur("BRIDGE_BLOCK", DefaultBlock), "XREADGROUP BLOCK (BRIDGE_BLOCK)")
-	fs.IntVar(&c.MaxInFlight, "max-in-flight", envInt("BRIDGE_MAX_IN_FLIGHT", DefaultMaxInFlight), "publishes awaiting ack (BRIDGE_MAX_IN_FLIGHT)")
-	fs.DurationVar(&c.PublishTimeout, "publish-timeout", envDur("BRIDGE_PUBLISH_TIMEOUT", DefaultPublishTimeout), "ack wait before re-send (BRIDGE_PUBLISH_TIMEOUT)")
-	fs.DurationVar(&c.ClaimInterval, "claim-interval", envDur("BRIDGE_CLAIM_INTERVAL", DefaultClaimInterval), "XAUTOCLAIM period (BRIDGE_CLAIM_INTERVAL)")
-	fs.DurationVar(&c.ClaimMinIdle, "claim-min-idle", envDur("BRIDGE_CLAIM_MIN_IDLE", DefaultClaimMinIdle), "idle time before claiming (BRIDGE_CLAIM_MIN_IDLE)")
-	fs.DurationVar(&c.RoutingRefresh, "routing-refresh", envDur("BRIDGE_ROUTING_REFRESH", DefaultRoutingRefresh), "event_devices reload period (BRIDGE_ROUTING_REFRESH)")
-	fs.DurationVar(&c.LagInterval, "lag-interval", envDur("BRIDGE_LAG_INTERVAL", DefaultLagInterval), "group lag metrics period (BRIDGE_LAG_INTERVAL)")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", envDur("BRIDGE_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout), "wait for in-flight acks at shutdown (BRIDGE_SHUTDOWN_TIMEOUT)")
-	fs.DurationVar(&c.RepublishWindow, "republish-window", envDur("BRIDGE_REPUBLISH_WINDOW", 0), "entries re-published after a JetStream loss, default STREAM_DUPLICATES (BRIDGE_REPUBLISH_WINDOW)")
-	fs.DurationVar(&c.VerifyInterval, "verify-interval", envDur("BRIDGE_VERIFY_INTERVAL", DefaultVerifyInterval), "JetStream loss check period (BRIDGE_VERIFY_INTERVAL)")
-	fs.DurationVar(&c.ConsumerMaxIdle, "consumer-max-idle", envDur("BRIDGE_CONSUMER_MAX_IDLE", DefaultConsumerMaxIdle), "idle time before an empty consumer is deleted (BRIDGE_CONSUMER_MAX_IDLE)")
-	fs.DurationVar(&c.Stream.MaxAge, "stream-max-age", envDur("STREAM_MAX_AGE", streams.DefaultMaxAge), "POSITIONS retention (STREAM_MAX_AGE)")
-	fs.IntVar(&c.Stream.Replicas, "stream-replicas", envInt("STREAM_REPLICAS", 1), "stream replicas (STREAM_REPLICAS)")
-	fs.DurationVar(&c.Stream.Duplicates, "stream-duplicates", envDur("STREAM_DUPLICATES", streams.DefaultDuplicates), "Nats-Msg-Id dedup window (STREAM_DUPLICATES)")
-	c.Stream.MaxBytes = envBytes("STREAM_MAX_BYTES", streams.DefaultMaxBytes)
-	fs.Func("stream-max-bytes", "POSITIONS byte limit, -1 none (STREAM_MAX_BYTES)", func(v string) (err error) {
-		c.Stream.MaxBytes, err = streams.ParseBytes(v)
-		return err
-	})
-	c.Stream.DLQMaxBytes = envBytes("STREAM_DLQ_MAX_BYTES", streams.DefaultDLQMaxBytes)
-	fs.Func("stream-dlq-max-bytes", "POSITIONS_DLQ byte limit (STREAM_DLQ_MAX_BYTES)", func(v string) (err error) {
-		c.Stream.DLQMaxBytes, err = streams.ParseBytes(v)
-		return err
-	})
-	if len(errs) > 0 {
-		return Config{}, errors.Join(errs...)
+// LoadConfig reads the settings from getenv, then from args (a flag wins
+// over its variable), and validates them. -version returns
+// config.ErrVersion.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
+	c, err := config.Load(flag.NewFlagSet("bridge", flag.ContinueOnError), "BRIDGE_", settings(), args, getenv)
+	if err != nil {
+		return Config{}, err
 	}
-	if err := fs.Parse(args); err != nil {
-		return Config{}, fmt.Errorf("flags: %w", err)
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
-	for _, s := range strings.Split(*streamList, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			c.Streams = append(c.Streams, s)
-		}
-	}
-	return c.withDefaults(), c.withDefaults().Validate()
+	c = c.withDefaults()
+	return c, c.Validate()
 }
 
 // withDefaults fills every zero setting with its default.
 func (c Config) withDefaults() Config {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&c.NATSURL, DefaultNATSURL)
-	def(&c.RedisURL, DefaultRedisURL)
-	def(&c.DatabaseURL, DefaultDatabaseURL)
-	def(&c.HTTPAddr, DefaultHTTPAddr)
-	def(&c.Group, DefaultGroup)
+	config.Fill(&c, settings())
 	if c.Consumer == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -259,36 +198,9 @@ func (c Config) withDefaults() Config {
 		}
 		c.Consumer = h
 	}
-	if len(c.Streams) == 0 {
-		c.Streams = []string{DefaultStream}
-	}
-	defInt := func(n *int, v int) {
-		if *n == 0 {
-			*n = v
-		}
-	}
-	defInt(&c.Batch, DefaultBatch)
-	defInt(&c.MaxInFlight, DefaultMaxInFlight)
-	defDur := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defDur(&c.Block, DefaultBlock)
-	defDur(&c.PublishTimeout, DefaultPublishTimeout)
-	defDur(&c.ClaimInterval, DefaultClaimInterval)
-	defDur(&c.ClaimMinIdle, DefaultClaimMinIdle)
-	defDur(&c.RoutingRefresh, DefaultRoutingRefresh)
-	defDur(&c.LagInterval, DefaultLagInterval)
-	defDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	if c.RepublishWindow == 0 {
 		c.RepublishWindow = c.Stream.Duplicates
-		if c.RepublishWindow == 0 {
-			c.RepublishWindow = streams.DefaultDuplicates
-		}
 	}
-	defDur(&c.VerifyInterval, DefaultVerifyInterval)
-	defDur(&c.ConsumerMaxIdle, DefaultConsumerMaxIdle)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -357,11 +269,8 @@ func (c Config) Validate() error {
 	case c.ConsumerMaxIdle < 10*c.Block:
 		return fmt.Errorf("BRIDGE_CONSUMER_MAX_IDLE %s: must be at least 10 × BRIDGE_BLOCK (a live bridge must never look dead)", c.ConsumerMaxIdle)
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if err := config.CheckLog(c.LogLevel, c.LogFormat); err != nil {
 		return err
-	}
-	if c.LogFormat != "" && c.LogFormat != "text" && c.LogFormat != "json" {
-		return fmt.Errorf("LOG_FORMAT %q: want text or json", c.LogFormat)
 	}
 	if err := c.Stream.Validate(); err != nil {
 		return fmt.Errorf("STREAM_*: %w", err)
@@ -387,21 +296,5 @@ func (c Config) String() string {
 
 // NewLogger returns the logger LOG_LEVEL and LOG_FORMAT describe, writing to w.
 func (c Config) NewLogger(w io.Writer) *slog.Logger {
-	lvl, _ := parseLevel(c.LogLevel)
-	opts := &slog.HandlerOptions{Level: lvl}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if s == "" {
-		return slog.LevelInfo, nil
-	}
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("LOG_LEVEL %q: want debug, info, warn or error", s)
-	}
-	return l, nil
+	return config.NewLogger(w, c.LogLevel, c.LogFormat)
 }

@@ -1,11 +1,13 @@
 package bridge_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"trm-live/bridge"
+	"trm-live/contract/config"
 
 	"trm-live/testkit"
 )
@@ -80,5 +82,23 @@ func TestConfigErrorsHidePasswords(t *testing.T) {
 			_, err := bridge.LoadConfig(nil, func(k string) string { return map[string]string{name: v}[k] })
 			testkit.RefusedWithoutSecret(t, name, v, err)
 		}
+	}
+}
+
+// TestVersionFlag: -version is answered before any setting is read or
+// validated, so main prints the version and exits 0 without touching a
+// server.
+func TestVersionFlag(t *testing.T) {
+	_, err := bridge.LoadConfig([]string{"-version"}, func(k string) string { return map[string]string{"BRIDGE_BATCH": "many"}[k] })
+	if !errors.Is(err, config.ErrVersion) {
+		t.Fatalf("LoadConfig(-version) = %v, want config.ErrVersion", err)
+	}
+}
+
+// TestSentinelPasswordHasNoFlag: REDIS_SENTINEL_PASSWORD is read from the
+// environment only, so it never shows in the process list.
+func TestSentinelPasswordHasNoFlag(t *testing.T) {
+	if _, err := bridge.LoadConfig([]string{"-redis-sentinel-password", "pw"}, func(string) string { return "" }); err == nil {
+		t.Fatal("-redis-sentinel-password was accepted")
 	}
 }

@@ -194,9 +194,14 @@ func Load[C any](fs *flag.FlagSet, prefix string, settings []Setting[C], args []
 	vals := make([]*text, len(settings))
 	for i, s := range settings {
 		vals[i] = &text{def: s.def, isBool: s.isBool}
-		if !s.envOnly {
-			fs.Var(vals[i], flagName(s.env, prefix), s.usage+" ("+s.env+")")
+		if s.envOnly {
+			continue
 		}
+		usage := s.usage + " (`" + s.env + "`)" // -h shows "-batch BRIDGE_BATCH"
+		if s.isBool {
+			usage = s.usage + " (" + s.env + ")"
+		}
+		fs.Var(vals[i], flagName(s.env, prefix), usage)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

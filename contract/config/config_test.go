@@ -100,7 +100,7 @@ func TestVersionAndHelp(t *testing.T) {
 	}
 	out.Reset()
 	if code := Exit(&out, &errOut, "w", "", "", err); code != 0 || out.Len() != 0 ||
-		!strings.Contains(errOut.String(), "-batch-size") || !strings.Contains(errOut.String(), "(W_BATCH_SIZE)") ||
+		!strings.Contains(errOut.String(), "-batch-size") || !strings.Contains(errOut.String(), "-batch-size W_BATCH_SIZE\n") ||
 		!strings.Contains(errOut.String(), "-version") || strings.Contains(errOut.String(), "W_SECRET") {
 		t.Fatalf("help: exit %d, stderr %q", code, errOut.String())
 	}

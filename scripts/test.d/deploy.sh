@@ -12,7 +12,8 @@
 # 3. Each worker binary so built carries the version and revision build.sh
 #    stamps: started with its dependencies unreachable (it keeps running,
 #    not ready), its /metrics shows trm_build_info{revision=<git HEAD>,
-#    version="test"} 1.
+#    version="test"} 1, and `worker -version` prints "<worker> test
+#    (revision <git HEAD>)" and exits 0.
 # Exits non-zero on the first failure.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
@@ -82,4 +83,13 @@ build_info bridge "${down[@]}" REDIS_URL=redis://127.0.0.1:1/0
 build_info persister "${down[@]}"
 build_info authsvc "${down[@]}" DIRECTUS_URL=http://127.0.0.1:1
 build_info broadcaster "${down[@]}"
-log "deploy: compose files valid, images' binaries build and carry their build info"
+# -version prints the same stamp and exits 0 before reading any setting:
+# with an empty environment authsvc lacks its required URLs and the others
+# would wait for servers nobody runs here.
+for w in bridge persister authsvc broadcaster; do
+	want="$w test (revision ${revision:-unknown})"
+	got=$(env -i PATH="$PATH" timeout 20 "$tmp/bin-$w/worker" -version) || die "$w -version exited non-zero"
+	[ "$got" = "$want" ] || die "$w -version printed '$got', want '$want'"
+	log "$w -version: $got"
+done
+log "deploy: compose files valid, images' binaries build and carry their build info and answer -version"

@@ -1,9 +1,9 @@
 // Command bridge republishes positions from Redis Streams onto JetStream.
+// Settings: docs/bridge.md.
 package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -12,25 +12,29 @@ import (
 	"github.com/redis/go-redis/v9/logging"
 
 	"trm-live/bridge"
+	"trm-live/contract/config"
 )
 
 var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	cfg, err := bridge.LoadConfig(os.Args[1:], os.Getenv)
+	err := run(ctx, os.Args[1:])
+	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bridge: config:", err)
-		os.Exit(1)
+		os.Exit(config.Exit(os.Stdout, os.Stderr, "bridge", version, revision, err))
+	}
+}
+
+// run loads the settings from args and the environment and runs the bridge
+// until ctx ends.
+func run(ctx context.Context, args []string) error {
+	cfg, err := bridge.LoadConfig(args, os.Getenv)
+	if err != nil {
+		return err
 	}
 	cfg.Version, cfg.Revision = version, revision
-	cfg.Logger = cfg.NewLogger(os.Stderr).With("component", "bridge")
-	cfg.Logger.Info("starting", "config", cfg.String())
+	cfg.Logger = cfg.NewLogger(os.Stderr)
 	redis.SetLogger(&logging.VoidLogger{}) // the bridge logs each Redis outage once itself
-	if err := bridge.Run(ctx, cfg); err != nil {
-		cfg.Logger.Error("exit", "err", err)
-		stop()
-		os.Exit(1)
-	}
+	return bridge.Run(ctx, cfg)
 }

@@ -33,7 +33,6 @@ var workers = []worker{
 		}
 		cfg.Logger, cfg.Registerer = log, reg
 		cfg.Version, cfg.Revision = version, revision
-		log.Info("starting", "config", cfg.String())
 		return bridge.Run(ctx, cfg)
 	}},
 	{name: "persister", port: 8082, run: func(ctx context.Context, env func(string) string, log *slog.Logger, reg *prometheus.Registry) error {
@@ -43,7 +42,6 @@ var workers = []worker{
 		}
 		cfg.Logger, cfg.Registerer = log, reg
 		cfg.Version, cfg.Revision = version, revision
-		log.Info("starting", "config", cfg.String())
 		return persister.Run(ctx, cfg)
 	}},
 	{name: "authsvc", port: 8083, run: func(ctx context.Context, env func(string) string, log *slog.Logger, reg *prometheus.Registry) error {
@@ -53,7 +51,6 @@ var workers = []worker{
 		}
 		cfg.Logger, cfg.Registerer = log, reg
 		cfg.Version, cfg.Revision = version, revision
-		log.Info("starting", "config", cfg.String())
 		return authsvc.Run(ctx, cfg)
 	}},
 	{name: "broadcaster", port: 8084, run: func(ctx context.Context, env func(string) string, log *slog.Logger, reg *prometheus.Registry) error {
@@ -63,7 +60,6 @@ var workers = []worker{
 		}
 		cfg.Logger, cfg.Registerer = log, reg
 		cfg.Version, cfg.Revision = version, revision
-		log.Info("starting", "config", cfg.String())
 		return broadcaster.Run(ctx, cfg)
 	}},
 }
