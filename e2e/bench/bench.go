@@ -1,18 +1,21 @@
 // Command e2e benchmarks the whole pipeline (scripts/bench e2e): XADD to
 // Redis → bridge → JetStream → broadcaster → WebSocket clients, and →
 // persister → PostgreSQL, each worker its own process built from its cmd/
-// (the binaries stage and prod run), on an embedded nats-server, the Redis
-// and PostgreSQL scripts/bench starts, and the dev auth backend
-// (scripts/devauth) in this process as Directus.
+// (the binaries stage and prod run), on nats-server in a process of its own
+// (-nats-process=false embeds it in the bench process, whose CPU line then
+// holds it), the Redis and PostgreSQL scripts/bench starts, and the
+// Directus fake (testkit/directus) in this process.
 //
 // Scenarios (-scenarios): pilot = 500 devices at 1 Hz, 100 viewers; 10x =
 // 500 devices at 10 Hz, 1,000 viewers; every viewer is a distinct logged-in
 // user following the one event. For each it prints the latency from XADD to
-// WebSocket receive (p50/p99/p99.9/max over every position every viewer
-// received in the measurement window), the share of positions each viewer
+// WebSocket receive twice, each beside the share of positions the viewers
 // received (below 100% when the broadcaster coalesced a slow client's
-// positions, latest per device), CPU and peak RSS of each worker, and checks
-// zero loss at the database. The same run measures the floor: XADD →
+// positions, latest per device): over the positions delivered, and over
+// every position offered, a coalesced one counted at the delivery of its
+// device's next position. Then CPU and peak RSS of each process, the
+// broadcaster's CPU per delivered position (with nats-server's), and zero
+// loss at the database. The same run measures the floor: XADD →
 // XREADGROUP on the same Redis. It writes an SVG of the latency
 // distributions (-svg).
 package main
@@ -23,7 +26,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -33,7 +35,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,9 +47,28 @@ import (
 
 	"trm-live/contract"
 	"trm-live/contract/ws"
-	"trm-live/scripts/devauth"
 	"trm-live/testkit/benchenv"
+	"trm-live/testkit/directus"
 )
+
+// Config is one run of the benchmark (flags in main.go).
+type Config struct {
+	Scenarios    []string // pilot, 10x, in order
+	Devices      int
+	PilotViewers int
+	X10Viewers   int
+	Duration     time.Duration // measurement window of each scenario
+	Warmup       time.Duration // load before the window opens
+	RcvBuf       int           // SO_RCVBUF of each viewer connection, 0 = autotuning
+	NATSProcess  bool          // nats-server in its own process; false embeds it here
+	Probe        bool          // also time XADD → core NATS in this process
+	SVG          string        // latency plot; "" = docs/bench/e2e-latency.svg
+
+	// From the environment scripts/bench sets.
+	RedisURL    string
+	DatabaseURL string
+	DataDir     string
+}
 
 type scenario struct {
 	Name    string
@@ -57,41 +77,9 @@ type scenario struct {
 	Viewers int
 }
 
-func main() {
-	if len(os.Args) > 2 && os.Args[1] == "-role=nats" {
-		if err := natsMain(os.Args[2]); err != nil {
-			fmt.Fprintln(os.Stderr, "bench e2e nats:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == "-role=viewers" {
-		if err := viewerMain(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "bench e2e viewers:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench e2e:", err)
-		os.Exit(1)
-	}
-}
-
-func run() error {
-	scen := flag.String("scenarios", "pilot,10x", "scenarios to run, in order: pilot (500 devices 1 Hz, 100 viewers), 10x (500 devices 10 Hz, 1,000 viewers)")
-	devices := flag.Int("devices", 500, "devices in every scenario")
-	pilotViewers := flag.Int("pilot-viewers", 100, "viewers of the pilot scenario")
-	x10Viewers := flag.Int("x10-viewers", 1000, "viewers of the 10x scenario")
-	duration := flag.Duration("duration", 30*time.Second, "measurement window of each scenario")
-	warmup := flag.Duration("warmup", 5*time.Second, "load before the window opens")
-	rcvbuf := flag.Int("rcvbuf", 64<<10, "SO_RCVBUF of each viewer connection in bytes, 0 = system autotuning (docs/BENCHMARKS.md)")
-	natsProcess := flag.Bool("nats-process", true, "run nats-server in a process of its own (as in production); false embeds it in the bench process, beside the producer")
-	probeF := flag.Bool("probe", false, "also subscribe to the positions on core NATS in this process and print the XADD → NATS share of the latency (the bridge's); costs about 5 % of a core at 10x")
-	svgPath := flag.String("svg", "", "write the latency plot here (default docs/bench/e2e-latency.svg in the repository)")
-	flag.Parse()
-
-	redisURL, dbURL, dataDir := os.Getenv("BENCH_REDIS_URL"), os.Getenv("BENCH_DATABASE_URL"), os.Getenv("BENCH_DATA_DIR")
+// Run runs the scenarios of cfg and prints their figures.
+func Run(ctx context.Context, cfg Config) error {
+	redisURL, dbURL, dataDir := cfg.RedisURL, cfg.DatabaseURL, cfg.DataDir
 	if redisURL == "" || dbURL == "" || dataDir == "" {
 		return errors.New("BENCH_REDIS_URL, BENCH_DATABASE_URL and BENCH_DATA_DIR must be set: run it as scripts/bench e2e")
 	}
@@ -99,16 +87,17 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if *svgPath == "" {
-		*svgPath = filepath.Join(root, "docs", "bench", "e2e-latency.svg")
+	svgPath := cfg.SVG
+	if svgPath == "" {
+		svgPath = filepath.Join(root, "docs", "bench", "e2e-latency.svg")
 	}
 	var scenarios []scenario
-	for _, s := range strings.Split(*scen, ",") {
+	for _, s := range cfg.Scenarios {
 		switch strings.TrimSpace(s) {
 		case "pilot":
-			scenarios = append(scenarios, scenario{"pilot", *devices, 1, *pilotViewers})
+			scenarios = append(scenarios, scenario{"pilot", cfg.Devices, 1, cfg.PilotViewers})
 		case "10x":
-			scenarios = append(scenarios, scenario{"10x pilot", *devices, 10, *x10Viewers})
+			scenarios = append(scenarios, scenario{"10x pilot", cfg.Devices, 10, cfg.X10Viewers})
 		default:
 			return fmt.Errorf("-scenarios: unknown %q", s)
 		}
@@ -117,7 +106,7 @@ func run() error {
 	for _, s := range scenarios {
 		maxViewers = max(maxViewers, s.Viewers)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	started, load0 := time.Now().UTC(), loadavg()
@@ -135,7 +124,7 @@ func run() error {
 	_ = os.RemoveAll(store)
 	var natsURL string
 	var natsProc *workerProc
-	if *natsProcess {
+	if cfg.NATSProcess {
 		p, u, err := startNATSProcess(ctx, store)
 		if err != nil {
 			return err
@@ -151,25 +140,24 @@ func run() error {
 		natsURL = ns.ClientURL()
 	}
 
-	db, err := setupDB(ctx, root, dbURL, *devices, maxViewers)
+	db, err := setupDB(ctx, root, dbURL, cfg.Devices, maxViewers)
 	if err != nil {
 		return err
 	}
 
-	// Dev auth backend as Directus: one user per viewer, all members.
-	users := make([]devauth.User, maxViewers)
+	// The Directus fake (the dev auth backend's): one user per viewer, all
+	// members.
+	users := make([]directus.User, maxViewers)
 	for i := range users {
-		users[i] = devauth.User{ID: db.userIDs[i], Email: fmt.Sprintf("viewer%d@bench.local", i), Password: "pw"}
+		users[i] = directus.User{ID: db.userIDs[i], Email: fmt.Sprintf("viewer%d@bench.local", i), Password: "pw"}
 	}
-	da := devauth.New(devauth.Config{Users: users})
-	daLn, err := devauth.ListenLoopback("127.0.0.1:0")
-	if err != nil {
+	fake := directus.New(directus.Config{Users: users,
+		Events: func(context.Context) ([]directus.Event, error) { return []directus.Event{}, nil }})
+	if err := fake.Listen("127.0.0.1:0"); err != nil {
 		return err
 	}
-	daSrv := &http.Server{Handler: da, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = daSrv.Serve(daLn) }()
-	defer daSrv.Close()
-	directusURL := "http://" + daLn.Addr().String()
+	defer fake.Stop()
+	directusURL := fake.URL
 
 	stream := "bench:e2e:positions"
 	rdbOpts, err := redis.ParseURL(redisURL)
@@ -230,8 +218,8 @@ func run() error {
 	for _, s := range scenarios {
 		r, err := runScenario(ctx, s, scenarioEnv{
 			rdb: rdb, stream: stream, db: db, directusURL: directusURL, users: users,
-			wsURL: "ws://" + addrs["broadcaster"] + ws.Path, procs: procs, warmup: *warmup, duration: *duration,
-			rcvbuf: *rcvbuf, natsURL: natsURL, probe: *probeF,
+			wsURL: "ws://" + addrs["broadcaster"] + ws.Path, procs: procs, warmup: cfg.Warmup, duration: cfg.Duration,
+			rcvbuf: cfg.RcvBuf, natsURL: natsURL, probe: cfg.Probe, natsEmbedded: !cfg.NATSProcess,
 		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.Name, err)
@@ -239,15 +227,15 @@ func run() error {
 		r.print()
 		results = append(results, r)
 	}
-	if err := os.MkdirAll(filepath.Dir(*svgPath), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(svgPath), 0o755); err != nil {
 		return err
 	}
 	note := fmt.Sprintf("%s, %d cores; load average %s at start, %s at end (other processes included)",
 		started.Format("2006-01-02 15:04 MST"), runtime.NumCPU(), load0, loadavg())
-	if err := os.WriteFile(*svgPath, plotSVG(results, floor, note), 0o644); err != nil {
+	if err := os.WriteFile(svgPath, plotSVG(results, floor, note), 0o644); err != nil {
 		return err
 	}
-	fmt.Printf("latency plot: %s\nload average at the end: %s\n", *svgPath, loadavg())
+	fmt.Printf("latency plot: %s\nload average at the end: %s\n", svgPath, loadavg())
 	return nil
 }
 
@@ -322,7 +310,7 @@ func setupDB(ctx context.Context, root, adminDSN string, devices, viewers int) (
 	b.Queue(`INSERT INTO organizations (id, name) VALUES ($1, 'Bench Racing')`, org)
 	b.Queue(`INSERT INTO events (id, organization_id, name) VALUES ($1, $2, 'Bench GP')`, db.eventID, org)
 	for i := range db.devices {
-		db.devices[i] = fmt.Sprintf("35693803%07d", i+1)
+		db.devices[i] = deviceID(i)
 		b.Queue(`INSERT INTO event_devices (id, event_id, device_id) VALUES ($1, $2, $3)`, uuid(), db.eventID, db.devices[i])
 	}
 	for i := range db.userIDs {
@@ -334,6 +322,18 @@ func setupDB(ctx context.Context, root, adminDSN string, devices, viewers int) (
 		return db, fmt.Errorf("seed: %w", err)
 	}
 	return db, nil
+}
+
+// deviceID is the IMEI-like id of device i; deviceIndex is its inverse
+// (-1 for another id), for the viewers' per-device state.
+func deviceID(i int) string { return fmt.Sprintf("35693803%07d", i+1) }
+
+func deviceIndex(id int64) int {
+	const base = 356938030000000
+	if id <= base || id > base+9999999 {
+		return -1
+	}
+	return int(id-base) - 1
 }
 
 func uuid() string {
@@ -356,14 +356,7 @@ func natsOptions(store string) server.Options {
 // natsMain is the -role=nats child: nats-server with JetStream on a free
 // loopback port; it prints its client URL and stops at stdin EOF.
 func natsMain(store string) error {
-	ns, stop, err := benchenv.StartNATS(natsOptions(store))
-	if err != nil {
-		return err
-	}
-	defer stop()
-	fmt.Println(ns.ClientURL())
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	return nil
+	return benchenv.ServeNATS(natsOptions(store), os.Stdin, os.Stdout)
 }
 
 // startNATSProcess starts the -role=nats child and returns it with its
@@ -478,57 +471,10 @@ func waitReady(ctx context.Context, p *workerProc, addr string, timeout time.Dur
 	return fmt.Errorf("%s not ready after %s", p.name, timeout)
 }
 
-// cpuTicks is utime+stime of the process in clock ticks (USER_HZ, 100 on
-// Linux).
-func (p *workerProc) cpuTicks() int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the parenthesised command name.
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 {
-		s = s[i+2:]
-	}
-	f := strings.Fields(s)
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return ut + st
-}
+// cpuSeconds is the process's CPU time so far.
+func (p *workerProc) cpuSeconds() float64 { return benchenv.CPUSeconds(p.cmd.Process.Pid) }
 
-func (p *workerProc) rss() int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-func selfCPUTicks() int64 {
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 {
-		s = s[i+2:]
-	}
-	f := strings.Fields(s)
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return ut + st
-}
+func (p *workerProc) rss() int64 { return benchenv.RSS(p.cmd.Process.Pid) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 
@@ -564,7 +510,7 @@ type scenarioEnv struct {
 	stream      string
 	db          benchDB
 	directusURL string
-	users       []devauth.User
+	users       []directus.User
 	wsURL       string
 	procs       []*workerProc
 	warmup      time.Duration
@@ -572,6 +518,10 @@ type scenarioEnv struct {
 	rcvbuf      int // SO_RCVBUF of each viewer connection; 0 = autotuning
 	natsURL     string
 	probe       bool // subscribe to core NATS for the XADD → NATS split
+	// natsEmbedded: nats-server runs in this process, its CPU in the bench
+	// line.
+	natsEmbedded bool
+	period       time.Duration // per device, set per scenario
 }
 
 type workerStat struct {
@@ -581,25 +531,28 @@ type workerStat struct {
 }
 
 type result struct {
-	s           scenario
-	lat         *hist
-	natsLat     *hist // XADD → core NATS receive, in the window: the bridge's share
-	produced    int64 // in the window
-	sent        int64 // in the whole scenario
-	dbRows      int64
-	delivered   []float64 // per viewer: share of window positions received
-	workers     []workerStat
-	benchCPU    float64
-	window      time.Duration
-	connectDur  time.Duration
-	lateMax     time.Duration // how far the producer fell behind its schedule
-	closedEarly int           // viewer connections the server ended during the scenario
-	closeErr    string        // one of their close errors
-	errors      []string
+	s            scenario
+	lat          *hist // positions delivered in the window
+	all          *hist // every position offered in the window, a coalesced one at its successor's delivery
+	natsLat      *hist // XADD → core NATS receive, in the window: the bridge's share
+	produced     int64 // in the window
+	sent         int64 // in the whole scenario
+	dbRows       int64
+	delivered    []float64 // per viewer: share of window positions received
+	workers      []workerStat
+	benchCPU     float64
+	window       time.Duration
+	connectDur   time.Duration
+	lateMax      time.Duration // how far the producer fell behind its schedule
+	closedEarly  int           // viewer connections the server ended during the scenario
+	closeErr     string        // one of their close errors
+	errors       []string
+	natsEmbedded bool
 }
 
 func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error) {
-	r := result{s: s, lat: newHist(), natsLat: newHist()}
+	r := result{s: s, lat: newHist(), all: newHist(), natsLat: newHist(), natsEmbedded: e.natsEmbedded}
+	e.period = time.Duration(float64(time.Second) / s.Hz)
 	fmt.Printf("\n== %s: %d devices at %g Hz (%g positions/s), %d viewers\n", s.Name, s.Devices, s.Hz, float64(s.Devices)*s.Hz, s.Viewers)
 
 	// Viewers run in child processes of this binary (-role viewers), so the
@@ -646,8 +599,8 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 			return r, err
 		}
 	}
-	var cpu0 map[string]int64
-	var self0 int64
+	var cpu0 map[string]float64
+	var self0 float64
 	procs := append([]*workerProc(nil), e.procs...)
 	for _, k := range kids {
 		procs = append(procs, k.proc)
@@ -717,11 +670,11 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 			break
 		}
 		if cpu0 == nil && !tickAt.Before(windowStart) {
-			cpu0 = map[string]int64{}
+			cpu0 = map[string]float64{}
 			for _, p := range procs {
-				cpu0[p.name] = p.cpuTicks()
+				cpu0[p.name] = p.cpuSeconds()
 			}
-			self0 = selfCPUTicks()
+			self0 = benchenv.CPUSeconds(os.Getpid())
 		}
 		ts := strconv.FormatInt(tickAt.UnixMilli(), 10)
 		inWindow := !tickAt.Before(windowStart)
@@ -755,9 +708,9 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 	windowDur := time.Since(windowStart)
 	r.lateMax = late
 	for _, p := range procs {
-		r.workers = append(r.workers, workerStat{name: p.name, cpu: float64(p.cpuTicks()-cpu0[p.name]) / 100 / windowDur.Seconds()})
+		r.workers = append(r.workers, workerStat{name: p.name, cpu: (p.cpuSeconds() - cpu0[p.name]) / windowDur.Seconds()})
 	}
-	r.benchCPU = float64(selfCPUTicks()-self0) / 100 / windowDur.Seconds()
+	r.benchCPU = (benchenv.CPUSeconds(os.Getpid()) - self0) / windowDur.Seconds()
 	r.window, r.produced, r.sent = windowDur, produced, sent
 
 	// Let the last positions arrive, then collect the viewers' results.
@@ -781,6 +734,10 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 		copy(h.counts, vr.Counts)
 		h.n, h.max = vr.N, time.Duration(vr.MaxNS)
 		r.lat.merge(h)
+		h = newHist()
+		copy(h.counts, vr.AllCounts)
+		h.n, h.max = vr.AllN, time.Duration(vr.AllMaxNS)
+		r.all.merge(h)
 		for _, got := range vr.Received {
 			r.delivered = append(r.delivered, float64(got)/float64(max(produced, 1)))
 		}
@@ -812,7 +769,7 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 	return r, nil
 }
 
-func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.User, eventID string, rcvbuf int) (*benchenv.RawConn, error) {
+func connectViewer(ctx context.Context, directusURL, wsURL string, u directus.User, eventID string, rcvbuf int) (*benchenv.RawConn, error) {
 	body, _ := json.Marshal(map[string]string{"email": u.Email, "password": u.Password, "mode": "session"})
 	resp, err := http.Post(directusURL+"/auth/login", "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -821,7 +778,7 @@ func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.Use
 	resp.Body.Close()
 	var cookie string
 	for _, c := range resp.Cookies() {
-		if c.Name == devauth.CookieName {
+		if c.Name == directus.CookieName {
 			cookie = c.Value
 		}
 	}
@@ -831,7 +788,7 @@ func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.Use
 	h := http.Header{}
 	wu, _ := url.Parse(wsURL)
 	h.Set("Origin", "http://"+wu.Host)
-	h.Set("Cookie", devauth.CookieName+"="+cookie)
+	h.Set("Cookie", directus.CookieName+"="+cookie)
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c, err := benchenv.DialRaw(dctx, wsURL, h, rcvbuf)
@@ -865,34 +822,63 @@ func connectViewer(ctx context.Context, directusURL, wsURL string, u devauth.Use
 	return c, nil
 }
 
+// share is the mean and lowest share of the window's positions the
+// viewers received.
+func (r result) share() (mean, low float64) {
+	if len(r.delivered) == 0 {
+		return 0, 0
+	}
+	low = 1
+	for _, x := range r.delivered {
+		mean += x
+		low = min(low, x)
+	}
+	return mean / float64(len(r.delivered)), low
+}
+
 func (r result) print() {
 	rate := float64(r.produced) / r.window.Seconds()
 	fmt.Printf("window %.1f s: %d positions XADDed (%.0f/s; producer at most %s behind schedule), %d viewer deliveries measured (%.0f/s)\n",
 		r.window.Seconds(), r.produced, rate, ms(r.lateMax), r.lat.n, float64(r.lat.n)/r.window.Seconds())
-	fmt.Printf("latency XADD → WebSocket receive: p50 %s  p99 %s  p99.9 %s  max %s\n",
-		ms(r.lat.quantile(0.5)), ms(r.lat.quantile(0.99)), ms(r.lat.quantile(0.999)), ms(r.lat.max))
+	mean, low := r.share()
+	fmt.Printf("latency XADD → WebSocket receive: p50 %s  p99 %s  p99.9 %s  max %s   (positions delivered: mean share %.2f%%, min %.2f%%)\n",
+		ms(r.lat.quantile(0.5)), ms(r.lat.quantile(0.99)), ms(r.lat.quantile(0.999)), ms(r.lat.max), 100*mean, 100*low)
+	fmt.Printf("latency XADD → WebSocket receive, every position offered, a coalesced one at its successor's delivery: p50 %s  p99 %s  p99.9 %s  max %s   (share delivered: mean %.2f%%, min %.2f%%)\n",
+		ms(r.all.quantile(0.5)), ms(r.all.quantile(0.99)), ms(r.all.quantile(0.999)), ms(r.all.max), 100*mean, 100*low)
 	if r.natsLat.n > 0 {
-		fmt.Printf("  of which XADD → NATS (bridge; -probe subscriber, %d positions): p50 %s  p99 %s  max %s\n",
+		fmt.Printf("  of which XADD → NATS (bridge; -probe subscriber, %d positions, every one): p50 %s  p99 %s  max %s\n",
 			r.natsLat.n, ms(r.natsLat.quantile(0.5)), ms(r.natsLat.quantile(0.99)), ms(r.natsLat.max))
 	}
-	d := append([]float64(nil), r.delivered...)
-	sort.Float64s(d)
-	mean := 0.0
-	for _, x := range d {
-		mean += x
-	}
-	if len(d) > 0 {
-		mean /= float64(len(d))
-		fmt.Printf("share of window positions each viewer received: mean %.2f%%, min %.2f%%\n", 100*mean, 100*d[0])
+	if len(r.delivered) > 0 {
+		fmt.Printf("share of window positions each viewer received: mean %.2f%%, min %.2f%%\n", 100*mean, 100*low)
 	}
 	if r.closedEarly > 0 {
 		fmt.Printf("viewer connections ended by the server during the scenario: %d (e.g. %s)\n", r.closedEarly, r.closeErr)
 	}
 	fmt.Printf("database: %d rows for %d positions sent in the scenario\n", r.dbRows, r.sent)
+	var bc, nc float64
 	for _, w := range r.workers {
 		fmt.Printf("  %-12s CPU %5.1f%% of a core   peak RSS %6.1f MiB\n", w.name, 100*w.cpu, float64(w.peakRSS)/(1<<20))
+		switch w.name {
+		case "broadcaster":
+			bc = w.cpu
+		case "nats-server":
+			nc = w.cpu
+		}
 	}
-	fmt.Printf("  %-12s CPU %5.1f%% of a core (producer)\n", "bench", 100*r.benchCPU)
+	if r.natsEmbedded {
+		fmt.Printf("  %-12s CPU %5.1f%% of a core (producer and the embedded nats-server, not apart)\n", "bench", 100*r.benchCPU)
+	} else {
+		fmt.Printf("  %-12s CPU %5.1f%% of a core (producer)\n", "bench", 100*r.benchCPU)
+	}
+	perSec := float64(r.lat.n) / r.window.Seconds()
+	if perSec > 0 {
+		if r.natsEmbedded {
+			fmt.Printf("CPU per delivered position: broadcaster %.3f µs (nats-server embedded in the bench process: not attributed)\n", bc/perSec*1e6)
+		} else {
+			fmt.Printf("CPU per delivered position: broadcaster %.3f µs, with nats-server %.3f µs\n", bc/perSec*1e6, (bc+nc)/perSec*1e6)
+		}
+	}
 	for _, e := range r.errors {
 		fmt.Println("ERROR:", e)
 	}

@@ -1,0 +1,95 @@
+// Command broadcaster benchmarks the broadcaster's /ws-live fan-out
+// (scripts/bench broadcaster); bench.go says what it measures.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench broadcaster:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := Run(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "bench broadcaster %s: %v\n", cfg.Role, err)
+		os.Exit(1)
+	}
+}
+
+// parseFlags reads the command line into a Config.
+func parseFlags(args []string) (Config, error) {
+	var cfg Config
+	fs := flag.NewFlagSet("broadcaster", flag.ContinueOnError)
+	var clients, rates, sweep string
+	fs.StringVar(&cfg.Role, "role", "coord", "coord, or internal: server, nats, raw, load")
+	fs.StringVar(&clients, "c", "100,1000", "client counts")
+	fs.IntVar(&cfg.Devices, "devices", 500, "devices of the event")
+	fs.StringVar(&rates, "rates", "1,10", "positions per second per device")
+	fs.DurationVar(&cfg.Duration, "duration", defaultDuration, "measurement window of each run")
+	fs.StringVar(&sweep, "sweep", "100,200,300,400,700,1000", "device counts at 10 Hz and the largest client count, ascending, for the highest rate with staleness p99 < 250 ms (the -devices run is added); empty skips")
+	fs.IntVar(&cfg.Repeat, "repeat", 3, "runs of each sweep point; a point passes when every run does")
+	fs.IntVar(&cfg.Burst, "burst", 10, "positions published back to back; bursts are spread evenly over the period")
+	fs.IntVar(&cfg.RcvBuf, "rcvbuf", 64<<10, "SO_RCVBUF of each load client in bytes, 0 = system autotuning (see the docs)")
+	fs.IntVar(&cfg.Idle, "idle", 2000, "idle subscribed connections for the per-connection memory; 0 skips")
+	fs.BoolVar(&cfg.Options, "options", false, "subscription options scenario (max_hz, devices) instead of the default runs")
+	fs.Float64Var(&cfg.OptionsHz, "options-hz", 1, "max_hz of the rated run of -options")
+	fs.IntVar(&cfg.OptionsFollow, "options-follow", 5, "devices each client follows in the filtered run of -options")
+	fs.IntVar(&cfg.Flood, "flood", 0, "bogus handshakes per second from one address (127.0.0.2) for the handshake-flood run; 0 = the fan-out benchmark instead")
+	fs.IntVar(&cfg.FloodReal, "flood-real", 50, "real users' handshakes per second (from 127.0.0.1) in the handshake-flood run")
+	fs.DurationVar(&cfg.FloodDuration, "flood-duration", defaultFloodDuration, "length of each phase of the handshake-flood run")
+	fs.DurationVar(&cfg.FloodLatency, "flood-directus-latency", defaultFloodLatency, "how long the authsvc stand-in takes to refuse a bogus credential (a Directus look-up)")
+	// Internal: the child processes' settings, set by the coordinator.
+	fs.StringVar(&cfg.NATSURL, "nats", "", "internal: NATS URL")
+	fs.StringVar(&cfg.DebugAddr, "debug", "", "internal: address of the server role's /mem endpoint")
+	fs.StringVar(&cfg.Addr, "addr", "", "internal: listen address")
+	fs.StringVar(&cfg.Store, "store", "", "internal: JetStream store of -role nats")
+	fs.StringVar(&cfg.Load.URL, "url", "", "internal: WebSocket URL for -role load")
+	fs.StringVar(&cfg.Load.RawURL, "raw-url", "", "internal: raw server URL whose fan-out of the recorded frames is the ceiling")
+	fs.IntVar(&cfg.Load.N, "n", 0, "internal: clients for -role load")
+	fs.StringVar(&cfg.Load.Topic, "topic", "", "internal: topic for -role load; empty = connected, not subscribed; raw = the synthetic ceiling")
+	fs.DurationVar(&cfg.Load.Period, "period", 0, "internal: publishing period per device, for the latency of coalesced positions")
+	fs.Float64Var(&cfg.Load.MaxHz, "max-hz", 0, "internal: max_hz of each load client's subscribe; 0 = none")
+	fs.IntVar(&cfg.Load.Follow, "follow", 0, "internal: devices each load client follows, 0 = all")
+	fs.IntVar(&cfg.Load.DevTotal, "devtotal", 0, "internal: devices of the event, for -follow")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	var err error
+	if cfg.Clients, err = ints(clients); err != nil {
+		return cfg, fmt.Errorf("-c: %w", err)
+	}
+	if cfg.Rates, err = ints(rates); err != nil {
+		return cfg, fmt.Errorf("-rates: %w", err)
+	}
+	if cfg.Sweep, err = ints(sweep); err != nil {
+		return cfg, fmt.Errorf("-sweep: %w", err)
+	}
+	cfg.Load.RcvBuf = cfg.RcvBuf
+	return cfg, nil
+}
+
+// ints parses a comma-separated list of integers; "" is an empty list.
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				return nil, fmt.Errorf("bad number %q", f)
+			}
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
