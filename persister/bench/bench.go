@@ -94,15 +94,11 @@ func Run(ctx context.Context, o Config) error {
 		return err
 	}
 	defer stopNATS()
-	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1))
+	nc, js, err := benchenv.ConnectJetStream(ns.ClientURL(), 8192)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
-	if err != nil {
-		return err
-	}
 	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -71,6 +72,23 @@ func FreeAddrs(n int) ([]string, error) {
 		addrs[i] = ln.Addr().String()
 	}
 	return addrs, nil
+}
+
+// ConnectJetStream connects to the nats-server at url, reconnecting for
+// ever, with a JetStream client that keeps up to maxPending asynchronous
+// publishes in flight (the client's default of 4,000 stalls a fill that
+// waits for its acknowledgements in larger windows).
+func ConnectJetStream(url string, maxPending int) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending))
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }
 
 // AwaitAcks waits for the acknowledgement of every publish in futures, at

@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"trm-live/testkit"
@@ -152,30 +151,28 @@ func TestFreshDatabase(t *testing.T) {
 	}
 }
 
-// AwaitAcks returns once every publish is stored, and the error of one
-// that no stream takes.
+// ConnectJetStream's client keeps more than the default 4,000 publishes in
+// flight; AwaitAcks returns once every publish is stored, and the error of
+// one that no stream takes.
 func TestAwaitAcks(t *testing.T) {
 	ns, stop, err := StartNATS(server.Options{JetStream: true, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
-	nc, err := nats.Connect(ns.ClientURL())
+	nc, js, err := ConnectJetStream(ns.ClientURL(), 8192)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var fs []jetstream.PubAckFuture
-	for range 100 {
+	const n = 6000
+	for range n {
 		f, err := js.PublishAsync("s.x", []byte("x"))
 		if err != nil {
 			t.Fatal(err)
@@ -189,8 +186,8 @@ func TestAwaitAcks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != 100 {
-		t.Fatalf("stream holds %d messages after AwaitAcks, want 100", info.State.Msgs)
+	if info.State.Msgs != n {
+		t.Fatalf("stream holds %d messages after AwaitAcks, want %d", info.State.Msgs, n)
 	}
 	f, err := js.PublishAsync("nostream.x", []byte("x"))
 	if err != nil {

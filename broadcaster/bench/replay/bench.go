@@ -130,17 +130,12 @@ func Run(ctx context.Context, o Config) error {
 		return err
 	}
 	defer stopNATS()
-	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1))
+	// The recording keeps up to 8,192 publishes in flight.
+	nc, js, err := benchenv.ConnectJetStream(ns.ClientURL(), 16384)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	// The recording keeps up to 8,192 publishes in flight; the default
-	// cap of 4,000 would stall it.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384))
-	if err != nil {
-		return err
-	}
 	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
 		return err
 	}
