@@ -5,8 +5,10 @@
 // and isolated keys and databases on the shared Redis and PostgreSQL that
 // scripts/test starts.
 //
-// It is imported only by _test.go files. A missing server or setting fails
-// the test with one actionable message; nothing here ever skips.
+// It is imported only by _test.go files (its subpackages directus and
+// benchenv also by the dev tooling and the benchmark programs). A missing
+// server or setting fails the test with one actionable message; nothing
+// here ever skips.
 package testkit
 
 import (

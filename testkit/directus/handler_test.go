@@ -115,9 +115,10 @@ func TestHandlerWithoutTB(t *testing.T) {
 	resp.Body.Close()
 }
 
-// TestNoTestingImport: the fake links into the dev binary and the
-// benchmark, so it must not import package testing; and no code of the
-// workers, contract or deploy outside _test.go files imports testkit
+// TestNoTestingImport: the fake and benchenv link into the dev binary and
+// the benchmark programs, so they must not import package testing; and no
+// code of the workers, contract or deploy outside _test.go files and the
+// workers' benchmark programs (<worker>/bench) imports testkit
 // (docs/DECISIONS.md, decision 12).
 func TestNoTestingImport(t *testing.T) {
 	t.Parallel()
@@ -136,7 +137,11 @@ func TestNoTestingImport(t *testing.T) {
 		return out
 	}
 	files, _ := filepath.Glob(filepath.Join(root, "testkit", "directus", "*.go"))
-	for _, f := range files {
+	bench, _ := filepath.Glob(filepath.Join(root, "testkit", "benchenv", "*.go"))
+	if len(files) == 0 || len(bench) == 0 {
+		t.Fatal("no Go file in testkit/directus or testkit/benchenv")
+	}
+	for _, f := range append(files, bench...) {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
 		}
@@ -153,6 +158,9 @@ func TestNoTestingImport(t *testing.T) {
 			}
 			if d.IsDir() && (d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".")) {
 				return filepath.SkipDir
+			}
+			if d.IsDir() && path == filepath.Join(root, mod, "bench") {
+				return filepath.SkipDir // benchmark programs, built on testkit
 			}
 			if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 				return nil
