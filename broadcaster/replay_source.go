@@ -29,7 +29,9 @@ import (
 //   - the snapshot starts from a batch direct get of each device's last
 //     message stored at or before that same instant (up_to_time), whose fix
 //     times are all before T, then takes every position with a fix time at
-//     or before T that the consumer reads before the first one after T;
+//     or before T that the reader hands on before the first one after T
+//     (it reads them too, Reader.Earlier, and hands them on first: fix-time
+//     order);
 //   - the reader (streams.Reader, SkipLate, the one reader of a range of
 //     fix times, shared with the export) hands positions on in fix-time
 //     order, not in stream order: it holds each position until it has
