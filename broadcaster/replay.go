@@ -43,7 +43,9 @@ type replay struct {
 	eventID string
 	id      string // of the subscribe, echoed by replay_end
 	opts    ws.ReplayOptions
-	window  window
+	// lastSeq is the stream's last sequence when the replay started: a
+	// replay with an end reads no further (streams.Reader.LastSeq).
+	lastSeq uint64
 	feed    *feed
 	// want is the devices option: the only devices replayed; nil = all.
 	// The feed caps the rate (max_hz), the replay filters by device id.
@@ -268,7 +270,7 @@ func (c *client) subscribeReplay(req ws.Request) {
 func (c *client) startReplay(sub *subscription, o ws.ReplayOptions, so ws.SubscribeOptions, id string, lastSeq uint64, release func(), seek *ws.Request) {
 	srv := c.srv
 	r := &replay{srv: srv, c: c, topic: sub.topic, eventID: sub.eventID, id: id, opts: o,
-		window:  window{eventID: sub.eventID, lastSeq: lastSeq, to: o.To, lateness: srv.cfg.Replay.Lateness, live: o.To.IsZero()},
+		lastSeq: lastSeq,
 		ctl:     make(chan ws.Request, 16),
 		devices: make(map[string]int32),
 		speed:   o.Speed,
@@ -277,9 +279,6 @@ func (c *client) startReplay(sub *subscription, o ws.ReplayOptions, so ws.Subscr
 	}
 	if r.live {
 		r.sent = make(map[string]srcPos)
-	}
-	if !o.To.IsZero() {
-		r.window.stopAt = o.To.Add(srv.cfg.Replay.Lateness)
 	}
 	r.feed = newFeed(c.mb, sub.topic)
 	r.feed.head = ws.AppendReplayPositionsHead(nil, sub.topic)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"trm-live/contract/config"
+	"trm-live/contract/streams"
 )
 
 // ReplayConfig holds the settings of replays (docs/replay.md). Zero values
@@ -26,7 +27,8 @@ type ReplayConfig struct {
 	InactiveThreshold time.Duration
 	// Lateness is how far out of fix-time order a position may arrive in
 	// the stream and still be replayed in a range with an end
-	// (BROADCASTER_REPLAY_LATENESS). Default 1m. The replay stops reading
+	// (BROADCASTER_REPLAY_LATENESS). Default streams.DefaultLateness (1m),
+	// shared with the export. The replay stops reading
 	// at the first fix time after to + Lateness, and replay_end waits for
 	// that read: with 500 devices at 1 Hz a minute is 30,000 messages to
 	// scan, ten minutes were 300,000 (seconds of silence before the end).
@@ -51,7 +53,7 @@ func replaySettings() []config.Setting[Config] {
 		config.Int("BROADCASTER_REPLAY_MAX_PER_USER", 3, "concurrent replays per user", func(c *Config) *int { return &c.Replay.MaxPerUser }),
 		config.Int("BROADCASTER_REPLAY_MAX", 100, "concurrent replays per instance", func(c *Config) *int { return &c.Replay.MaxPerInstance }),
 		config.Duration("BROADCASTER_REPLAY_INACTIVE_THRESHOLD", 30*time.Second, "replay consumers unused this long are deleted by the server", func(c *Config) *time.Duration { return &c.Replay.InactiveThreshold }),
-		config.Duration("BROADCASTER_REPLAY_LATENESS", time.Minute, "how late a position may be stored and still be replayed", func(c *Config) *time.Duration { return &c.Replay.Lateness }),
+		config.Duration("BROADCASTER_REPLAY_LATENESS", streams.DefaultLateness, "how late a position may be stored and still be replayed", func(c *Config) *time.Duration { return &c.Replay.Lateness }),
 		config.Duration("BROADCASTER_REPLAY_MAX_LAG", 250*time.Millisecond, "wait for a slow client this long before dropping its oldest replay position", func(c *Config) *time.Duration { return &c.Replay.MaxLag }),
 		config.Int("BROADCASTER_REPLAY_BUFFER", 1024, "stream messages read ahead per replay", func(c *Config) *int { return &c.Replay.Buffer }),
 	}

@@ -514,42 +514,6 @@ func TestReplayLateStored(t *testing.T) {
 	}
 }
 
-// TestReorderHeap: the reorder hands positions on by fix time, then
-// stream order, and refuses one older than what its device handed on.
-func TestReorderHeap(t *testing.T) {
-	ro := newReorder(10 * time.Millisecond)
-	seq := uint64(0)
-	push := func(dev string, ts int64) bool {
-		seq++
-		return ro.push(srcPos{device: dev, ts: ts, seq: seq})
-	}
-	for _, ts := range []int64{50, 20, 40, 10, 30, 20, 60} {
-		push(fmt.Sprint("d", ts%3), ts)
-	}
-	var got []int64
-	for p, ok := ro.next(false); ok; p, ok = ro.next(false) {
-		got = append(got, p.ts)
-	}
-	// Held until a fix time 10 ms later was read: up to 50; device d2's
-	// second 20 is the same fix time again (the first stored goes).
-	if fmt.Sprint(got) != "[10 20 30 40 50]" {
-		t.Fatalf("released %v", got)
-	}
-	if push("d2", 50) || push("d1", 40) {
-		t.Fatal("a position not newer than its device's last one handed on was taken")
-	}
-	if !push("d1", 55) {
-		t.Fatal("a newer position was refused")
-	}
-	got = got[:0]
-	for p, ok := ro.next(true); ok; p, ok = ro.next(true) {
-		got = append(got, p.ts)
-	}
-	if fmt.Sprint(got) != "[55 60]" || ro.len() != 0 {
-		t.Fatalf("flushed %v, %d left", got, ro.len())
-	}
-}
-
 // maxStarved is the run-queue wait (runQueueWait per second of wall
 // time) past which TestReplayRewindLive does not assert its switch bound.
 const maxStarved = 0.75

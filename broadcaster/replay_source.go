@@ -29,14 +29,18 @@ import (
 //   - the snapshot starts from a batch direct get of each device's last
 //     message stored at or before that same instant (up_to_time), whose fix
 //     times are all before T, then takes every position with a fix time at
-//     or before T that the consumer reads before the first one after T;
-//   - the reader hands positions on in fix-time order, not in stream
-//     order (reorder): it holds each position until it has read a fix
-//     time Lateness after it (or found nothing more pending), so a
-//     position stored late, after newer ones of its device (a publish
-//     re-sent after a failure), still comes before them. One stored later
-//     than that behind a newer one of its device is skipped and counted
-//     (broadcaster_replay_too_late_total): a device never goes back.
+//     or before T that the reader hands on before the first one after T
+//     (it reads them too, Reader.Earlier, and hands them on first: fix-time
+//     order);
+//   - the reader (streams.Reader, SkipLate, the one reader of a range of
+//     fix times, shared with the export) hands positions on in fix-time
+//     order, not in stream order: it holds each position until it has
+//     read a fix time Lateness after it (or found nothing more pending),
+//     so a position stored late, after newer ones of its device (a
+//     publish re-sent after a failure), still comes before them. One
+//     stored later than that behind a newer one of its device is skipped
+//     and counted (broadcaster_replay_too_late_total): a device never
+//     goes back.
 
 // srcPos is one position read by a source.
 type srcPos struct {
@@ -89,20 +93,6 @@ func (s *source) setState(seq uint64, idle bool) {
 	}
 }
 
-// window bounds a source: it ends at the first of the stream's last
-// sequence when the replay started, a fix time after stopAt (zero: none),
-// or nothing left pending for the filter.
-type window struct {
-	eventID  string
-	lastSeq  uint64
-	to       time.Time // last fix time delivered; zero: none
-	stopAt   time.Time
-	lateness time.Duration // reorder window (fix time)
-	// live: a rewind's source, which never ends by itself: it reads on
-	// as positions arrive (lastSeq and stopAt unused).
-	live bool
-}
-
 // openSource creates the consumer starting at fix time at and reads the
 // snapshot at that time; the returned source continues after it.
 func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPos, error) {
@@ -136,22 +126,15 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 	src := &source{js: srv.js, name: name, ch: make(chan srcPos, srv.cfg.Replay.Buffer), cancel: cancel,
 		done: make(chan struct{}), invalid: srv.m.messagesInvalid.Inc, tooLate: srv.replayMetrics.tooLate.Inc,
 		idleCh: make(chan struct{}, 1)}
-	info := cons.CachedInfo()
-	if info != nil && info.NumPending == 0 {
-		src.setState(0, true)
-	}
-	if info != nil && info.NumPending == 0 && !r.window.live {
-		close(src.ch)
-		close(src.done)
-	} else {
-		it, err := cons.Messages(jetstream.PullMaxMessages(srv.cfg.Replay.Buffer))
-		if err != nil {
-			cancel()
-			src.deleteConsumer(srv)
-			return nil, nil, fmt.Errorf("consume replay: %w", err)
-		}
-		go src.read(sctx, it, r.window, at.UnixMilli())
-	}
+	go src.read(sctx, streams.Reader{
+		Range:   streams.Range{EventID: r.eventID, From: at, To: r.opts.To, Lateness: srv.cfg.Replay.Lateness},
+		Late:    streams.SkipLate,
+		Open:    func(context.Context) (jetstream.Consumer, error) { return cons, nil },
+		Pull:    srv.cfg.Replay.Buffer,
+		LastSeq: r.lastSeq,
+		Follow:  r.live,
+		Earlier: true, // for the snapshot at at
+	})
 
 	// The snapshot: the base, then what the consumer reads up to the first
 	// position after at.
@@ -178,13 +161,9 @@ func (r *replay) openSource(ctx context.Context, at time.Time) (*source, []srcPo
 				head = &srcPos{} // ended: no head
 				break
 			}
-			if p.device == "" {
-				// The reader passed at: the snapshot is complete. The
-				// schedule still waits for the first position after at,
-				// which comes out of the reorder window: anchored
-				// earlier, the first ones would be late by that read.
-				continue
-			}
+			// The schedule waits for the first position after at, which
+			// comes out of the reorder window: anchored earlier, the
+			// first ones would be late by that read.
 			if p.ts > atMS {
 				head = &p
 				break
@@ -245,197 +224,39 @@ func (s *source) headStart(ctx context.Context) {
 	}
 }
 
-// read forwards the consumer's messages, decoded, until the window ends,
-// ctx ends or the read fails. Positions at or before snapAt (Unix ms, the
-// replay's start) go at once, for the snapshot, until the first one after
-// it is read; then an empty srcPos marks the snapshot's end, and every
-// later position goes in fix-time order (reorder).
-func (s *source) read(ctx context.Context, it jetstream.MessagesContext, w window, snapAt int64) {
+// read hands the positions of rd, in fix-time order, to s.ch until the
+// read ends, ctx ends or it fails; it keeps the reader's state (a rewind's
+// switch to live needs it) and counts malformed and too-late positions.
+func (s *source) read(ctx context.Context, rd streams.Reader) {
 	defer close(s.done)
 	defer close(s.ch)
-	defer it.Stop()
-	ro := newReorder(w.lateness)
-	passed := false
-	send := func(p srcPos) bool {
-		select {
-		case s.ch <- p:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
-	flush := func() {
-		for p, ok := ro.next(true); ok; p, ok = ro.next(true) {
-			if !send(p) {
-				return
-			}
-		}
-	}
-	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			// A rewind's read never ends by itself.
-			if ctx.Err() == nil && (w.live || !errors.Is(err, jetstream.ErrMsgIteratorClosed)) {
-				s.err = fmt.Errorf("read replay: %w", err)
-			}
-			return
-		}
-		if w.live {
-			s.setState(0, false)
-		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			s.err = fmt.Errorf("replay message metadata: %w", err)
-			return
-		}
-		if !w.live && meta.Sequence.Stream > w.lastSeq {
-			flush()
-			return
-		}
-		ev, device, ok := contract.ParseSubject(msg.Subject())
-		ts, item, valid := int64(0), []byte(nil), false
-		if ok && ev == w.eventID {
-			ts, item, valid = payload(msg.Data(), ev, device)
-		}
-		if valid && !w.live && !w.stopAt.IsZero() && ts > w.stopAt.UnixMilli() {
-			// A fix Lateness past the range's end: what is still to come
-			// for the range would arrive that far out of order.
-			flush()
-			return
-		}
-		switch {
-		case !valid:
+	var counted streams.ReadStats
+	count := func(st streams.ReadStats) {
+		for ; counted.Malformed < st.Malformed; counted.Malformed++ {
 			s.invalid()
-		case !w.to.IsZero() && ts > w.to.UnixMilli():
-			// After the range: skipped, but later messages may still be
-			// late arrivals inside it.
-		case !passed && ts <= snapAt:
-			if !send(srcPos{device: device, ts: ts, data: item, seq: meta.Sequence.Stream}) {
-				return
-			}
-		default:
-			if !passed {
-				passed = true
-				if !send(srcPos{}) {
-					return
-				}
-			}
-			if !ro.push(srcPos{device: device, ts: ts, data: item, seq: meta.Sequence.Stream}) {
-				s.tooLate()
-			}
 		}
-		caughtUp := meta.NumPending == 0
-		if !w.live && (caughtUp || meta.Sequence.Stream >= w.lastSeq) {
-			flush()
-			return
-		}
-		for p, ok := ro.next(caughtUp); ok; p, ok = ro.next(caughtUp) {
-			if !send(p) {
-				return
-			}
-		}
-		if w.live {
-			s.setState(meta.Sequence.Stream, caughtUp && ro.len() == 0)
+		for ; counted.Late < st.Late; counted.Late++ {
+			s.tooLate()
 		}
 	}
-}
-
-// maxReorder bounds the positions a replay's reader holds back to put
-// them in fix-time order (about 35 MB): past it the oldest goes on early.
-// Lateness × the event's rate is what it needs (1 min × 500 devices at
-// 1 Hz: 30,000).
-const maxReorder = 100_000
-
-// reorder puts positions read in stream order into fix-time order: a
-// position is handed on once a fix time Lateness after it was read (or,
-// with all, at once in order), so a late-stored one overtakes newer ones
-// still held. Per device it never goes back: a position not newer than
-// the last one handed on of its device is refused (too late).
-type reorder struct {
-	h        posHeap
-	lateness int64 // ms
-	maxTS    int64
-	last     map[string]int64
-}
-
-func newReorder(lateness time.Duration) *reorder {
-	return &reorder{lateness: lateness.Milliseconds(), last: make(map[string]int64)}
-}
-
-func (ro *reorder) len() int { return len(ro.h) }
-
-// push holds p; false means p is too late (see reorder).
-func (ro *reorder) push(p srcPos) bool {
-	if last, ok := ro.last[p.device]; ok && p.ts <= last {
-		return false
-	}
-	ro.h.push(p)
-	ro.maxTS = max(ro.maxTS, p.ts)
-	return true
-}
-
-// next returns the oldest position held if it may go: all, or its fix
-// time is Lateness behind the newest read, or too many are held.
-func (ro *reorder) next(all bool) (srcPos, bool) {
-	for len(ro.h) > 0 && (all || ro.h[0].ts+ro.lateness <= ro.maxTS || len(ro.h) > maxReorder) {
-		p := ro.h.pop()
-		if last, ok := ro.last[p.device]; ok && p.ts <= last {
-			continue // an equal fix time of the device: the first stored goes
+	rd.Tick = func(st streams.ReadStats) {
+		count(st)
+		if rd.Follow {
+			s.setState(st.Seq, st.Idle)
 		}
-		ro.last[p.device] = p.ts
-		return p, true
 	}
-	return srcPos{}, false
-}
-
-// posHeap orders positions by fix time, then stream sequence (a binary
-// heap without container/heap's interface boxing: one allocation less per
-// position on the replay's hot path).
-type posHeap []srcPos
-
-func (h posHeap) less(i, j int) bool {
-	if h[i].ts != h[j].ts {
-		return h[i].ts < h[j].ts
+	st, err := rd.Read(ctx, func(p streams.Pos) error {
+		select {
+		case s.ch <- srcPos{device: p.Position.DeviceID, ts: p.Position.TSMillis(), data: p.Data, seq: p.Seq}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	count(st)
+	if err != nil && ctx.Err() == nil {
+		s.err = fmt.Errorf("read replay: %w", err)
 	}
-	return h[i].seq < h[j].seq
-}
-
-func (h *posHeap) push(p srcPos) {
-	*h = append(*h, p)
-	a := *h
-	for i := len(a) - 1; i > 0; {
-		parent := (i - 1) / 2
-		if !a.less(i, parent) {
-			break
-		}
-		a[i], a[parent] = a[parent], a[i]
-		i = parent
-	}
-}
-
-func (h *posHeap) pop() srcPos {
-	a := *h
-	p := a[0]
-	n := len(a) - 1
-	a[0] = a[n]
-	a[n] = srcPos{}
-	a = a[:n]
-	for i := 0; ; {
-		l, m := 2*i+1, i
-		if l < n && a.less(l, m) {
-			m = l
-		}
-		if r := l + 1; r < n && a.less(r, m) {
-			m = r
-		}
-		if m == i {
-			break
-		}
-		a[i], a[m] = a[m], a[i]
-		i = m
-	}
-	*h = a
-	return p
 }
 
 // close stops the reader and deletes the consumer (the InactiveThreshold

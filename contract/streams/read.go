@@ -398,7 +398,9 @@ func (rd Reader) decode(msg jetstream.Msg) (Pos, bool) {
 // the last one handed on of its device is refused (too late).
 type reorder struct {
 	h        posHeap
-	lateness int64 // ms
+	slab     []Pos   // the positions held, by slot
+	free     []int32 // free slots of slab
+	lateness int64   // ms
 	maxTS    int64
 	last     map[string]int64
 }
@@ -414,7 +416,16 @@ func (ro *reorder) push(p Pos) bool {
 	if last, ok := ro.last[p.Position.DeviceID]; ok && p.ts <= last {
 		return false
 	}
-	ro.h.push(p)
+	var slot int32
+	if n := len(ro.free); n > 0 {
+		slot = ro.free[n-1]
+		ro.free = ro.free[:n-1]
+		ro.slab[slot] = p
+	} else {
+		slot = int32(len(ro.slab))
+		ro.slab = append(ro.slab, p)
+	}
+	ro.h.push(heapEntry{ts: p.ts, seq: p.Seq, slot: slot})
 	ro.maxTS = max(ro.maxTS, p.ts)
 	return true
 }
@@ -423,7 +434,10 @@ func (ro *reorder) push(p Pos) bool {
 // time is Lateness behind the newest read, or too many are held.
 func (ro *reorder) next(all bool) (Pos, bool) {
 	for len(ro.h) > 0 && (all || ro.h[0].ts+ro.lateness <= ro.maxTS || len(ro.h) > maxReorder) {
-		p := ro.h.pop()
+		e := ro.h.pop()
+		p := ro.slab[e.slot]
+		ro.slab[e.slot] = Pos{}
+		ro.free = append(ro.free, e.slot)
 		if last, ok := ro.last[p.Position.DeviceID]; ok && p.ts <= last {
 			continue // an equal fix time of the device: the first stored goes
 		}
@@ -433,20 +447,28 @@ func (ro *reorder) next(all bool) (Pos, bool) {
 	return Pos{}, false
 }
 
+// heapEntry is a held position's place in the heap: its fix time, stream
+// sequence and slot in the slab (small, so the heap's swaps are cheap).
+type heapEntry struct {
+	ts   int64
+	seq  uint64
+	slot int32
+}
+
 // posHeap orders positions by fix time, then stream sequence (a binary
 // heap without container/heap's interface boxing: one allocation less per
 // position on the replay's hot path).
-type posHeap []Pos
+type posHeap []heapEntry
 
 func (h posHeap) less(i, j int) bool {
 	if h[i].ts != h[j].ts {
 		return h[i].ts < h[j].ts
 	}
-	return h[i].Seq < h[j].Seq
+	return h[i].seq < h[j].seq
 }
 
-func (h *posHeap) push(p Pos) {
-	*h = append(*h, p)
+func (h *posHeap) push(e heapEntry) {
+	*h = append(*h, e)
 	a := *h
 	for i := len(a) - 1; i > 0; {
 		parent := (i - 1) / 2
@@ -458,12 +480,11 @@ func (h *posHeap) push(p Pos) {
 	}
 }
 
-func (h *posHeap) pop() Pos {
+func (h *posHeap) pop() heapEntry {
 	a := *h
-	p := a[0]
+	e := a[0]
 	n := len(a) - 1
 	a[0] = a[n]
-	a[n] = Pos{}
 	a = a[:n]
 	for i := 0; ; {
 		l, m := 2*i+1, i
@@ -480,5 +501,5 @@ func (h *posHeap) pop() Pos {
 		i = m
 	}
 	*h = a
-	return p
+	return e
 }

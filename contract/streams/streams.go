@@ -1,5 +1,7 @@
 // Package streams holds the JetStream stream configurations of the wire
-// contract and the idempotent create-or-update every worker runs at start.
+// contract and the idempotent create-or-update every worker runs at start,
+// and Reader, the one reader of an event's positions between two fix times
+// (replay and export).
 package streams
 
 import (
