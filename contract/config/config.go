@@ -7,7 +7,8 @@
 // NATS_URL is -nats-url.
 //
 // It also holds what the workers share around their settings: LOG_LEVEL
-// and LOG_FORMAT with the logger they describe, and the -version flag.
+// and LOG_FORMAT with the logger they describe, the -version flag, and
+// Main, the body of every worker's main.
 package config
 
 import (
@@ -19,8 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"trm-live/contract/buildinfo"
 )
 
 // ErrVersion is returned by Load when -version is given, before anything
@@ -240,23 +239,5 @@ func Load[C any](fs *flag.FlagSet, prefix string, settings []Setting[C], args []
 func Fill[C any](c *C, settings []Setting[C]) {
 	for _, s := range settings {
 		s.fill(c)
-	}
-}
-
-// Exit is what main does when LoadConfig returned err, and the exit code
-// it returns: for ErrVersion the version line on stdout and 0 (name 1.2.3
-// (revision abc), see buildinfo.Line), for -h the usage on stderr and 0,
-// else "name: err" on stderr and 1.
-func Exit(stdout, stderr io.Writer, name, version, revision string, err error) int {
-	switch {
-	case errors.Is(err, ErrVersion):
-		fmt.Fprintln(stdout, buildinfo.Line(name, version, revision))
-		return 0
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stderr, err.Error())
-		return 0
-	default:
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
-		return 1
 	}
 }

@@ -2,8 +2,10 @@ package config
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +143,19 @@ func TestLog(t *testing.T) {
 	NewLogger(&b, "", "").Info("x")
 	if !strings.HasPrefix(b.String(), "time=") {
 		t.Fatalf("text at info: %q", b.String())
+	}
+}
+
+func TestMainExitCode(t *testing.T) {
+	var args []string
+	code := Main("w", "", "", func(ctx context.Context, a []string) error {
+		args = a
+		return ctx.Err()
+	})
+	if code != 0 || len(args) != len(os.Args)-1 {
+		t.Fatalf("run returning nil: exit %d, args %q", code, args)
+	}
+	if code := Main("w", "", "", func(context.Context, []string) error { return errors.New("W_X: bad") }); code != 1 {
+		t.Fatalf("run returning an error: exit %d", code)
 	}
 }

@@ -5,8 +5,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"trm-live/authsvc"
 	"trm-live/contract/config"
@@ -15,12 +13,7 @@ import (
 var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:])
-	stop()
-	if err != nil {
-		os.Exit(config.Exit(os.Stdout, os.Stderr, "authsvc", version, revision, err))
-	}
+	os.Exit(config.Main("authsvc", version, revision, run))
 }
 
 // run loads the settings from args and the environment and runs the authsvc

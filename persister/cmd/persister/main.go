@@ -6,8 +6,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"trm-live/contract/config"
 	"trm-live/persister"
@@ -16,12 +14,7 @@ import (
 var version, revision string // stamped with -ldflags -X by deploy/docker/build.sh
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:])
-	stop()
-	if err != nil {
-		os.Exit(config.Exit(os.Stdout, os.Stderr, "persister", version, revision, err))
-	}
+	os.Exit(config.Main("persister", version, revision, run))
 }
 
 // run loads the settings from args and the environment and runs the persister
