@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/base64"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,13 +19,6 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"trm-live/contract/auth"
-)
-
-var (
-	floodF     = flag.Int("flood", 0, "bogus handshakes per second from one address (127.0.0.2) for the handshake-flood run; 0 = the fan-out benchmark instead")
-	floodRealF = flag.Int("flood-real", 50, "real users' handshakes per second (from 127.0.0.1) in the handshake-flood run")
-	floodDurF  = flag.Duration("flood-duration", 5*time.Second, "length of each phase of the handshake-flood run")
-	floodLatF  = flag.Duration("flood-directus-latency", 20*time.Millisecond, "how long the authsvc stand-in takes to refuse a bogus credential (a Directus look-up)")
 )
 
 // benchCookie is a session cookie value the stand-in accepts, shaped like a
@@ -69,7 +61,7 @@ func refuseLater(nc *nats.Conn, r micro.Request, d time.Duration) {
 // process at c.srvAddr with its default handshake limits.
 func (c *coord) floodRun() error {
 	fmt.Printf("handshake flood: real users %d/s from 127.0.0.1, bogus %d/s from 127.0.0.2 (well-formed JWTs the authsvc stand-in refuses after %s), %s per phase\n",
-		*floodRealF, *floodF, *floodLatF, *floodDurF)
+		c.cfg.FloodReal, c.cfg.Flood, c.cfg.FloodLatency, c.cfg.FloodDuration)
 	for _, phase := range []struct {
 		name  string
 		flood bool
@@ -79,9 +71,9 @@ func (c *coord) floodRun() error {
 		var fl floodStats
 		var wg sync.WaitGroup
 		if phase.flood {
-			wg.Go(func() { c.flood(*floodF, &stop, &fl) })
+			wg.Go(func() { c.flood(c.cfg.Flood, &stop, &fl) })
 		}
-		lat, failed := c.realHandshakes(*floodRealF, *floodDurF)
+		lat, failed := c.realHandshakes(c.cfg.FloodReal, c.cfg.FloodDuration)
 		stop.Store(true)
 		wg.Wait()
 		after := c.connResults()
@@ -96,7 +88,7 @@ func (c *coord) floodRun() error {
 			phase.name, len(lat), failed, ms(pct(0.5)), ms(pct(0.99)), ms(pct(1)))
 		if phase.flood {
 			fmt.Printf("   bogus: %.0f/s sent, %d answered 429, %d other, %d errors",
-				float64(fl.sent.Load())/floodDurF.Seconds(), fl.limited.Load(), fl.other.Load(), fl.errors.Load())
+				float64(fl.sent.Load())/c.cfg.FloodDuration.Seconds(), fl.limited.Load(), fl.other.Load(), fl.errors.Load())
 		}
 		fmt.Printf("   server: %s\n", diffResults(before, after))
 	}
