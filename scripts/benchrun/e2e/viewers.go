@@ -5,52 +5,58 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"trm-live/scripts/devauth"
 	"trm-live/testkit/benchenv"
+	"trm-live/testkit/directus"
 )
 
 // viewerResult is what a viewer process reports on stdout at the end.
 type viewerResult struct {
-	Counts   []uint64 `json:"counts"`
-	N        uint64   `json:"n"`
-	MaxNS    int64    `json:"max_ns"`
-	Received []int64  `json:"received"`  // per viewer: window positions received
-	Closed   int      `json:"closed"`    // connections that ended before the parent's stop
-	CloseErr string   `json:"close_err"` // one of their errors
+	Counts    []uint64 `json:"counts"` // latency of the positions delivered in the window
+	N         uint64   `json:"n"`
+	MaxNS     int64    `json:"max_ns"`
+	AllCounts []uint64 `json:"all_counts"` // latency of every position offered in the window
+	AllN      uint64   `json:"all_n"`
+	AllMaxNS  int64    `json:"all_max_ns"`
+	Received  []int64  `json:"received"`  // per viewer: window positions received
+	Closed    int      `json:"closed"`    // connections that ended before the parent's stop
+	CloseErr  string   `json:"close_err"` // one of their errors
 }
 
-// viewerMain is the child role: log in viewers first..first+n-1, connect,
-// subscribe, print "ready"; read "window <start ns> <end ns>" on stdin;
-// measure every position whose attrs.sent lies in the window; at stdin EOF
-// close and print the result as JSON.
-func viewerMain(args []string) error {
-	fs := flag.NewFlagSet("viewers", flag.ContinueOnError)
-	directusURL := fs.String("directus", "", "auth backend URL")
-	wsURL := fs.String("ws", "", "ws://…/ws-live")
-	event := fs.String("event", "", "event id")
-	first := fs.Int("first", 0, "first viewer index")
-	n := fs.Int("n", 1, "viewers")
-	rcvbuf := fs.Int("rcvbuf", 0, "SO_RCVBUF per connection, 0 = autotuning")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	ctx := context.Background()
-	type viewer struct {
-		conn     *benchenv.RawConn
-		h        *hist
-		received int64
-	}
-	viewers := make([]*viewer, *n)
+// ViewerConfig is a viewer process (-role=viewers): viewers First to
+// First+N-1 of the Directus fake at DirectusURL, subscribed to EventID on
+// WSURL.
+type ViewerConfig struct {
+	DirectusURL string
+	WSURL       string
+	EventID     string
+	First, N    int
+	RcvBuf      int           // SO_RCVBUF per connection, 0 = autotuning
+	Devices     int           // devices of the event (ids deviceID(0…Devices-1))
+	Period      time.Duration // the producer's period per device
+}
+
+// viewer is one viewer connection and what it measured.
+type viewer struct {
+	conn     *benchenv.RawConn
+	h, all   *hist
+	received int64
+	lastSent []int64 // per device index: send time of the newest position held
+}
+
+// Run logs the viewers in, connects and subscribes them, prints "ready";
+// reads "window <start ns> <end ns>" on in; measures every position whose
+// attrs.sent lies in the window; at the EOF of in closes and prints the
+// result as JSON on out.
+func (vc ViewerConfig) Run(ctx context.Context, in io.Reader, out io.Writer) error {
+	viewers := make([]*viewer, vc.N)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	var connErr atomic.Value
@@ -60,22 +66,22 @@ func viewerMain(args []string) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			u := devauth.User{Email: fmt.Sprintf("viewer%d@bench.local", *first+i), Password: "pw"}
-			c, err := connectViewer(ctx, *directusURL, *wsURL, u, *event, *rcvbuf)
+			u := directus.User{Email: fmt.Sprintf("viewer%d@bench.local", vc.First+i), Password: "pw"}
+			c, err := connectViewer(ctx, vc.DirectusURL, vc.WSURL, u, vc.EventID, vc.RcvBuf)
 			if err != nil {
 				connErr.Store(err)
 				return
 			}
-			viewers[i] = &viewer{conn: c, h: newHist()}
+			viewers[i] = &viewer{conn: c, h: newHist(), all: newHist(), lastSent: make([]int64, vc.Devices)}
 		}()
 	}
 	wg.Wait()
 	if err, _ := connErr.Load().(error); err != nil {
 		return err
 	}
-	fmt.Println("ready")
-	in := bufio.NewReader(os.Stdin)
-	line, err := in.ReadString('\n')
+	fmt.Fprintln(out, "ready")
+	br := bufio.NewReader(in)
+	line, err := br.ReadString('\n')
 	if err != nil {
 		return fmt.Errorf("read window: %w", err)
 	}
@@ -86,7 +92,6 @@ func viewerMain(args []string) error {
 	ws, _ := strconv.ParseInt(f[1], 10, 64)
 	we, _ := strconv.ParseInt(f[2], 10, 64)
 
-	key := []byte(`{"sent":`) // attrs; "{" is rare in a frame: a fast first-byte search
 	var stopping atomic.Bool
 	var closed atomic.Int64
 	var closeErr atomic.Value
@@ -104,48 +109,85 @@ func viewerMain(args []string) error {
 					}
 					return
 				}
-				now := time.Now().UnixNano()
-				if !bytes.HasPrefix(data, []byte(`{"type":"positions"`)) {
-					continue
-				}
-				off := 0
-				for {
-					i := bytes.Index(data[off:], key)
-					if i < 0 {
-						break
-					}
-					off += i + len(key)
-					var sent int64
-					for off < len(data) && data[off] >= '0' && data[off] <= '9' {
-						sent = sent*10 + int64(data[off]-'0')
-						off++
-					}
-					if sent >= ws && sent < we {
-						v.h.add(time.Duration(now - sent))
-						v.received++
-					}
+				if bytes.HasPrefix(data, []byte(`{"type":"positions"`)) {
+					v.apply(data, time.Now().UnixNano(), ws, we, int64(vc.Period))
 				}
 			}
 		}()
 	}
-	_, _ = io.Copy(io.Discard, in) // until the parent closes stdin
+	_, _ = io.Copy(io.Discard, br) // until the parent closes stdin
 	stopping.Store(true)
 	for _, v := range viewers {
 		v.conn.Close()
 	}
 	readers.Wait()
-	total := newHist()
+	total, all := newHist(), newHist()
 	res := viewerResult{}
 	for _, v := range viewers {
 		total.merge(v.h)
+		all.merge(v.all)
 		res.Received = append(res.Received, v.received)
 	}
 	res.Counts, res.N, res.MaxNS = total.counts, total.n, int64(total.max)
+	res.AllCounts, res.AllN, res.AllMaxNS = all.counts, all.n, int64(all.max)
 	res.Closed = int(closed.Load())
 	if e, ok := closeErr.Load().(string); ok {
 		res.CloseErr = e
 	}
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return json.NewEncoder(out).Encode(res)
+}
+
+// apply measures the positions of one frame received at now: each one
+// sent in the window [ws, we) counts in h and all; and the positions of its
+// device the broadcaster coalesced since the one held before (one per
+// period, the producer's schedule) count in all, at now, the delivery of
+// their successor, when sent in the window.
+func (v *viewer) apply(data []byte, now, ws, we, period int64) {
+	const devKey, sentKey = `{"device_id":"`, `{"sent":` // "{" is rare in a frame: a fast first-byte search
+	off := 0
+	for {
+		i := bytes.Index(data[off:], []byte(devKey))
+		if i < 0 {
+			return
+		}
+		off += i + len(devKey)
+		var dev int64
+		for off < len(data) && data[off] >= '0' && data[off] <= '9' {
+			dev = dev*10 + int64(data[off]-'0')
+			off++
+		}
+		j := bytes.Index(data[off:], []byte(sentKey))
+		if j < 0 {
+			return
+		}
+		off += j + len(sentKey)
+		var sent int64
+		for off < len(data) && data[off] >= '0' && data[off] <= '9' {
+			sent = sent*10 + int64(data[off]-'0')
+			off++
+		}
+		var prev int64
+		idx := deviceIndex(dev)
+		if idx >= 0 && idx < len(v.lastSent) {
+			prev = v.lastSent[idx]
+			if sent > prev {
+				v.lastSent[idx] = sent
+			}
+		}
+		if sent >= ws && sent < we {
+			v.h.add(time.Duration(now - sent))
+			v.all.add(time.Duration(now - sent))
+			v.received++
+		}
+		if period > 0 && prev > 0 && sent > prev {
+			skipped := (sent-prev+period/2)/period - 1
+			for m := int64(1); m <= skipped; m++ {
+				if at := sent - m*period; at >= ws && at < we {
+					v.all.add(time.Duration(now - at))
+				}
+			}
+		}
+	}
 }
 
 // viewerProc is the parent's handle on one viewer process.
@@ -156,7 +198,8 @@ type viewerProc struct {
 
 func startViewers(ctx context.Context, e scenarioEnv, first, n int) (*viewerProc, error) {
 	p, out, err := startChild(ctx, fmt.Sprintf("viewers-%d", first/500+1), "-role=viewers", "-directus", e.directusURL, "-ws", e.wsURL,
-		"-event", e.db.eventID, "-first", strconv.Itoa(first), "-n", strconv.Itoa(n), "-rcvbuf", strconv.Itoa(e.rcvbuf))
+		"-event", e.db.eventID, "-first", strconv.Itoa(first), "-n", strconv.Itoa(n), "-rcvbuf", strconv.Itoa(e.rcvbuf),
+		"-devices", strconv.Itoa(len(e.db.devices)), "-period", e.period.String())
 	if err != nil {
 		return nil, err
 	}
