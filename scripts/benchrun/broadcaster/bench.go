@@ -283,33 +283,22 @@ func coordinate(ctx context.Context, cfg Config) error {
 func (c *coord) sweep(n int, synthetic map[string]result) error {
 	repeat := max(1, c.cfg.Repeat)
 	fmt.Printf("\nsweep at C=%d, 10 Hz, ascending, %d runs per point, stopping at the first point where any run misses staleness p99 < %d ms:\n", n, repeat, staleTarget)
-	points := append(slices.Clone(c.cfg.Sweep), c.cfg.Devices)
-	slices.Sort(points)
-	var best []result
-	bestDevices := 0
-	for _, d := range slices.Compact(points) {
-		var rs []result
-		pass := true
-		for range repeat {
-			r, err := c.broadcastRun(n, d, 10, subOpts{}, true)
-			if err != nil {
-				return err
-			}
+	run := func(d int) (result, error) {
+		r, err := c.broadcastRun(n, d, 10, subOpts{}, true)
+		if err == nil {
 			c.print(r, n, d, 10, synthetic)
-			rs = append(rs, r)
-			if r.StaleP99 < 0 || r.StaleP99 >= staleTarget || r.Complete != r.Clients || r.Closed > 0 {
-				pass = false
-			}
 		}
+		return r, err
+	}
+	bestDevices, best, err := sweepPoints(append(slices.Clone(c.cfg.Sweep), c.cfg.Devices), repeat, run, func(d int, rs []result, ok bool) {
 		verdict := "pass"
-		if !pass {
+		if !ok {
 			verdict = "FAIL"
 		}
 		fmt.Printf("point %d devices × 10 Hz: %s   %s\n", d, verdict, spreadLine(rs))
-		if !pass {
-			break
-		}
-		best, bestDevices = rs, d
+	})
+	if err != nil {
+		return err
 	}
 	if best == nil {
 		fmt.Printf("highest delivered rate with staleness p99 < %d ms: none (the lowest point failed)\n", staleTarget)
@@ -317,6 +306,40 @@ func (c *coord) sweep(n int, synthetic map[string]result) error {
 	}
 	fmt.Printf("highest delivered rate with staleness p99 < %d ms: %d devices × 10 Hz, %s\n", staleTarget, bestDevices, spreadLine(best))
 	return nil
+}
+
+// passes is the sweep's criterion for one run.
+func passes(r result) bool {
+	return r.StaleP99 >= 0 && r.StaleP99 < staleTarget && r.Complete == r.Clients && r.Closed == 0
+}
+
+// sweepPoints runs the points (device counts) in ascending order, each
+// repeat times, reports each, and stops after the first point where a run
+// fails. It returns the highest point whose every run passed, with its
+// runs; nil when the first failed.
+func sweepPoints(points []int, repeat int, run func(devices int) (result, error), report func(devices int, rs []result, ok bool)) (int, []result, error) {
+	points = slices.Clone(points)
+	slices.Sort(points)
+	var best []result
+	bestDevices := 0
+	for _, d := range slices.Compact(points) {
+		var rs []result
+		ok := true
+		for range repeat {
+			r, err := run(d)
+			if err != nil {
+				return 0, nil, err
+			}
+			rs = append(rs, r)
+			ok = ok && passes(r)
+		}
+		report(d, rs, ok)
+		if !ok {
+			break
+		}
+		best, bestDevices = rs, d
+	}
+	return bestDevices, best, nil
 }
 
 // spreadLine is the median and range of a point's runs.
