@@ -41,6 +41,7 @@ require (
 
 require (
 	github.com/nats-io/nats-server/v2 v2.15.2
+	github.com/nats-io/nuid v1.0.1
 	github.com/prometheus/client_model v0.6.3
 	trm-live/testkit v0.0.0
 )
