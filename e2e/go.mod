@@ -23,7 +23,6 @@ require (
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
-	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/prometheus/client_golang v1.25.0 // indirect
@@ -45,6 +44,7 @@ replace (
 )
 
 require (
+	github.com/nats-io/nats-server/v2 v2.15.2
 	trm-live/bridge v0.0.0
 	trm-live/deploy/verify v0.0.0
 	trm-live/persister v0.0.0
