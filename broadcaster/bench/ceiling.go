@@ -41,7 +41,7 @@ type blastRequest struct {
 }
 
 // runRaw is a bare WebSocket server: no auth, no mailbox, no encoding per
-// client. GET /raw?i=N registers a client. POST /blast writes recorded
+// client. GET /raw?i=N registers a client; GET /clients counts them. POST /blast writes recorded
 // frames (blastRequest); POST /blast?per=N&dur=D writes one synthetic
 // frame of N positions to every client as fast as the socket takes it for
 // D.
@@ -51,6 +51,11 @@ func runRaw(ctx context.Context, addr string) error {
 	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("/clients", func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintln(w, len(conns))
+	})
 	mux.HandleFunc("/raw", func(w http.ResponseWriter, r *http.Request) {
 		i := -1
 		if s := r.URL.Query().Get("i"); s != "" {
