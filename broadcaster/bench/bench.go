@@ -606,7 +606,7 @@ func (c *coord) broadcastRun(n, devices, hz int, o subOpts, withCeiling bool) (r
 	if err := json.Unmarshal([]byte(line), &r); err != nil {
 		return result{}, err
 	}
-	r.RSS = rss(c.srvCmd.Process.Pid)
+	r.RSS = benchenv.RSS(c.srvCmd.Process.Pid)
 	r.ServerCPU = (cpu1[0] - cpu0[0]) / window
 	r.NATSCPU = (cpu1[1] - cpu0[1]) / window
 	r.CoordCPU = (cpu1[2] - cpu0[2]) / window
@@ -623,7 +623,7 @@ func (c *coord) broadcastRun(n, devices, hz int, o subOpts, withCeiling bool) (r
 // cpu is the CPU seconds so far of the broadcaster, nats-server and this
 // process.
 func (c *coord) cpu() [3]float64 {
-	return [3]float64{cpuSeconds(c.srvCmd.Process.Pid), cpuSeconds(c.natsCmd.Process.Pid), cpuSeconds(os.Getpid())}
+	return [3]float64{benchenv.CPUSeconds(c.srvCmd.Process.Pid), benchenv.CPUSeconds(c.natsCmd.Process.Pid), benchenv.CPUSeconds(os.Getpid())}
 }
 
 // loadavg is the machine's 1-minute load average: other work on the
@@ -634,37 +634,6 @@ func loadavg() string {
 		return f[0]
 	}
 	return "?"
-}
-
-// cpuSeconds is the user+system CPU time of a process.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which ends with ')'.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
-func rss(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // publish sends one position per device every period for d, each with the
@@ -722,12 +691,12 @@ var (
 func (c *coord) idleRun(n int) error {
 	pid := c.srvCmd.Process.Pid
 	heap0, g0 := c.mem()
-	rss0 := rss(pid)
+	rss0 := benchenv.RSS(pid)
 	l, err := c.startLoad("ws://"+c.srvAddr+ws.Path, n, ws.EventTopic(c.eventID), 0)
 	if err != nil {
 		return err
 	}
-	rss1 := rss(pid)
+	rss1 := benchenv.RSS(pid)
 	heap1, g1 := c.mem()
 	if p := os.Getenv("BENCH_HEAP_PROFILE"); p != "" {
 		if resp, err := http.Get("http://" + c.debugAddr + "/debug/pprof/heap"); err == nil {

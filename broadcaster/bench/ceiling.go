@@ -19,6 +19,7 @@ import (
 
 	"trm-live/contract"
 	"trm-live/contract/ws"
+	"trm-live/testkit/benchenv"
 )
 
 // ceiling is a bare fan-out of recorded frames, as the load process
@@ -248,7 +249,7 @@ func (c *coord) fanOut(l *load, file string, counts []int) (ceiling, error) {
 	if _, err := l.expect("RAWREADY"); err != nil {
 		return ceiling{}, err
 	}
-	cpu0 := cpuSeconds(c.rawCmd.Process.Pid)
+	cpu0 := benchenv.CPUSeconds(c.rawCmd.Process.Pid)
 	body, _ := json.Marshal(blastRequest{File: file, Counts: counts})
 	resp, err := http.Post("http://"+c.rawAddr+"/blast", "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -259,7 +260,7 @@ func (c *coord) fanOut(l *load, file string, counts []int) (ceiling, error) {
 	if resp.StatusCode != 200 {
 		return ceiling{}, fmt.Errorf("blast: %d %s", resp.StatusCode, msg)
 	}
-	cpu1 := cpuSeconds(c.rawCmd.Process.Pid)
+	cpu1 := benchenv.CPUSeconds(c.rawCmd.Process.Pid)
 	l.send(fmt.Sprintf("RAWWAIT %d", total))
 	line, err := l.expect("RAWRESULT")
 	if err != nil {

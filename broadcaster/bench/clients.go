@@ -108,7 +108,7 @@ func (cfg LoadConfig) Run(ctx context.Context, in io.Reader, out io.Writer) erro
 		line := sc.Text()
 		switch {
 		case line == "GO":
-			cpuStart = cpuSeconds(os.Getpid())
+			cpuStart = benchenv.CPUSeconds(os.Getpid())
 			lr.frames.Store(0)
 			lr.positions.Store(0)
 			lr.bytesIn.Store(0)
@@ -132,7 +132,7 @@ func (cfg LoadConfig) Run(ctx context.Context, in io.Reader, out io.Writer) erro
 		case line == "END":
 			lr.counting.Store(false)
 			stop = time.Now()
-			loadCPU = (cpuSeconds(os.Getpid()) - cpuStart) / stop.Sub(start).Seconds()
+			loadCPU = (benchenv.CPUSeconds(os.Getpid()) - cpuStart) / stop.Sub(start).Seconds()
 			if samplerDone != nil {
 				<-samplerDone
 			}
@@ -171,7 +171,7 @@ func (cfg LoadConfig) Run(ctx context.Context, in io.Reader, out io.Writer) erro
 			for _, c := range lr.raws {
 				c.firstAt.Store(0)
 			}
-			rawCPU0 = cpuSeconds(os.Getpid())
+			rawCPU0 = benchenv.CPUSeconds(os.Getpid())
 			rawStart = time.Now()
 			lr.rawCounting.Store(true)
 			fmt.Fprintln(out, "RAWREADY")
@@ -195,7 +195,7 @@ func (cfg LoadConfig) Run(ctx context.Context, in io.Reader, out io.Writer) erro
 			secs := max(float64(lastAt-firstAt)/1e9, 1e-3)
 			pos := lr.rawPositions.Load()
 			printResult(out, "RAWRESULT", ceiling{Frames: lr.rawFrames.Load(), Positions: pos, Secs: secs,
-				PositionsPerSec: float64(pos) / secs, LoadCPU: (cpuSeconds(os.Getpid()) - rawCPU0) / time.Since(rawStart).Seconds()})
+				PositionsPerSec: float64(pos) / secs, LoadCPU: (benchenv.CPUSeconds(os.Getpid()) - rawCPU0) / time.Since(rawStart).Seconds()})
 		}
 	}
 	return nil

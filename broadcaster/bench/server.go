@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/pprof"
 	"os"
@@ -52,13 +51,6 @@ func runServer(ctx context.Context, cfg Config) error {
 // runNATS is the -role nats process: nats-server with JetStream on a free
 // loopback port; it prints its client URL and stops at stdin EOF.
 func runNATS(store string) error {
-	ns, stop, err := benchenv.StartNATS(server.Options{ServerName: "bench", JetStream: true,
-		StoreDir: store, JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 20 << 30, MaxPending: 256 << 20})
-	if err != nil {
-		return err
-	}
-	defer stop()
-	fmt.Println(ns.ClientURL())
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	return nil
+	return benchenv.ServeNATS(server.Options{ServerName: "bench", JetStream: true,
+		StoreDir: store, JetStreamMaxMemory: 1 << 30, JetStreamMaxStore: 20 << 30, MaxPending: 256 << 20}, os.Stdin, os.Stdout)
 }

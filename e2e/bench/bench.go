@@ -356,14 +356,7 @@ func natsOptions(store string) server.Options {
 // natsMain is the -role=nats child: nats-server with JetStream on a free
 // loopback port; it prints its client URL and stops at stdin EOF.
 func natsMain(store string) error {
-	ns, stop, err := benchenv.StartNATS(natsOptions(store))
-	if err != nil {
-		return err
-	}
-	defer stop()
-	fmt.Println(ns.ClientURL())
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	return nil
+	return benchenv.ServeNATS(natsOptions(store), os.Stdin, os.Stdout)
 }
 
 // startNATSProcess starts the -role=nats child and returns it with its
@@ -478,57 +471,10 @@ func waitReady(ctx context.Context, p *workerProc, addr string, timeout time.Dur
 	return fmt.Errorf("%s not ready after %s", p.name, timeout)
 }
 
-// cpuTicks is utime+stime of the process in clock ticks (USER_HZ, 100 on
-// Linux).
-func (p *workerProc) cpuTicks() int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the parenthesised command name.
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 {
-		s = s[i+2:]
-	}
-	f := strings.Fields(s)
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return ut + st
-}
+// cpuSeconds is the process's CPU time so far.
+func (p *workerProc) cpuSeconds() float64 { return benchenv.CPUSeconds(p.cmd.Process.Pid) }
 
-func (p *workerProc) rss() int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-func selfCPUTicks() int64 {
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 {
-		s = s[i+2:]
-	}
-	f := strings.Fields(s)
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return ut + st
-}
+func (p *workerProc) rss() int64 { return benchenv.RSS(p.cmd.Process.Pid) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 
@@ -653,8 +599,8 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 			return r, err
 		}
 	}
-	var cpu0 map[string]int64
-	var self0 int64
+	var cpu0 map[string]float64
+	var self0 float64
 	procs := append([]*workerProc(nil), e.procs...)
 	for _, k := range kids {
 		procs = append(procs, k.proc)
@@ -724,11 +670,11 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 			break
 		}
 		if cpu0 == nil && !tickAt.Before(windowStart) {
-			cpu0 = map[string]int64{}
+			cpu0 = map[string]float64{}
 			for _, p := range procs {
-				cpu0[p.name] = p.cpuTicks()
+				cpu0[p.name] = p.cpuSeconds()
 			}
-			self0 = selfCPUTicks()
+			self0 = benchenv.CPUSeconds(os.Getpid())
 		}
 		ts := strconv.FormatInt(tickAt.UnixMilli(), 10)
 		inWindow := !tickAt.Before(windowStart)
@@ -762,9 +708,9 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 	windowDur := time.Since(windowStart)
 	r.lateMax = late
 	for _, p := range procs {
-		r.workers = append(r.workers, workerStat{name: p.name, cpu: float64(p.cpuTicks()-cpu0[p.name]) / 100 / windowDur.Seconds()})
+		r.workers = append(r.workers, workerStat{name: p.name, cpu: (p.cpuSeconds() - cpu0[p.name]) / windowDur.Seconds()})
 	}
-	r.benchCPU = float64(selfCPUTicks()-self0) / 100 / windowDur.Seconds()
+	r.benchCPU = (benchenv.CPUSeconds(os.Getpid()) - self0) / windowDur.Seconds()
 	r.window, r.produced, r.sent = windowDur, produced, sent
 
 	// Let the last positions arrive, then collect the viewers' results.

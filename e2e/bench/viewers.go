@@ -150,22 +150,13 @@ func (v *viewer) apply(data []byte, now, ws, we, period int64) {
 		if i < 0 {
 			return
 		}
-		off += i + len(devKey)
-		var dev int64
-		for off < len(data) && data[off] >= '0' && data[off] <= '9' {
-			dev = dev*10 + int64(data[off]-'0')
-			off++
-		}
+		var dev, sent int64
+		dev, off = digits(data, off+i+len(devKey))
 		j := bytes.Index(data[off:], []byte(sentKey))
 		if j < 0 {
 			return
 		}
-		off += j + len(sentKey)
-		var sent int64
-		for off < len(data) && data[off] >= '0' && data[off] <= '9' {
-			sent = sent*10 + int64(data[off]-'0')
-			off++
-		}
+		sent, off = digits(data, off+j+len(sentKey))
 		var prev int64
 		idx := deviceIndex(dev)
 		if idx >= 0 && idx < len(v.lastSent) {
@@ -188,6 +179,17 @@ func (v *viewer) apply(data []byte, now, ws, we, period int64) {
 			}
 		}
 	}
+}
+
+// digits reads the decimal digits of data from off and returns their
+// value and the offset after them.
+func digits(data []byte, off int) (int64, int) {
+	var v int64
+	for off < len(data) && data[off] >= '0' && data[off] <= '9' {
+		v = v*10 + int64(data[off]-'0')
+		off++
+	}
+	return v, off
 }
 
 // viewerProc is the parent's handle on one viewer process.

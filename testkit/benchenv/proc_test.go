@@ -1,0 +1,53 @@
+package benchenv
+
+import (
+	"bufio"
+	"io"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// ServeNATS writes a URL a client can connect to, and returns once its
+// input ends.
+func TestServeNATS(t *testing.T) {
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- ServeNATS(server.Options{}, inR, outW) }()
+	url, err := bufio.NewReader(outR).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(strings.TrimSpace(url))
+	if err != nil {
+		t.Fatalf("connect %q: %v", url, err)
+	}
+	nc.Close()
+	_ = inW.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// This process has used some CPU and holds some memory; a process that
+// does not exist reads as zero.
+func TestCPUSecondsAndRSS(t *testing.T) {
+	x := 0
+	for i := range 50_000_000 {
+		x += i
+	}
+	_ = x
+	if c := CPUSeconds(os.Getpid()); c <= 0 {
+		t.Fatalf("CPUSeconds(self) = %g", c)
+	}
+	if r := RSS(os.Getpid()); r < 1<<20 {
+		t.Fatalf("RSS(self) = %d", r)
+	}
+	if CPUSeconds(-1) != 0 || RSS(-1) != 0 {
+		t.Fatal("a missing process reads as nonzero")
+	}
+}
