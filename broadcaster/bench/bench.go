@@ -60,11 +60,13 @@ type Config struct {
 	FloodDuration time.Duration
 	FloodLatency  time.Duration
 
+	benchenv.Servers // DataDir: the recorded frames and the NATS store
+
 	NATSURL   string // -role server
 	DebugAddr string // -role server: /mem and pprof
 	Addr      string // -role server and raw: listen address
 	Store     string // -role nats: JetStream store
-	Load      LoadConfig
+	Load      ClientsConfig
 }
 
 // Run runs cfg.Role until it is done or ctx ends.
@@ -114,10 +116,7 @@ type coord struct {
 }
 
 func coordinate(ctx context.Context, cfg Config) error {
-	dataDir := os.Getenv("BENCH_DATA_DIR")
-	if dataDir == "" {
-		dataDir = os.TempDir()
-	}
+	dataDir := cfg.DataDir
 	storeDir := filepath.Join(dataDir, "broadcaster-nats")
 	_ = os.RemoveAll(storeDir)
 	var l syscall.Rlimit

@@ -32,33 +32,25 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"trm-live/testkit/benchenv"
 )
 
-func main() {
-	cfg, err := parseFlags(os.Args[1:])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench broadcaster:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := Run(ctx, cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "bench broadcaster %s: %v\n", cfg.Role, err)
-		os.Exit(1)
-	}
-}
+func main() { os.Exit(benchenv.Main("broadcaster", LoadConfig, Run)) }
 
-// parseFlags reads the command line into a Config.
-func parseFlags(args []string) (Config, error) {
+// LoadConfig reads the command line, and the data folder scripts/bench
+// gives, into a Config.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	var cfg Config
+	var err error
+	if cfg.Servers, err = benchenv.LoadServers(getenv, "broadcaster"); err != nil {
+		return cfg, err
+	}
 	fs := flag.NewFlagSet("broadcaster", flag.ContinueOnError)
 	var clients, rates, sweep string
 	fs.StringVar(&cfg.Role, "role", "coord", "coord, or internal: server, nats, raw, load")
@@ -94,7 +86,6 @@ func parseFlags(args []string) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
-	var err error
 	if cfg.Clients, err = ints(clients); err != nil {
 		return cfg, fmt.Errorf("-c: %w", err)
 	}
