@@ -1,33 +1,3 @@
-// Package main benchmarks the broadcaster's /ws-live fan-out.
-//
-// Five processes, so their CPU and memory stay apart: this coordinator
-// (the publisher and an authsvc stand-in that admits every bench cookie),
-// nats-server with the POSITIONS stream (-role nats), the broadcaster
-// (-role server, running broadcaster.Run), the WebSocket clients (-role
-// load, one process per run) and a bare WebSocket server (-role raw), all
-// this binary re-executed.
-//
-// Each run publishes devices × rate to the event for a window while the
-// clients count what they receive. Its ceiling is a bare fan-out of the
-// broadcaster's own frames: the load process records one client's frames
-// and the frame count of every client, and the raw server then writes
-// those frames, as fast as the sockets take them, to the same number of
-// clients of the same load process, each as many frames as the broadcaster
-// sent it. It is measured before the window (with the frames of a short
-// pass just before it) and after (with the window's own frames), and the
-// run's ratio is its delivered rate against the mean of the two.
-//
-// Usage: scripts/bench broadcaster [-c 100,1000] [-devices 500] [-rates 1,10]
-// [-duration 10s] [-sweep 100,200,300,400,700,1000] [-repeat 3] [-idle 2000]
-//
-// With -flood N it measures instead real users' handshake latency while N
-// bogus handshakes per second arrive from one address, against the same
-// without the flood in the same run (flood.go).
-//
-// With -options it runs the subscription-options scenario instead: at the
-// largest -c and -devices × 10 Hz, the same number of clients unlimited,
-// then all at max_hz=1 (-options-hz), then each following 5 devices
-// (-options-follow), one after the other in the same run.
 package main
 
 import (
@@ -90,11 +60,13 @@ type Config struct {
 	FloodDuration time.Duration
 	FloodLatency  time.Duration
 
+	benchenv.Servers // DataDir: the recorded frames and the NATS store
+
 	NATSURL   string // -role server
 	DebugAddr string // -role server: /mem and pprof
 	Addr      string // -role server and raw: listen address
 	Store     string // -role nats: JetStream store
-	Load      LoadConfig
+	Load      ClientsConfig
 }
 
 // Run runs cfg.Role until it is done or ctx ends.
@@ -144,10 +116,7 @@ type coord struct {
 }
 
 func coordinate(ctx context.Context, cfg Config) error {
-	dataDir := os.Getenv("BENCH_DATA_DIR")
-	if dataDir == "" {
-		dataDir = os.TempDir()
-	}
+	dataDir := cfg.DataDir
 	storeDir := filepath.Join(dataDir, "broadcaster-nats")
 	_ = os.RemoveAll(storeDir)
 	var l syscall.Rlimit

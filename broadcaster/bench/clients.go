@@ -22,10 +22,10 @@ import (
 	"trm-live/testkit/benchenv"
 )
 
-// LoadConfig is a load process (-role load): N WebSocket clients of the
+// ClientsConfig is a load process (-role load): N WebSocket clients of the
 // broadcaster (or of the raw server), driven by the coordinator over
 // stdin and stdout.
-type LoadConfig struct {
+type ClientsConfig struct {
 	URL    string // ws:// URL of /ws-live, or of the raw server's /raw
 	RawURL string // raw server /raw: N more clients for the fan-out ceiling; "" none
 	N      int
@@ -62,7 +62,7 @@ const latBuckets = 4096
 
 // loadRun is the state of one load process.
 type loadRun struct {
-	cfg                        LoadConfig
+	cfg                        ClientsConfig
 	cls, raws                  []*lclient
 	counting, rawCounting      atomic.Bool
 	frames, positions, bytesIn atomic.Int64
@@ -77,7 +77,7 @@ type loadRun struct {
 // frame count; FINAL checks every client holds the latest positions and
 // answers the window's RESULT; RAWGO and RAWWAIT bound the fan-out of
 // recorded frames to the raw clients and answer RAWRESULT.
-func (cfg LoadConfig) Run(ctx context.Context, in io.Reader, out io.Writer) error {
+func (cfg ClientsConfig) Run(ctx context.Context, in io.Reader, out io.Writer) error {
 	lr := &loadRun{cfg: cfg, cls: make([]*lclient, cfg.N)}
 	dialer := websocket.Dialer{HandshakeTimeout: 30 * time.Second}
 	if cfg.RcvBuf > 0 {
@@ -342,7 +342,7 @@ func (lr *loadRun) final(final map[string]int64) result {
 
 // followedIdx is the device indexes load client i follows with Follow:
 // consecutive ones, so that every device has followers; nil = all.
-func followedIdx(cfg LoadConfig, i int) []int {
+func followedIdx(cfg ClientsConfig, i int) []int {
 	if cfg.Follow <= 0 || cfg.DevTotal <= 0 {
 		return nil
 	}
@@ -354,7 +354,7 @@ func followedIdx(cfg LoadConfig, i int) []int {
 }
 
 // followed is the devices option of load client i, or nil.
-func followed(cfg LoadConfig, i int) []string {
+func followed(cfg ClientsConfig, i int) []string {
 	idx := followedIdx(cfg, i)
 	if idx == nil {
 		return nil

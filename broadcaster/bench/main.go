@@ -1,35 +1,56 @@
 // Command broadcaster benchmarks the broadcaster's /ws-live fan-out
-// (scripts/bench broadcaster); bench.go says what it measures.
+// (scripts/bench broadcaster).
+//
+// Five processes, so their CPU and memory stay apart: this coordinator
+// (the publisher and an authsvc stand-in that admits every bench cookie),
+// nats-server with the POSITIONS stream (-role nats), the broadcaster
+// (-role server, running broadcaster.Run), the WebSocket clients (-role
+// load, one process per run) and a bare WebSocket server (-role raw), all
+// this binary re-executed.
+//
+// Each run publishes devices × rate to the event for a window while the
+// clients count what they receive. Its ceiling is a bare fan-out of the
+// broadcaster's own frames: the load process records one client's frames
+// and the frame count of every client, and the raw server then writes
+// those frames, as fast as the sockets take them, to the same number of
+// clients of the same load process, each as many frames as the broadcaster
+// sent it. It is measured before the window (with the frames of a short
+// pass just before it) and after (with the window's own frames), and the
+// run's ratio is its delivered rate against the mean of the two.
+//
+// Usage: scripts/bench broadcaster [-c 100,1000] [-devices 500] [-rates 1,10]
+// [-duration 10s] [-sweep 100,200,300,400,700,1000] [-repeat 3] [-idle 2000]
+//
+// With -flood N it measures instead real users' handshake latency while N
+// bogus handshakes per second arrive from one address, against the same
+// without the flood in the same run (flood.go).
+//
+// With -options it runs the subscription-options scenario instead: at the
+// largest -c and -devices × 10 Hz, the same number of clients unlimited,
+// then all at max_hz=1 (-options-hz), then each following 5 devices
+// (-options-follow), one after the other in the same run.
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"trm-live/testkit/benchenv"
 )
 
-func main() {
-	cfg, err := parseFlags(os.Args[1:])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench broadcaster:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := Run(ctx, cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "bench broadcaster %s: %v\n", cfg.Role, err)
-		os.Exit(1)
-	}
-}
+func main() { os.Exit(benchenv.Main("broadcaster", LoadConfig, Run)) }
 
-// parseFlags reads the command line into a Config.
-func parseFlags(args []string) (Config, error) {
+// LoadConfig reads the command line, and the data folder scripts/bench
+// gives, into a Config.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	var cfg Config
+	var err error
+	if cfg.Servers, err = benchenv.LoadServers(getenv, "broadcaster"); err != nil {
+		return cfg, err
+	}
 	fs := flag.NewFlagSet("broadcaster", flag.ContinueOnError)
 	var clients, rates, sweep string
 	fs.StringVar(&cfg.Role, "role", "coord", "coord, or internal: server, nats, raw, load")
@@ -65,7 +86,6 @@ func parseFlags(args []string) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
-	var err error
 	if cfg.Clients, err = ints(clients); err != nil {
 		return cfg, fmt.Errorf("-c: %w", err)
 	}

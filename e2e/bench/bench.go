@@ -25,7 +25,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -64,10 +63,7 @@ type Config struct {
 	Probe        bool          // also time XADD → core NATS in this process
 	SVG          string        // latency plot; "" = docs/bench/e2e-latency.svg
 
-	// From the environment scripts/bench sets.
-	RedisURL    string
-	DatabaseURL string
-	DataDir     string
+	benchenv.Servers // Redis, PostgreSQL and the data folder scripts/bench gives
 }
 
 type scenario struct {
@@ -80,9 +76,6 @@ type scenario struct {
 // Run runs the scenarios of cfg and prints their figures.
 func Run(ctx context.Context, cfg Config) error {
 	redisURL, dbURL, dataDir := cfg.RedisURL, cfg.DatabaseURL, cfg.DataDir
-	if redisURL == "" || dbURL == "" || dataDir == "" {
-		return errors.New("BENCH_REDIS_URL, BENCH_DATABASE_URL and BENCH_DATA_DIR must be set: run it as scripts/bench e2e")
-	}
 	root, err := benchenv.RepoRoot()
 	if err != nil {
 		return err
@@ -279,32 +272,19 @@ type benchDB struct {
 // tables, one organization and event, every device assigned to it, and
 // `viewers` member users.
 func setupDB(ctx context.Context, root, adminDSN string, devices, viewers int) (benchDB, error) {
-	conn, err := pgx.Connect(ctx, adminDSN)
+	dsn, err := benchenv.FreshDatabase(ctx, adminDSN, "bench_e2e")
 	if err != nil {
 		return benchDB{}, err
 	}
-	for _, q := range []string{"DROP DATABASE IF EXISTS bench_e2e WITH (FORCE)", "CREATE DATABASE bench_e2e"} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			conn.Close(ctx)
-			return benchDB{}, err
-		}
+	db := benchDB{dsn: dsn, eventID: uuid(), devices: make([]string, devices), userIDs: make([]string, viewers)}
+	if err := benchenv.SeedDirectusTables(ctx, db.dsn, root); err != nil {
+		return db, fmt.Errorf("stand-in schema: %w", err)
 	}
-	conn.Close(ctx)
-	u, _ := url.Parse(adminDSN)
-	u.Path = "/bench_e2e"
-	db := benchDB{dsn: u.String(), eventID: uuid(), devices: make([]string, devices), userIDs: make([]string, viewers)}
-	conn, err = pgx.Connect(ctx, db.dsn)
+	conn, err := pgx.Connect(ctx, db.dsn)
 	if err != nil {
 		return db, err
 	}
 	defer conn.Close(ctx)
-	schema, err := os.ReadFile(filepath.Join(root, "deploy", "seed", "directus-standin.sql"))
-	if err != nil {
-		return db, err
-	}
-	if _, err := conn.Exec(ctx, string(schema)); err != nil {
-		return db, fmt.Errorf("stand-in schema: %w", err)
-	}
 	org := uuid()
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO organizations (id, name) VALUES ($1, 'Bench Racing')`, org)
@@ -686,7 +666,8 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 				late = max(late, -d)
 			}
 			lo, hi := sl*s.Devices/slices, (sl+1)*s.Devices/slices
-			attrs := `{"sent":` + strconv.FormatInt(time.Now().UnixNano(), 10) + `}`
+			sentNS := time.Now().UnixNano()
+			attrs := `{"sent":` + strconv.FormatInt(sentNS, 10) + `}`
 			for i := lo; i < hi; i++ {
 				a := float64(k)/s.Hz/60*2*math.Pi + float64(i)
 				pipe.XAdd(ctx, &redis.XAddArgs{Stream: e.stream, Values: []string{
@@ -700,7 +681,10 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 				return r, fmt.Errorf("xadd: %w", err)
 			}
 			sent += int64(hi - lo)
-			if inWindow {
+			// The viewers count a position by its send time: so does the
+			// share's denominator, or a late slice of the last tick
+			// would read as undelivered.
+			if sentNS >= windowStart.UnixNano() && sentNS < windowEnd.UnixNano() {
 				produced += int64(hi - lo)
 			}
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -9,36 +10,47 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"trm-live/testkit/benchenv"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var err error
-	switch {
-	case len(os.Args) > 2 && os.Args[1] == "-role=nats":
-		err = natsMain(os.Args[2])
-	case len(os.Args) > 1 && os.Args[1] == "-role=viewers":
-		var vc ViewerConfig
-		if vc, err = parseViewerFlags(os.Args[2:]); err == nil {
-			err = vc.Run(ctx, os.Stdin, os.Stdout)
+	if len(os.Args) > 1 && (os.Args[1] == "-role=nats" || os.Args[1] == "-role=viewers") {
+		if err := runChild(os.Args[1], os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench e2e:", err)
+			os.Exit(1)
 		}
-	default:
-		var cfg Config
-		if cfg, err = parseFlags(os.Args[1:], os.Getenv); err == nil {
-			err = Run(ctx, cfg)
-		}
+		return
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench e2e:", err)
-		os.Exit(1)
-	}
+	os.Exit(benchenv.Main("e2e", LoadConfig, Run))
 }
 
-// parseFlags reads the command line and scripts/bench's environment into a
-// Config.
-func parseFlags(args []string, getenv func(string) string) (Config, error) {
-	cfg := Config{RedisURL: getenv("BENCH_REDIS_URL"), DatabaseURL: getenv("BENCH_DATABASE_URL"), DataDir: getenv("BENCH_DATA_DIR")}
+// runChild runs a child process of the benchmark: nats-server
+// (-role=nats STORE) or viewers (-role=viewers and their flags).
+func runChild(role string, args []string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if role == "-role=nats" {
+		if len(args) < 1 {
+			return errors.New("-role=nats needs the store folder")
+		}
+		return natsMain(args[0])
+	}
+	vc, err := parseViewerFlags(args)
+	if err != nil {
+		return err
+	}
+	return vc.Run(ctx, os.Stdin, os.Stdout)
+}
+
+// LoadConfig reads the command line and the servers scripts/bench started
+// into a Config.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
+	var cfg Config
+	var err error
+	if cfg.Servers, err = benchenv.LoadServers(getenv, "e2e", benchenv.EnvRedisURL, benchenv.EnvDatabaseURL); err != nil {
+		return cfg, err
+	}
 	fs := flag.NewFlagSet("e2e", flag.ContinueOnError)
 	scen := fs.String("scenarios", "pilot,10x", "scenarios to run, in order: pilot (500 devices 1 Hz, 100 viewers), 10x (500 devices 10 Hz, 1,000 viewers)")
 	fs.IntVar(&cfg.Devices, "devices", 500, "devices in every scenario")

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"trm-live/contract"
 	"trm-live/testkit/benchenv"
 	"trm-live/testkit/directus"
 )
@@ -48,7 +49,9 @@ type viewer struct {
 	conn     *benchenv.RawConn
 	h, all   *hist
 	received int64
-	lastSent []int64 // per device index: send time of the newest position held
+	lastTS   []int64 // per device index: fix time (Unix ms) of the newest position held
+	tsText   [24]byte // the last fix time parsed, as in the frame
+	tsMS     int64    // and its value
 }
 
 // Run logs the viewers in, connects and subscribes them, prints "ready";
@@ -72,7 +75,7 @@ func (vc ViewerConfig) Run(ctx context.Context, in io.Reader, out io.Writer) err
 				connErr.Store(err)
 				return
 			}
-			viewers[i] = &viewer{conn: c, h: newHist(), all: newHist(), lastSent: make([]int64, vc.Devices)}
+			viewers[i] = &viewer{conn: c, h: newHist(), all: newHist(), lastTS: make([]int64, vc.Devices)}
 		}()
 	}
 	wg.Wait()
@@ -138,12 +141,14 @@ func (vc ViewerConfig) Run(ctx context.Context, in io.Reader, out io.Writer) err
 }
 
 // apply measures the positions of one frame received at now: each one
-// sent in the window [ws, we) counts in h and all; and the positions of its
-// device the broadcaster coalesced since the one held before (one per
-// period, the producer's schedule) count in all, at now, the delivery of
-// their successor, when sent in the window.
+// sent in the window [ws, we) counts in h and all. The positions of its
+// device the broadcaster coalesced since the one held before count in all,
+// at now, the delivery of their successor, when sent in the window: the
+// producer gives every position of a tick the tick's time as fix time, so
+// their number is exact (fix times period apart); their send time is
+// taken as the successor's less one period per position.
 func (v *viewer) apply(data []byte, now, ws, we, period int64) {
-	const devKey, sentKey = `{"device_id":"`, `{"sent":` // "{" is rare in a frame: a fast first-byte search
+	const devKey, tsKey, sentKey = `{"device_id":"`, `"ts":"`, `{"sent":` // "{" is rare in a frame: a fast first-byte search
 	off := 0
 	for {
 		i := bytes.Index(data[off:], []byte(devKey))
@@ -152,26 +157,30 @@ func (v *viewer) apply(data []byte, now, ws, we, period int64) {
 		}
 		var dev, sent int64
 		dev, off = digits(data, off+i+len(devKey))
+		k := bytes.Index(data[off:], []byte(tsKey))
+		if k < 0 {
+			return
+		}
+		off += k + len(tsKey)
+		ts := v.parseTS(data[off:])
 		j := bytes.Index(data[off:], []byte(sentKey))
 		if j < 0 {
 			return
 		}
 		sent, off = digits(data, off+j+len(sentKey))
-		var prev int64
-		idx := deviceIndex(dev)
-		if idx >= 0 && idx < len(v.lastSent) {
-			prev = v.lastSent[idx]
-			if sent > prev {
-				v.lastSent[idx] = sent
-			}
-		}
 		if sent >= ws && sent < we {
 			v.h.add(time.Duration(now - sent))
 			v.all.add(time.Duration(now - sent))
 			v.received++
 		}
-		if period > 0 && prev > 0 && sent > prev {
-			skipped := (sent-prev+period/2)/period - 1
+		idx := deviceIndex(dev)
+		if idx < 0 || idx >= len(v.lastTS) || ts <= v.lastTS[idx] {
+			continue
+		}
+		prev := v.lastTS[idx]
+		v.lastTS[idx] = ts
+		if periodMS := period / int64(time.Millisecond); periodMS > 0 && prev > 0 {
+			skipped := (ts-prev+periodMS/2)/periodMS - 1
 			for m := int64(1); m <= skipped; m++ {
 				if at := sent - m*period; at >= ws && at < we {
 					v.all.add(time.Duration(now - at))
@@ -179,6 +188,24 @@ func (v *viewer) apply(data []byte, now, ws, we, period int64) {
 			}
 		}
 	}
+}
+
+// parseTS reads a fix time (contract.TimeLayout) at the start of b into
+// Unix ms; 0 when it is not one. The positions of a tick share theirs, so
+// the last one is kept.
+func (v *viewer) parseTS(b []byte) int64 {
+	if len(b) < len(v.tsText) {
+		return 0
+	}
+	if string(b[:len(v.tsText)]) != string(v.tsText[:]) {
+		t, err := time.Parse(contract.TimeLayout, string(b[:len(v.tsText)]))
+		if err != nil {
+			return 0
+		}
+		copy(v.tsText[:], b)
+		v.tsMS = t.UnixMilli()
+	}
+	return v.tsMS
 }
 
 // digits reads the decimal digits of data from off and returns their
