@@ -40,6 +40,21 @@ func TestDockerfile(t *testing.T) {
 		if !strings.Contains(df, "COPY "+w+"/go.mod "+w+"/go.sum "+w+"/") {
 			t.Errorf("Dockerfile does not copy %s/go.mod and go.sum before downloading modules", w)
 		}
+		// ... and so is every module it replaces with a local path: GOWORK=off
+		// cannot load the worker's module graph without that go.mod.
+		gomod, err := os.ReadFile(filepath.Join(root, w, "go.mod"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range regexp.MustCompile(`(?m)^replace\s+\S+\s+=>\s+\.\./(\S+)\s*$`).FindAllStringSubmatch(string(gomod), -1) {
+			dep := r[1]
+			if !strings.Contains(df, "COPY "+dep+"/go.mod "+dep+"/go.sum "+dep+"/") {
+				t.Errorf("Dockerfile does not copy %s/go.mod and go.sum, which %s/go.mod replaces with a local path", dep, w)
+			}
+			if !regexp.MustCompile(`for m in [^;]*\b` + regexp.QuoteMeta(dep) + `\b`).MatchString(df) {
+				t.Errorf("Dockerfile does not download %s's modules, which %s/go.mod replaces with a local path", dep, w)
+			}
+		}
 	}
 	for _, want := range []string{
 		`deploy/docker/build.sh "$WORKER" /out "$VERSION" "$REVISION"`,
