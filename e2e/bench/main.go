@@ -47,10 +47,6 @@ func runChild(role string, args []string) error {
 // into a Config.
 func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	var cfg Config
-	var err error
-	if cfg.Servers, err = benchenv.LoadServers(getenv, "e2e", benchenv.EnvRedisURL, benchenv.EnvDatabaseURL); err != nil {
-		return cfg, err
-	}
 	fs := flag.NewFlagSet("e2e", flag.ContinueOnError)
 	scen := fs.String("scenarios", "pilot,10x", "scenarios to run, in order: pilot (500 devices 1 Hz, 100 viewers), 10x (500 devices 10 Hz, 1,000 viewers)")
 	fs.IntVar(&cfg.Devices, "devices", 500, "devices in every scenario")
@@ -63,10 +59,12 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.BoolVar(&cfg.Probe, "probe", false, "also subscribe to the positions on core NATS in this process and print the XADD → NATS share of the latency (the bridge's); costs about 5 % of a core at 10x")
 	fs.StringVar(&cfg.SVG, "svg", "", "write the latency plot here (default docs/bench/e2e-latency.svg in the repository)")
 	if err := fs.Parse(args); err != nil {
-		return cfg, err
+		return cfg, err // -h included: it needs no servers
 	}
 	cfg.Scenarios = strings.Split(*scen, ",")
-	return cfg, nil
+	var err error
+	cfg.Servers, err = benchenv.LoadServers(getenv, "e2e", benchenv.EnvRedisURL, benchenv.EnvDatabaseURL)
+	return cfg, err
 }
 
 // parseViewerFlags reads a viewer process's command line (startViewers).

@@ -49,7 +49,7 @@ type viewer struct {
 	conn     *benchenv.RawConn
 	h, all   *hist
 	received int64
-	lastTS   []int64 // per device index: fix time (Unix ms) of the newest position held
+	lastTS   []int64  // per device index: fix time (Unix ms) of the newest position held
 	tsText   [24]byte // the last fix time parsed, as in the frame
 	tsMS     int64    // and its value
 }
