@@ -130,13 +130,8 @@ func (v *viewer) session(ctx context.Context, url string) (done, ok bool) {
 	}
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	var closedByUs bool
-	var cmu sync.Mutex
 	go func() {
 		<-sctx.Done()
-		cmu.Lock()
-		closedByUs = true
-		cmu.Unlock()
 		wmu.Lock()
 		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 		wmu.Unlock()
@@ -168,17 +163,14 @@ func (v *viewer) session(ctx context.Context, url string) (done, ok bool) {
 		}
 	}()
 	if err := write(ws.TypeSubscribe); err != nil {
-		v.endConn(false)
+		v.endConn()
 		return false, true
 	}
 	for {
 		_, data, err := c.ReadMessage()
 		if err != nil {
 			var ce *websocket.CloseError
-			cmu.Lock()
-			byUs := closedByUs
-			cmu.Unlock()
-			v.endConn(byUs)
+			v.endConn()
 			if errors.As(err, &ce) && ce.Code == 4401 {
 				v.mu.Lock()
 				defer v.mu.Unlock()
@@ -245,7 +237,8 @@ func (v *viewer) handle(now time.Time, f wsFrame, write func(string) error) {
 			} else {
 				v.held[p.DeviceID] = ts
 			}
-			if at, ok := v.sched(p.DeviceID, ts); ok {
+			// A slow viewer's lag is its own: it is left out of the latency.
+			if at, ok := v.sched(p.DeviceID, ts); ok && v.kind != kindSlow {
 				v.tl.Observe(now, now.Sub(at))
 			}
 		}
@@ -263,7 +256,7 @@ func (v *viewer) handle(now time.Time, f wsFrame, write func(string) error) {
 
 // endConn counts the requests left without a reply although the
 // connection stayed open replyWait after them.
-func (v *viewer) endConn(byUs bool) {
+func (v *viewer) endConn() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.countMissing(time.Now())
