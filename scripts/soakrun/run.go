@@ -359,6 +359,7 @@ func (s *soak) race(ctx context.Context) error {
 	s.prod = newProducer(rdb, redisStream, sim, c.Rate)
 	start := time.Now().Add(time.Second).Truncate(time.Second)
 	s.tl = NewTimeline(start)
+	s.tl.WarmFrom, s.tl.WarmTo = 5*time.Second, c.Warmup
 
 	// Viewers: log in, then follow the event on alternating broadcasters.
 	var urls []string
@@ -782,13 +783,7 @@ func (s *soak) report(checks []Check) error {
 	// The warm-up p99 (its first 5 s left out) is the second yardstick:
 	// on a busy machine the pilot target may be out of reach even
 	// without faults.
-	warm := newHist()
-	for i, st := range secs {
-		if i >= 5 && time.Duration(i)*time.Second < c.Warmup && st.N > 0 {
-			warm.merge(s.tl.second(i))
-		}
-	}
-	warmP99 := warm.quantile(0.99)
+	warmP99 := s.tl.WarmP99()
 	fmt.Fprintf(s.out, "warm-up p99 (before any fault): %s\n", warmP99.Round(100*time.Microsecond))
 	back := func(from time.Time, target time.Duration) string {
 		b := LatencyBack(secs, from.Sub(s.tl.Start), time.Duration(len(secs))*time.Second, target)

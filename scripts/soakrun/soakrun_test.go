@@ -259,3 +259,27 @@ func TestConfigDefaultsAndValidate(t *testing.T) {
 		t.Fatalf("gap 0 accepted: %v", err)
 	}
 }
+
+func TestTimelineFolds(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	tl := NewTimeline(t0)
+	tl.WarmFrom, tl.WarmTo = time.Second, 3*time.Second
+	for s := 0; s < 10; s++ {
+		for i := 1; i <= 100; i++ {
+			tl.Observe(t0.Add(time.Duration(s)*time.Second+time.Duration(i)*time.Millisecond), time.Duration(s+1)*time.Millisecond)
+		}
+	}
+	if len(tl.open) > 3 {
+		t.Fatalf("%d seconds still open", len(tl.open))
+	}
+	secs := tl.Seconds()
+	if len(secs) != 10 || secs[4].N != 100 || secs[4].P99 < 4900*time.Microsecond || secs[4].P99 > 5*time.Millisecond {
+		t.Fatalf("seconds %+v", secs)
+	}
+	if p := tl.WarmP99(); p < 2900*time.Microsecond || p > 3*time.Millisecond {
+		t.Fatalf("warm-up p99 %s, want 3ms (seconds 1 and 2)", p)
+	}
+	if _, _, mx, n := tl.Total(); n != 1000 || mx != 10*time.Millisecond {
+		t.Fatalf("total n %d max %s", n, mx)
+	}
+}

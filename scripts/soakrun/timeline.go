@@ -66,13 +66,20 @@ func (h *hist) quantile(q float64) time.Duration {
 }
 
 // Timeline holds end-to-end latency per second of the run and the faults,
-// for the report and the SVG. Safe for concurrent use.
+// for the report and the SVG. A second's histogram is folded into its
+// count and quantiles once the clock is two seconds past it (deliveries
+// are bucketed by receive time), so a run of hours stays small. Safe for
+// concurrent use.
 type Timeline struct {
 	Start time.Time
+	// WarmFrom and WarmTo bound the warm-up window whose p99 WarmP99 gives.
+	WarmFrom, WarmTo time.Duration
 
 	mu     sync.Mutex
-	secs   []*hist
+	secs   []SecondStat
+	open   map[int]*hist
 	total  *hist
+	warm   *hist
 	events []Event
 }
 
@@ -83,24 +90,44 @@ type Event struct {
 }
 
 // NewTimeline starts a timeline at start.
-func NewTimeline(start time.Time) *Timeline { return &Timeline{Start: start, total: newHist()} }
+func NewTimeline(start time.Time) *Timeline {
+	return &Timeline{Start: start, total: newHist(), warm: newHist(), open: map[int]*hist{}}
+}
 
 // Observe records one delivery received at at with latency d.
 func (t *Timeline) Observe(at time.Time, d time.Duration) {
-	s := int(at.Sub(t.Start) / time.Second)
+	rel := at.Sub(t.Start)
+	s := int(rel / time.Second)
 	if s < 0 {
 		return
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for len(t.secs) <= s {
-		t.secs = append(t.secs, nil)
+	h := t.open[s]
+	if h == nil {
+		h = newHist()
+		t.open[s] = h
+		t.fold(s - 2)
 	}
-	if t.secs[s] == nil {
-		t.secs[s] = newHist()
-	}
-	t.secs[s].add(d)
+	h.add(d)
 	t.total.add(d)
+	if rel >= t.WarmFrom && rel < t.WarmTo {
+		t.warm.add(d)
+	}
+}
+
+// fold turns the open seconds up to last into stats.
+func (t *Timeline) fold(last int) {
+	for s, h := range t.open {
+		if s > last {
+			continue
+		}
+		for len(t.secs) <= s {
+			t.secs = append(t.secs, SecondStat{})
+		}
+		t.secs[s] = SecondStat{N: h.n, P50: h.quantile(0.5), P99: h.quantile(0.99)}
+		delete(t.open, s)
+	}
 }
 
 // Mark records a fault or note.
@@ -120,24 +147,15 @@ type SecondStat struct {
 func (t *Timeline) Seconds() []SecondStat {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]SecondStat, len(t.secs))
-	for i, h := range t.secs {
-		if h != nil {
-			out[i] = SecondStat{N: h.n, P50: h.quantile(0.5), P99: h.quantile(0.99)}
-		}
-	}
-	return out
+	t.fold(1 << 30)
+	return append([]SecondStat(nil), t.secs...)
 }
 
-// second returns a copy of second i's histogram.
-func (t *Timeline) second(i int) *hist {
+// WarmP99 is the p99 of the warm-up window.
+func (t *Timeline) WarmP99() time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	h := newHist()
-	if i < len(t.secs) && t.secs[i] != nil {
-		h.merge(t.secs[i])
-	}
-	return h
+	return t.warm.quantile(0.99)
 }
 
 // Total returns the quantiles over the whole run: p50, p99, max and count.
