@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -371,6 +372,7 @@ func (s *soak) race(ctx context.Context) error {
 	vctx, stopViewers := context.WithCancel(ctx)
 	defer stopViewers()
 	var vwg sync.WaitGroup
+	calm := &atomic.Bool{}
 	for i := range c.Viewers {
 		cookie, ok := s.standin.Session(fmt.Sprintf("viewer%d@soak.local", i), "pw")
 		if !ok {
@@ -384,7 +386,7 @@ func (s *soak) race(ctx context.Context) error {
 			kind = kindReconnecting
 		}
 		v := &viewer{idx: i, name: ViewerName(i), kind: kind, urls: urls, cookie: cookie, topic: ws.EventTopic(s.eventID), tl: s.tl,
-			sched: s.prod.scheduled, rnd: rand.New(rand.NewPCG(c.Seed, uint64(i)))}
+			sched: s.prod.scheduled, calm: calm, rnd: rand.New(rand.NewPCG(c.Seed, uint64(i)))}
 		s.viewers = append(s.viewers, v)
 		vwg.Add(1)
 		go func() { defer vwg.Done(); v.run(vctx) }()
@@ -443,6 +445,7 @@ func (s *soak) race(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	calm.Store(true)
 	loadEnd := time.Now()
 	fmt.Fprintf(s.out, "soak: load stopped after %s (%d entries written, producer at most %s behind schedule); draining\n",
 		loadEnd.Sub(start).Round(time.Second), s.prod.sent, s.prod.late.Round(time.Millisecond))
@@ -671,6 +674,11 @@ func (s *soak) drainAndCheck(ctx context.Context) ([]Check, error) {
 	fmt.Fprintf(s.out, "soak: drain %s after %.1f s (%d rows for %d valid positions)\n",
 		map[bool]string{true: "settled", false: "gave up"}[settled], time.Since(t0).Seconds(), rows, l.Valid())
 
+	// The viewers' state as the drain ended, before anything else moves.
+	var vr []ViewerResult
+	for _, v := range s.viewers {
+		vr = append(vr, v.result())
+	}
 	var checks []Check
 	// Every valid position exactly once.
 	l.ResetRows()
@@ -699,10 +707,6 @@ func (s *soak) drainAndCheck(ctx context.Context) ([]Check, error) {
 	}
 	checks = append(checks, CheckDLQ(l.BadByID, dlq))
 	// Viewers.
-	var vr []ViewerResult
-	for _, v := range s.viewers {
-		vr = append(vr, v.result())
-	}
 	checks = append(checks, CheckViewers(latest, vr)...)
 	checks = append(checks, CheckPending(pend))
 	return checks, nil

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -46,6 +47,9 @@ type viewer struct {
 	tl     *Timeline
 	sched  func(device string, ts int64) (time.Time, bool)
 	rnd    *rand.Rand
+	// calm, once set, stops the churn (resubscribes, reconnects): the
+	// load is over and the end state is being checked.
+	calm *atomic.Bool
 
 	mu             sync.Mutex
 	held           map[string]int64 // current subscription's latest per device
@@ -149,6 +153,9 @@ func (v *viewer) session(ctx context.Context, url string) (done, ok bool) {
 			case <-sctx.Done():
 				return
 			case <-time.After(d):
+			}
+			if v.calm.Load() {
+				continue
 			}
 			if v.kind == kindReconnecting {
 				stop()
