@@ -54,20 +54,29 @@ func SVG(title string, secs []SecondStat, events []Event, target time.Duration) 
 	ty := y(target)
 	fmt.Fprintf(&b, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#2a9d8f" stroke-dasharray="6 4"/>`+"\n", left, ty, left+pw, ty)
 	fmt.Fprintf(&b, `<text x="%.0f" y="%.1f" fill="#2a9d8f">target p99 %s</text>`+"\n", left+pw-120, ty-4, target)
+	// One polyline per run of seconds with deliveries: a second without
+	// any (nothing reached a viewer) breaks the line.
 	line := func(color string, v func(SecondStat) time.Duration) {
 		var pts bytes.Buffer
+		flush := func() {
+			if pts.Len() > 0 {
+				fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.2" points="%s"/>`+"\n", color, bytes.TrimSpace(pts.Bytes()))
+				pts.Reset()
+			}
+		}
 		for s, st := range secs {
 			if st.N == 0 {
+				flush()
 				continue
 			}
 			fmt.Fprintf(&pts, "%.1f,%.1f ", x(float64(s)+0.5), y(v(st)))
 		}
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.2" points="%s"/>`+"\n", color, bytes.TrimSpace(pts.Bytes()))
+		flush()
 	}
 	line("#264653", func(s SecondStat) time.Duration { return s.P50 })
 	line("#e63946", func(s SecondStat) time.Duration { return s.P99 })
 	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" fill="#264653">p50</text><text x="%.0f" y="%.0f" fill="#e63946">p99</text>`+"\n", left+10, top+ph+35, left+40, top+ph+35)
-	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f">end-to-end latency per second (XADD schedule → WebSocket receive); shaded: fault down time</text>`+"\n", left+80, top+ph+35)
+	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f">end-to-end latency per second (XADD schedule → WebSocket receive); shaded: fault down time; a gap: no delivery in that second</text>`+"\n", left+80, top+ph+35)
 	b.WriteString("</svg>\n")
 	return b.Bytes()
 }
