@@ -12,8 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"trm-live/scripts/benchrun/benchenv"
 	"trm-live/scripts/soakrun"
+	"trm-live/testkit/benchenv"
 )
 
 func main() {
