@@ -1,36 +1,42 @@
-// Command bridge benchmarks the bridge worker (scripts/bench bridge).
+package main
+
+// The throughput benchmark. It seeds event_devices for the fleet, preloads
+// Config.N entries into a Redis stream (pipelined XADD), then measures on
+// the same servers, interleaved, Rounds times:
 //
-// It seeds event_devices for the simulator's devices, preloads -n simulator
-// entries into a Redis stream (pipelined XADD), then measures on the same
-// servers, in this order:
-//
-//  1. raw: an async JetStream publish of the very payloads the bridge will
+//  1. raw: an async JetStream publish of the very messages the bridge will
 //     publish (same subjects, same Nats-Msg-Id headers, same in-flight cap),
 //     with no Redis: the ceiling;
-//  2. bridge: bridge.Run draining the stream (XREADGROUP, parse, route,
-//     encode, PublishAsync, XACK after the PubAck) until every entry is
-//     acknowledged, then a check that POSITIONS holds exactly -n messages.
+//  2. each variant of the bridge (the default settings first, then every
+//     A/B variant): bridge.Run draining the stream through a fresh
+//     consumer group (XREADGROUP, parse, route, encode, PublishAsync, XACK
+//     after the PubAck) until every entry is acknowledged, then a check
+//     that POSITIONS holds exactly the valid entries;
 //
-// Between the two, the streams are deleted so the dedup window is empty
-// again. It prints both rates and the ratio bridge/raw (target ≥ 0.5).
-package main
+// and raw once more at the end. The streams are deleted before every phase
+// so the dedup window starts empty. It prints each phase, then one line per
+// variant: median rate, CPU per entry (this process, nats-server included;
+// redis-server apart) and the ratio to the ceiling, the mean of every raw
+// phase of the run.
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,22 +46,82 @@ import (
 	"trm-live/bridge"
 	"trm-live/contract"
 	"trm-live/contract/streams"
-	"trm-live/scripts/simulate"
 	"trm-live/testkit/benchenv"
 )
 
-func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench bridge:", err)
-		os.Exit(1)
-	}
+// DefaultAB are the A/B variants of a plain run: the old single-goroutine
+// path, and a larger XREADGROUP COUNT.
+const DefaultAB = "parse-workers=1;batch=4000"
+
+// DefaultBacklog is the fix-time span of the -catchup backlog.
+const DefaultBacklog = 5 * time.Minute
+
+// Target is the ratio bridge/raw issue 19 asks for.
+const Target = 0.8
+
+// Config is one benchmark run.
+type Config struct {
+	// RedisURL, DatabaseURL and DataDir are the servers and the folder
+	// scripts/bench started for this run.
+	RedisURL, DatabaseURL, DataDir string
+	// N entries from Devices devices; a share Bad of them invalid.
+	N, Devices int
+	Bad        float64
+	// Default is the bridge's settings measured first and printed as the
+	// headline; Variants are measured interleaved with it.
+	Default  Variant
+	Variants []Variant
+	// Rounds of raw + every variant.
+	Rounds int
+	// CPUProfile, when set, receives a profile of the default variant's
+	// first run.
+	CPUProfile string
+	// Verbose sends the bridge's log to stderr.
+	Verbose bool
+	// Catchup runs the catch-up measurement instead (catchup.go): a
+	// backlog of Backlog at Hz per device, then live positions at Hz.
+	Catchup bool
+	Backlog time.Duration
+	Hz      float64
+	// Out receives the figures.
+	Out io.Writer
 }
 
-type options struct {
-	n, devices, batch, inflight int
-	bad                         float64
-	cpuprofile                  string
-	verbose                     bool
+// Variant is one setting of the bridge under test.
+type Variant struct {
+	Name                          string
+	Batch, InFlight, ParseWorkers int // zero: the default variant's
+}
+
+// ParseVariants reads "key=value,...;key=value,...".
+func ParseVariants(s string) ([]Variant, error) {
+	var out []Variant
+	for _, spec := range strings.Split(s, ";") {
+		spec = strings.TrimSpace(spec)
+		if spec == "" {
+			continue
+		}
+		v := Variant{Name: spec}
+		for _, kv := range strings.Split(spec, ",") {
+			k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			n, err := strconv.Atoi(val)
+			if !ok || err != nil || n < 1 {
+				return nil, fmt.Errorf("%q: want key=positive integer", kv)
+			}
+			switch k {
+			case "batch":
+				v.Batch = n
+			case "inflight":
+				v.InFlight = n
+			case "parse-workers":
+				v.ParseWorkers = n
+			default:
+				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers)", k)
+			}
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // payloads are the positions as the bridge publishes them, in one byte
@@ -87,25 +153,33 @@ func (p *payloads) at(i int) (string, string, []byte) {
 	return string(get(it.subj)), string(get(it.id)), append([]byte(nil), get(it.data)...)
 }
 
-func run() error {
-	var o options
-	flag.IntVar(&o.n, "n", 1_000_000, "entries preloaded into Redis")
-	flag.IntVar(&o.devices, "devices", 500, "simulated devices")
-	flag.IntVar(&o.batch, "batch", bridge.DefaultBatch, "bridge BRIDGE_BATCH")
-	flag.IntVar(&o.inflight, "inflight", bridge.DefaultMaxInFlight, "bridge BRIDGE_MAX_IN_FLIGHT, and the raw publisher's cap")
-	flag.Float64Var(&o.bad, "bad", 0, "share of bad entries (dead-lettered by the bridge, skipped by raw)")
-	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the bridge phase to this file")
-	flag.BoolVar(&o.verbose, "v", false, "bridge logs to stderr")
-	flag.Parse()
+// world is what every phase shares: the servers and the preloaded entries.
+type world struct {
+	cfg     Config
+	natsURL string
+	rdb     *redis.Client
+	stream  string
+	event   string
+	devices []string
+	root    string
+}
 
-	redisURL, dsn, dataDir := os.Getenv("BENCH_REDIS_URL"), os.Getenv("BENCH_DATABASE_URL"), os.Getenv("BENCH_DATA_DIR")
-	if redisURL == "" || dsn == "" || dataDir == "" {
+// Run runs the benchmark cfg describes and prints its figures to cfg.Out.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.RedisURL == "" || cfg.DatabaseURL == "" || cfg.DataDir == "" {
 		return errors.New("BENCH_REDIS_URL, BENCH_DATABASE_URL and BENCH_DATA_DIR must be set: run through scripts/bench bridge")
 	}
-	ctx := context.Background()
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	cfg.Rounds = max(cfg.Rounds, 1)
+	cfg.Devices = max(cfg.Devices, 1)
+	if cfg.Default.Name == "" {
+		cfg.Default.Name = "default"
+	}
 
 	// NATS, embedded, fresh store.
-	store := filepath.Join(dataDir, "bridge-nats")
+	store := filepath.Join(cfg.DataDir, "bridge-nats")
 	if err := os.RemoveAll(store); err != nil {
 		return err
 	}
@@ -118,115 +192,186 @@ func run() error {
 	}
 	defer stopNATS()
 
-	// PostgreSQL: the stand-in tables and the devices' assignments.
-	sim := simulate.New(simulate.Options{Devices: o.devices, Seed: 1, BadFraction: o.bad})
-	devs := make([]string, len(sim.Devices))
-	for i, d := range sim.Devices {
-		devs[i] = d.ID
-	}
 	root, err := benchenv.RepoRoot()
 	if err != nil {
 		return err
 	}
-	seedSQL, err := os.ReadFile(filepath.Join(root, "deploy", "seed", "directus-standin.sql"))
+	ropts, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
 		return err
 	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
+	w := &world{cfg: cfg, natsURL: ns.ClientURL(), rdb: redis.NewClient(ropts), stream: "bench:positions", root: root}
+	defer w.rdb.Close()
+	fl := newFleet(cfg.Devices, cfg.Bad)
+	w.devices = fl.ids
+	if w.event, err = seed(ctx, cfg.DatabaseURL, root, fl.ids); err != nil {
 		return err
 	}
-	seeded, err := simulate.Seed(ctx, conn, string(seedSQL), devs, 1)
-	conn.Close(ctx)
-	if err != nil {
+	if err := w.rdb.Del(ctx, w.stream).Err(); err != nil {
 		return err
 	}
-	event := seeded.EventIDs[0]
+	if cfg.Catchup {
+		return w.catchup(ctx, fl)
+	}
+	return w.throughput(ctx, fl)
+}
 
-	// Redis: preload, and build the raw publisher's payloads from the same
+func (w *world) throughput(ctx context.Context, fl *fleet) error {
+	cfg, out := w.cfg, w.cfg.Out
+	// Preload, and build the raw publisher's payloads from the same
 	// entries (parse, route to the seeded event, encode, as the bridge does).
-	ropts, err := redis.ParseURL(redisURL)
-	if err != nil {
-		return err
-	}
-	rdb := redis.NewClient(ropts)
-	defer rdb.Close()
-	stream := "bench:positions"
-	if err := rdb.Del(ctx, stream).Err(); err != nil {
-		return err
-	}
-	w := &simulate.Writer{RDB: rdb, Stream: stream}
-	ticks := (o.n + o.devices - 1) / o.devices
+	ticks := (cfg.N + cfg.Devices - 1) / cfg.Devices
 	at := time.Now().Add(-time.Duration(ticks+60) * time.Second).Truncate(time.Second)
 	var pl payloads
-	var entries []simulate.Entry
+	var entries [][]string
 	var preload time.Duration
 	written := 0
-	for written < o.n {
-		entries = sim.AppendTick(entries[:0], at)
+	for written < cfg.N {
+		entries = fl.tick(entries[:0], at)
 		at = at.Add(time.Second)
-		if rest := o.n - written; len(entries) > rest {
+		if rest := cfg.N - written; len(entries) > rest {
 			entries = entries[:rest]
 		}
 		for _, e := range entries {
-			fields := make(map[string]any, len(e.Values)/2)
-			for i := 0; i+1 < len(e.Values); i += 2 {
-				fields[e.Values[i]] = e.Values[i+1]
+			fields := make(map[string]any, len(e)/2)
+			for i := 0; i+1 < len(e); i += 2 {
+				fields[e[i]] = e[i+1]
 			}
 			p, err := contract.ParseEntry(fields, time.Now())
 			if err != nil {
 				continue // dead-lettered by the bridge; not part of the ceiling
 			}
-			p.EventID = event
+			p.EventID = w.event
 			pl.add(p.Subject(), p.MsgID(), p.Encode())
 		}
 		t0 := time.Now()
-		if err := w.Write(ctx, entries); err != nil {
+		if err := xadd(ctx, w.rdb, w.stream, entries); err != nil {
 			return err
 		}
 		preload += time.Since(t0)
 		written += len(entries)
 	}
-	fmt.Printf("preload: %d entries (%d devices, %d valid) XADDed in %s: %.0f entries/s (pipelined)\n",
-		written, o.devices, pl.len(), preload.Round(time.Millisecond), float64(written)/preload.Seconds())
+	fmt.Fprintf(out, "preload: %d entries (%d devices, %d valid) XADDed in %s: %.0f entries/s (pipelined)\n",
+		written, cfg.Devices, pl.len(), preload.Round(time.Millisecond), float64(written)/preload.Seconds())
 
-	// 1. Raw ceiling.
-	cpu0 := cpuTime()
-	rawRate, err := raw(ctx, ns.ClientURL(), &pl, o.inflight)
-	if err != nil {
-		return fmt.Errorf("raw: %w", err)
+	variants := append([]Variant{cfg.Default}, cfg.Variants...)
+	for i := range variants[1:] {
+		v := &variants[i+1]
+		v.Batch = cmp0(v.Batch, cfg.Default.Batch)
+		v.InFlight = cmp0(v.InFlight, cfg.Default.InFlight)
+		v.ParseWorkers = cmp0(v.ParseWorkers, cfg.Default.ParseWorkers)
 	}
-	rawCPU := (cpuTime() - cpu0) / time.Duration(pl.len())
-	fmt.Printf("raw:    %d async JetStream publishes with Nats-Msg-Id in %s: %.0f msgs/s (process CPU %.1f µs/msg, nats-server included)\n",
-		pl.len(), time.Duration(float64(pl.len())/rawRate*float64(time.Second)).Round(time.Millisecond), rawRate,
-		float64(rawCPU)/float64(time.Microsecond))
+	type result struct{ rate, cpu, redisCPU float64 }
+	results := make([][]result, len(variants))
+	var raws []float64
+	var rawCPU []float64
+	runRaw := func(label string) error {
+		cpu0 := cpuTime()
+		rate, err := raw(ctx, w.natsURL, &pl, cfg.Default.InFlight)
+		if err != nil {
+			return fmt.Errorf("raw: %w", err)
+		}
+		cpu := usPer(cpuTime()-cpu0, pl.len())
+		raws, rawCPU = append(raws, rate), append(rawCPU, cpu)
+		fmt.Fprintf(out, "raw:    %s%d async JetStream publishes with Nats-Msg-Id: %.0f msgs/s (process CPU %.1f µs/msg, nats-server included)\n",
+			label, pl.len(), rate, cpu)
+		return nil
+	}
+	run := 0
+	for round := range cfg.Rounds {
+		if err := runRaw(fmt.Sprintf("round %d: ", round+1)); err != nil {
+			return err
+		}
+		for i, v := range variants {
+			profile := ""
+			if round == 0 && i == 0 {
+				profile = cfg.CPUProfile
+			}
+			run++
+			cpu0, rcpu0 := cpuTime(), redisCPU(ctx, w.rdb)
+			rate, elapsed, err := w.runBridge(ctx, v, run, written, pl.len(), profile)
+			if err != nil {
+				return fmt.Errorf("bridge %s: %w", v.Name, err)
+			}
+			r := result{rate, usPer(cpuTime()-cpu0, written), usPer(redisCPU(ctx, w.rdb)-rcpu0, written)}
+			results[i] = append(results[i], r)
+			fmt.Fprintf(out, "bridge: %-28s %d entries read, published and acked in %s: %.0f positions/s (process CPU %.1f µs/entry, nats-server included; redis-server %.1f µs/entry)\n",
+				v.Name, written, elapsed.Round(time.Millisecond), r.rate, r.cpu, r.redisCPU)
+		}
+	}
+	if err := runRaw("again: "); err != nil {
+		return err
+	}
+	ceiling := mean(raws)
+	fmt.Fprintf(out, "ceiling: raw async publish with Msg-Id, mean of %d runs: %.0f msgs/s (min %.0f, max %.0f), %.1f µs CPU/msg\n",
+		len(raws), ceiling, slices.Min(raws), slices.Max(raws), mean(rawCPU))
+	fmt.Fprintf(out, "\nA/B (same run, same servers; median of %d round(s)):\n", cfg.Rounds)
+	fmt.Fprintf(out, "| variant | batch | inflight | parse workers | positions/s | ratio to raw | CPU µs/entry (process) | redis-server µs/entry |\n")
+	fmt.Fprintf(out, "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	var headline result
+	for i, v := range variants {
+		rs := results[i]
+		med := result{
+			rate:     median(rs, func(r result) float64 { return r.rate }),
+			cpu:      median(rs, func(r result) float64 { return r.cpu }),
+			redisCPU: median(rs, func(r result) float64 { return r.redisCPU }),
+		}
+		if i == 0 {
+			headline = med
+		}
+		fmt.Fprintf(out, "| %s | %d | %d | %d | %.0f | %.2f | %.1f | %.1f |\n",
+			v.Name, v.Batch, v.InFlight, v.ParseWorkers, med.rate, med.rate/ceiling, med.cpu, med.redisCPU)
+	}
+	fmt.Fprintf(out, "\nratio bridge/raw: %.2f (bridge %.0f / mean raw %.0f positions/s; target >= %.1f)\n",
+		headline.rate/ceiling, headline.rate, ceiling, Target)
+	return nil
+}
 
-	// 2. The bridge.
-	cpu0 = cpuTime()
-	bridgeRate, elapsed, err := runBridge(ctx, o, ns.ClientURL(), redisURL, dsn, stream, written, pl.len())
-	if err != nil {
-		return fmt.Errorf("bridge: %w", err)
+func cmp0(v, def int) int {
+	if v == 0 {
+		return def
 	}
-	bridgeCPU := (cpuTime() - cpu0) / time.Duration(written)
-	fmt.Printf("bridge: %d entries read, published and acked in %s: %.0f positions/s (process CPU %.1f µs/entry, nats-server included, redis-server not)\n",
-		written, elapsed.Round(time.Millisecond), bridgeRate, float64(bridgeCPU)/float64(time.Microsecond))
+	return v
+}
 
-	// 3. The ceiling again, so that a machine whose load drifts during the
-	// run (other processes) is seen, and the ratio uses the mean.
-	rawRate2, err := raw(ctx, ns.ClientURL(), &pl, o.inflight)
-	if err != nil {
-		return fmt.Errorf("raw again: %w", err)
+func mean(xs []float64) float64 {
+	s := 0.0
+	for _, x := range xs {
+		s += x
 	}
-	fmt.Printf("raw:    again after the bridge: %.0f msgs/s\n", rawRate2)
-	ceiling := (rawRate + rawRate2) / 2
-	fmt.Printf("ratio bridge/raw: %.2f (bridge %.0f / mean raw %.0f positions/s; target >= 0.5)\n",
-		bridgeRate/ceiling, bridgeRate, ceiling)
+	return s / float64(len(xs))
+}
+
+func median[T any](xs []T, f func(T) float64) float64 {
+	vs := make([]float64, len(xs))
+	for i, x := range xs {
+		vs[i] = f(x)
+	}
+	slices.Sort(vs)
+	if len(vs)%2 == 1 {
+		return vs[len(vs)/2]
+	}
+	return (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2
+}
+
+func usPer(d time.Duration, n int) float64 {
+	return float64(d) / float64(time.Microsecond) / float64(n)
+}
+
+// resetStreams deletes POSITIONS and POSITIONS_DLQ, emptying the dedup
+// window; the next phase creates them again.
+func resetStreams(ctx context.Context, js jetstream.JetStream) error {
+	for _, name := range []string{streams.Positions, streams.DLQ} {
+		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return err
+		}
+	}
 	return nil
 }
 
 // raw publishes every payload asynchronously with its Msg-Id, at most
 // inflight awaiting an ack, into freshly created streams, and returns the
-// rate. It deletes the streams afterwards, emptying the dedup window.
+// rate.
 func raw(ctx context.Context, url string, pl *payloads, inflight int) (float64, error) {
 	nc, err := nats.Connect(url)
 	if err != nil {
@@ -241,10 +386,8 @@ func raw(ctx context.Context, url string, pl *payloads, inflight int) (float64, 
 	if err != nil {
 		return 0, err
 	}
-	for _, name := range []string{streams.Positions, streams.DLQ} {
-		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return 0, err
-		}
+	if err := resetStreams(ctx, js); err != nil {
+		return 0, err
 	}
 	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
 		return 0, err
@@ -271,43 +414,70 @@ func raw(ctx context.Context, url string, pl *payloads, inflight int) (float64, 
 	if f := failed.Load(); f > 0 {
 		return 0, fmt.Errorf("%d publishes failed", f)
 	}
-	s, err := js.Stream(ctx, streams.Positions)
-	if err != nil {
+	if err := expectMsgs(ctx, js, pl.len()); err != nil {
 		return 0, err
 	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if info.State.Msgs != uint64(pl.len()) {
-		return 0, fmt.Errorf("POSITIONS holds %d messages, want %d", info.State.Msgs, pl.len())
-	}
-	for _, name := range []string{streams.Positions, streams.DLQ} {
-		if err := js.DeleteStream(ctx, name); err != nil {
-			return 0, err
-		}
-	}
+	runtime.GC()
 	return float64(pl.len()) / elapsed.Seconds(), nil
 }
 
-func runBridge(ctx context.Context, o options, natsURL, redisURL, dsn, stream string, entries, valid int) (float64, time.Duration, error) {
+func expectMsgs(ctx context.Context, js jetstream.JetStream, want int) error {
+	s, err := js.Stream(ctx, streams.Positions)
+	if err != nil {
+		return err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.State.Msgs != uint64(want) {
+		return fmt.Errorf("POSITIONS holds %d messages, want %d", info.State.Msgs, want)
+	}
+	return nil
+}
+
+// bridgeConfig is the bridge of variant v reading w's stream as group.
+func (w *world) bridgeConfig(v Variant, group string) (bridge.Config, *prometheus.Registry, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, 0, err
+		return bridge.Config{}, nil, err
 	}
 	reg := prometheus.NewRegistry()
 	log := slog.New(slog.DiscardHandler)
-	if o.verbose {
+	if w.cfg.Verbose {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	cfg := bridge.Config{
-		NATSURL: natsURL, RedisURL: redisURL, DatabaseURL: dsn,
-		Streams: []string{stream}, Group: "bench", Consumer: "bench-1",
-		Batch: o.batch, MaxInFlight: o.inflight,
+	return bridge.Config{
+		NATSURL: w.natsURL, RedisURL: w.cfg.RedisURL, DatabaseURL: w.cfg.DatabaseURL,
+		Streams: []string{w.stream}, Group: group, Consumer: "bench-1",
+		Batch: v.Batch, MaxInFlight: v.InFlight, ParseWorkers: v.ParseWorkers,
 		Listener: ln, Registerer: reg, Logger: log,
+	}, reg, nil
+}
+
+// runBridge drains the whole stream with a fresh consumer group (created
+// from 0 by the bridge) and returns the rate from start to the last XACK.
+func (w *world) runBridge(ctx context.Context, v Variant, run, entries, valid int, profile string) (float64, time.Duration, error) {
+	nc, err := nats.Connect(w.natsURL)
+	if err != nil {
+		return 0, 0, err
 	}
-	if o.cpuprofile != "" {
-		f, err := os.Create(o.cpuprofile)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := resetStreams(ctx, js); err != nil {
+		return 0, 0, err
+	}
+	group := fmt.Sprintf("bench-%d", run)
+	defer w.rdb.XGroupDestroy(context.WithoutCancel(ctx), w.stream, group)
+	cfg, reg, err := w.bridgeConfig(v, group)
+	if err != nil {
+		return 0, 0, err
+	}
+	if profile != "" {
+		f, err := os.Create(profile)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -327,6 +497,8 @@ func runBridge(ctx context.Context, o options, natsURL, redisURL, dsn, stream st
 		select {
 		case err := <-done:
 			return 0, 0, fmt.Errorf("Run returned early: %v", err)
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 		acked, err := counter(reg, "bridge_entries_acked_total")
@@ -345,22 +517,8 @@ func runBridge(ctx context.Context, o options, natsURL, redisURL, dsn, stream st
 	if err := <-done; err != nil {
 		return 0, 0, err
 	}
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
+	if err := expectMsgs(ctx, js, valid); err != nil {
 		return 0, 0, err
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	s, err := js.Stream(ctx, streams.Positions)
-	if err != nil {
-		return 0, 0, err
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	if info.State.Msgs != uint64(valid) {
-		return 0, 0, fmt.Errorf("POSITIONS holds %d messages, want %d", info.State.Msgs, valid)
 	}
 	runtime.GC()
 	return float64(entries) / elapsed.Seconds(), elapsed, nil
@@ -392,4 +550,20 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// repoRoot is the nearest folder above the working directory holding go.work.
+// redisCPU is the redis-server's user+system CPU time so far (INFO cpu);
+// zero when it cannot be read.
+func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
+	info, err := rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
+		}
+	}
+	return time.Duration(total * float64(time.Second))
+}
