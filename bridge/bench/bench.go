@@ -210,10 +210,26 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := w.rdb.Del(ctx, w.stream).Err(); err != nil {
 		return err
 	}
+	fmt.Fprintf(cfg.Out, "load average at start: %s\n", loadAvg())
+	defer func() { fmt.Fprintf(cfg.Out, "load average at end: %s\n", loadAvg()) }()
 	if cfg.Catchup {
 		return w.catchup(ctx, fl)
 	}
 	return w.throughput(ctx, fl)
+}
+
+// loadAvg is the 1, 5 and 15 minute load average (Linux), to tell a quiet
+// run from a loaded one.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func (w *world) throughput(ctx context.Context, fl *fleet) error {
