@@ -21,6 +21,7 @@ func TestLoadConfig(t *testing.T) {
 		"BRIDGE_STREAMS":          "a, b",
 		"BRIDGE_BLOCK":            "2s",
 		"BRIDGE_MAX_IN_FLIGHT":    "100",
+		"BRIDGE_PARSE_WORKERS":    "3",
 		"STREAM_DUPLICATES":       "3m",
 		"STREAM_MAX_BYTES":        "40GB",
 	}
@@ -28,7 +29,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Group != "g2" || cfg.Block != 3*time.Second || cfg.MaxInFlight != 100 ||
+	if cfg.Group != "g2" || cfg.Block != 3*time.Second || cfg.MaxInFlight != 100 || cfg.ParseWorkers != 3 ||
 		len(cfg.Streams) != 2 || cfg.Streams[1] != "b" || cfg.Stream.Duplicates != 3*time.Minute ||
 		cfg.Consumer == "" || cfg.RoutingRefresh != bridge.DefaultRoutingRefresh ||
 		cfg.Stream.MaxBytes != 40<<30 || cfg.Stream.DLQMaxBytes != 1<<30 {
@@ -55,6 +56,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		"REDIS_URL ":             {env: map[string]string{"REDIS_URL": "redis+sentinel://:pw@s1:26379,s2:26379"}}, // no master name
 		"STREAM_":                {args: []string{"-stream-duplicates", "30s"}},
 		"BRIDGE_STREAMS":         {env: map[string]string{"BRIDGE_STREAMS": "a,a"}},
+		"BRIDGE_PARSE_WORKERS":   {args: []string{"-parse-workers", "-1"}},
 		"LOG_FORMAT":             {env: map[string]string{"LOG_FORMAT": "xml"}},
 		"STREAM_MAX_BYTES":       {env: map[string]string{"STREAM_MAX_BYTES": "lots"}},
 		"STREAM_DLQ_MAX_BYTES":   {env: map[string]string{"STREAM_DLQ_MAX_BYTES": "1.5GB"}},

@@ -59,19 +59,36 @@ func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage, republi
 		return b.ack(ctx, ackRef{si, msg.ID})
 	}
 	it := &item{stream: si, id: msg.ID, fields: msg.Values, republish: republish}
-	pos, err := contract.ParseEntry(msg.Values, b.cfg.Now())
+	b.prepare(it)
+	return b.submit(ctx, it)
+}
+
+// prepare parses, routes and encodes it: its message is the position, or
+// its dead letter (it.msg nil when even that cannot be sent). It touches
+// nothing shared but the routing snapshot and counters, so the entries of
+// a batch are prepared in parallel (see prepareBatch).
+func (b *bridge) prepare(it *item) {
+	pos, err := contract.ParseEntry(it.fields, b.cfg.Now())
 	if err != nil {
 		reason := contract.ReasonOf(err)
 		if reason == "" {
 			reason = contract.ReasonNotAnEntry
 		}
 		b.toDeadLetter(it, reason, err.Error())
-	} else {
-		pos.EventID = b.router.event(pos.DeviceID, pos.TS)
-		it.unassigned = pos.EventID == ""
-		it.msg = &nats.Msg{Subject: pos.Subject(), Data: pos.Encode()}
-		it.msgID = pos.MsgID()
+		return
 	}
+	pos.EventID = b.router.event(pos.DeviceID, pos.TS)
+	it.unassigned = pos.EventID == ""
+	it.msgID = pos.MsgID()
+	// The Msg-Id header is built here rather than by WithMsgID on the
+	// publishing goroutine, which has the least time to spare.
+	it.msg = &nats.Msg{Subject: pos.Subject(), Data: pos.Encode(),
+		Header: nats.Header{jetstream.MsgIDHeader: []string{it.msgID}}}
+}
+
+// submit publishes a prepared item and hands it to the completer. It
+// blocks while MaxInFlight publishes await their ack.
+func (b *bridge) submit(ctx context.Context, it *item) error {
 	select {
 	case b.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -93,6 +110,58 @@ func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage, republi
 	}
 }
 
+// prepareBatch takes the entries of one read in stream order: those
+// already in flight are skipped, deleted ones acknowledged, and the rest
+// are prepared by up to ParseWorkers goroutines, each a contiguous share,
+// and returned in read order for submit.
+func (b *bridge) prepareBatch(ctx context.Context, res []redis.XStream) ([]*item, error) {
+	n := 0
+	for _, xs := range res {
+		n += len(xs.Messages)
+	}
+	slab := make([]item, n) // one allocation for the batch's items
+	items := make([]*item, 0, n)
+	for _, xs := range res {
+		si := b.streamIndex[xs.Stream]
+		for _, msg := range xs.Messages {
+			if !b.inflight.add(si, msg.ID) {
+				continue // a claim of our own entry has it
+			}
+			b.m.read.Inc()
+			if msg.Values == nil {
+				b.m.deletedPending.Inc()
+				if err := b.ack(ctx, ackRef{si, msg.ID}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			it := &slab[len(items)]
+			it.stream, it.id, it.fields = si, msg.ID, msg.Values
+			items = append(items, it)
+		}
+	}
+	const minShare = 64 // fewer entries are not worth a goroutine
+	workers := min(b.cfg.ParseWorkers, (len(items)+minShare-1)/minShare)
+	if workers <= 1 {
+		for _, it := range items {
+			b.prepare(it)
+		}
+		return items, nil
+	}
+	var wg sync.WaitGroup
+	share := (len(items) + workers - 1) / workers
+	for lo := 0; lo < len(items); lo += share {
+		part := items[lo:min(lo+share, len(items))]
+		wg.Go(func() {
+			for _, it := range part {
+				b.prepare(it)
+			}
+		})
+	}
+	wg.Wait()
+	return items, nil
+}
+
 // toDeadLetter makes it the dead letter of its entry: the original fields
 // as a flat JSON object (cut to fit the connection's max payload, see
 // contract.DeadLetterFields), the reason and source in headers. When not
@@ -107,8 +176,8 @@ func (b *bridge) toDeadLetter(it *item, reason contract.Reason, detail string) {
 	h.Set(contract.HeaderSourceStream, b.cfg.Streams[it.stream])
 	h.Set(contract.HeaderSourceID, it.id)
 	h.Set(contract.HeaderWorker, "bridge")
-	// Set here too (WithMsgID sets it again, the same) so that it counts in
-	// the size, as does the longest Trm-Truncated header.
+	// The Msg-Id header (dedup) counts in the size, as does the longest
+	// Trm-Truncated header.
 	h.Set(jetstream.MsgIDHeader, it.msgID)
 	budget := b.maxPayload() - headerLen(h) - (len(contract.HeaderTruncated) + 4 + contract.DeadLetterMaxTruncated)
 	fields := make(map[string]string, len(it.fields))
@@ -182,7 +251,7 @@ func (b *bridge) publish(ctx context.Context, it *item) error {
 // returned is a refusal worth retrying.
 func (b *bridge) send(it *item) error {
 	for it.msg != nil {
-		fut, err := b.js.PublishMsgAsync(it.msg, jetstream.WithMsgID(it.msgID))
+		fut, err := b.js.PublishMsgAsync(it.msg) // Msg-Id header set by prepare or toDeadLetter
 		if err == nil {
 			it.fut, it.sent = fut, time.Now()
 			return nil

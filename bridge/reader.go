@@ -52,16 +52,7 @@ func (b *bridge) readStreams(intake, ctx context.Context, group []int) {
 	processed := make(chan struct{})
 	go func() {
 		defer close(processed)
-		for res := range batches {
-			for _, xs := range res {
-				si := b.streamIndex[xs.Stream]
-				for _, msg := range xs.Messages {
-					if b.handle(ctx, si, msg, false) != nil {
-						return // the pipeline is stopping
-					}
-				}
-			}
-		}
+		b.processBatches(ctx, batches)
 	}()
 	defer func() {
 		close(batches)
@@ -163,6 +154,56 @@ func (b *bridge) readStreams(intake, ctx context.Context, group []int) {
 			case <-processed:
 				return // the pipeline is stopping
 			}
+		}
+	}
+}
+
+// processBatches handles the batches of one reader in read order until
+// batches is closed (every entry in hand is then published) or the
+// pipeline stops. With ParseWorkers 1 each entry is parsed, routed,
+// encoded and published in turn on this goroutine. With more, it is a
+// pipeline: this goroutine prepares batch n+1 (in parallel, see
+// prepareBatch) while another publishes batch n in order, so the publish
+// order is the read order either way.
+func (b *bridge) processBatches(ctx context.Context, batches <-chan []redis.XStream) {
+	if b.cfg.ParseWorkers <= 1 {
+		for res := range batches {
+			for _, xs := range res {
+				si := b.streamIndex[xs.Stream]
+				for _, msg := range xs.Messages {
+					if b.handle(ctx, si, msg, false) != nil {
+						return // the pipeline is stopping
+					}
+				}
+			}
+		}
+		return
+	}
+	prepared := make(chan []*item, 1)
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for items := range prepared {
+			for _, it := range items {
+				if b.submit(ctx, it) != nil {
+					return // the pipeline is stopping
+				}
+			}
+		}
+	}()
+	defer func() {
+		close(prepared)
+		<-published
+	}()
+	for res := range batches {
+		items, err := b.prepareBatch(ctx, res)
+		if err != nil {
+			return
+		}
+		select {
+		case prepared <- items:
+		case <-published:
+			return
 		}
 	}
 }

@@ -1,0 +1,585 @@
+package main
+
+// The throughput benchmark. It seeds event_devices for the fleet, preloads
+// Config.N entries into a Redis stream (pipelined XADD), then measures on
+// the same servers, interleaved, Rounds times:
+//
+//  1. raw: an async JetStream publish of the very messages the bridge will
+//     publish (same subjects, same Nats-Msg-Id headers, same in-flight cap),
+//     with no Redis: the ceiling;
+//  2. each variant of the bridge (the default settings first, then every
+//     A/B variant): bridge.Run draining the stream through a fresh
+//     consumer group (XREADGROUP, parse, route, encode, PublishAsync, XACK
+//     after the PubAck) until every entry is acknowledged, then a check
+//     that POSITIONS holds exactly the valid entries;
+//
+// and raw once more at the end. The streams are deleted before every phase
+// so the dedup window starts empty. It prints each phase, then one line per
+// variant: median rate, CPU per entry (this process, nats-server included;
+// redis-server apart) and the ratio to the ceiling, the mean of every raw
+// phase of the run.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"trm-live/bridge"
+	"trm-live/contract"
+	"trm-live/contract/streams"
+	"trm-live/testkit/benchenv"
+)
+
+// DefaultAB are the A/B variants of a plain run: the old single-goroutine
+// path, and a larger XREADGROUP COUNT.
+const DefaultAB = "parse-workers=1;batch=4000"
+
+// DefaultBacklog is the fix-time span of the -catchup backlog.
+const DefaultBacklog = 5 * time.Minute
+
+// Target is the ratio bridge/raw issue 19 asks for.
+const Target = 0.8
+
+// Config is one benchmark run.
+type Config struct {
+	// RedisURL, DatabaseURL and DataDir are the servers and the folder
+	// scripts/bench started for this run.
+	RedisURL, DatabaseURL, DataDir string
+	// N entries from Devices devices; a share Bad of them invalid.
+	N, Devices int
+	Bad        float64
+	// Default is the bridge's settings measured first and printed as the
+	// headline; Variants are measured interleaved with it.
+	Default  Variant
+	Variants []Variant
+	// Rounds of raw + every variant.
+	Rounds int
+	// CPUProfile, when set, receives a profile of the default variant's
+	// first run.
+	CPUProfile string
+	// Verbose sends the bridge's log to stderr.
+	Verbose bool
+	// Catchup runs the catch-up measurement instead (catchup.go): a
+	// backlog of Backlog at Hz per device, then live positions at Hz.
+	Catchup bool
+	Backlog time.Duration
+	Hz      float64
+	// Out receives the figures.
+	Out io.Writer
+}
+
+// Variant is one setting of the bridge under test.
+type Variant struct {
+	Name                          string
+	Batch, InFlight, ParseWorkers int // zero: the default variant's
+}
+
+// ParseVariants reads "key=value,...;key=value,...".
+func ParseVariants(s string) ([]Variant, error) {
+	var out []Variant
+	for _, spec := range strings.Split(s, ";") {
+		spec = strings.TrimSpace(spec)
+		if spec == "" {
+			continue
+		}
+		v := Variant{Name: spec}
+		for _, kv := range strings.Split(spec, ",") {
+			k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			n, err := strconv.Atoi(val)
+			if !ok || err != nil || n < 1 {
+				return nil, fmt.Errorf("%q: want key=positive integer", kv)
+			}
+			switch k {
+			case "batch":
+				v.Batch = n
+			case "inflight":
+				v.InFlight = n
+			case "parse-workers":
+				v.ParseWorkers = n
+			default:
+				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers)", k)
+			}
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// payloads are the positions as the bridge publishes them, in one byte
+// arena with pointer-free offsets: a million of them held during the bridge
+// phase then cost the garbage collector nothing to scan, so they do not tax
+// the bridge's GC with the benchmark's own memory.
+type payloads struct {
+	arena []byte
+	items []span3
+}
+
+type span3 struct{ subj, id, data [2]int32 } // offset, length in arena
+
+func (p *payloads) add(subject, msgID string, data []byte) {
+	put := func(b []byte) [2]int32 {
+		off := len(p.arena)
+		p.arena = append(p.arena, b...)
+		return [2]int32{int32(off), int32(len(b))}
+	}
+	p.items = append(p.items, span3{put([]byte(subject)), put([]byte(msgID)), put(data)})
+}
+
+func (p *payloads) len() int { return len(p.items) }
+
+// at returns the i-th subject, Msg-Id and data (copies: the publisher owns them).
+func (p *payloads) at(i int) (string, string, []byte) {
+	it := p.items[i]
+	get := func(s [2]int32) []byte { return p.arena[s[0] : s[0]+s[1]] }
+	return string(get(it.subj)), string(get(it.id)), append([]byte(nil), get(it.data)...)
+}
+
+// world is what every phase shares: the servers and the preloaded entries.
+type world struct {
+	cfg     Config
+	natsURL string
+	rdb     *redis.Client
+	stream  string
+	event   string
+	devices []string
+	root    string
+}
+
+// Run runs the benchmark cfg describes and prints its figures to cfg.Out.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.RedisURL == "" || cfg.DatabaseURL == "" || cfg.DataDir == "" {
+		return errors.New("BENCH_REDIS_URL, BENCH_DATABASE_URL and BENCH_DATA_DIR must be set: run through scripts/bench bridge")
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	cfg.Rounds = max(cfg.Rounds, 1)
+	cfg.Devices = max(cfg.Devices, 1)
+	if cfg.Default.Name == "" {
+		cfg.Default.Name = "default"
+	}
+
+	// NATS, embedded, fresh store.
+	store := filepath.Join(cfg.DataDir, "bridge-nats")
+	if err := os.RemoveAll(store); err != nil {
+		return err
+	}
+	ns, stopNATS, err := benchenv.StartNATS(server.Options{
+		ServerName: "bench-bridge", JetStream: true, StoreDir: store,
+		JetStreamMaxMemory: 256 << 20, JetStreamMaxStore: 16 << 30,
+	})
+	if err != nil {
+		return err
+	}
+	defer stopNATS()
+
+	root, err := benchenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	ropts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return err
+	}
+	w := &world{cfg: cfg, natsURL: ns.ClientURL(), rdb: redis.NewClient(ropts), stream: "bench:positions", root: root}
+	defer w.rdb.Close()
+	fl := newFleet(cfg.Devices, cfg.Bad)
+	w.devices = fl.ids
+	if w.event, err = seed(ctx, cfg.DatabaseURL, root, fl.ids); err != nil {
+		return err
+	}
+	if err := w.rdb.Del(ctx, w.stream).Err(); err != nil {
+		return err
+	}
+	fmt.Fprintf(cfg.Out, "load average at start: %s\n", loadAvg())
+	defer func() { fmt.Fprintf(cfg.Out, "load average at end: %s\n", loadAvg()) }()
+	if cfg.Catchup {
+		return w.catchup(ctx, fl)
+	}
+	return w.throughput(ctx, fl)
+}
+
+// loadAvg is the 1, 5 and 15 minute load average (Linux), to tell a quiet
+// run from a loaded one.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func (w *world) throughput(ctx context.Context, fl *fleet) error {
+	cfg, out := w.cfg, w.cfg.Out
+	// Preload, and build the raw publisher's payloads from the same
+	// entries (parse, route to the seeded event, encode, as the bridge does).
+	ticks := (cfg.N + cfg.Devices - 1) / cfg.Devices
+	at := time.Now().Add(-time.Duration(ticks+60) * time.Second).Truncate(time.Second)
+	var pl payloads
+	var entries [][]string
+	var preload time.Duration
+	written := 0
+	for written < cfg.N {
+		entries = fl.tick(entries[:0], at)
+		at = at.Add(time.Second)
+		if rest := cfg.N - written; len(entries) > rest {
+			entries = entries[:rest]
+		}
+		for _, e := range entries {
+			fields := make(map[string]any, len(e)/2)
+			for i := 0; i+1 < len(e); i += 2 {
+				fields[e[i]] = e[i+1]
+			}
+			p, err := contract.ParseEntry(fields, time.Now())
+			if err != nil {
+				continue // dead-lettered by the bridge; not part of the ceiling
+			}
+			p.EventID = w.event
+			pl.add(p.Subject(), p.MsgID(), p.Encode())
+		}
+		t0 := time.Now()
+		if err := xadd(ctx, w.rdb, w.stream, entries); err != nil {
+			return err
+		}
+		preload += time.Since(t0)
+		written += len(entries)
+	}
+	fmt.Fprintf(out, "preload: %d entries (%d devices, %d valid) XADDed in %s: %.0f entries/s (pipelined)\n",
+		written, cfg.Devices, pl.len(), preload.Round(time.Millisecond), float64(written)/preload.Seconds())
+
+	variants := append([]Variant{cfg.Default}, cfg.Variants...)
+	for i := range variants[1:] {
+		v := &variants[i+1]
+		v.Batch = cmp0(v.Batch, cfg.Default.Batch)
+		v.InFlight = cmp0(v.InFlight, cfg.Default.InFlight)
+		v.ParseWorkers = cmp0(v.ParseWorkers, cfg.Default.ParseWorkers)
+	}
+	type result struct{ rate, cpu, redisCPU float64 }
+	results := make([][]result, len(variants))
+	var raws []float64
+	var rawCPU []float64
+	runRaw := func(label string) error {
+		cpu0 := cpuTime()
+		rate, err := raw(ctx, w.natsURL, &pl, cfg.Default.InFlight)
+		if err != nil {
+			return fmt.Errorf("raw: %w", err)
+		}
+		cpu := usPer(cpuTime()-cpu0, pl.len())
+		raws, rawCPU = append(raws, rate), append(rawCPU, cpu)
+		fmt.Fprintf(out, "raw:    %s%d async JetStream publishes with Nats-Msg-Id: %.0f msgs/s (process CPU %.1f µs/msg, nats-server included)\n",
+			label, pl.len(), rate, cpu)
+		return nil
+	}
+	run := 0
+	for round := range cfg.Rounds {
+		if err := runRaw(fmt.Sprintf("round %d: ", round+1)); err != nil {
+			return err
+		}
+		for i, v := range variants {
+			profile := ""
+			if round == 0 && i == 0 {
+				profile = cfg.CPUProfile
+			}
+			run++
+			cpu0, rcpu0 := cpuTime(), redisCPU(ctx, w.rdb)
+			rate, elapsed, err := w.runBridge(ctx, v, run, written, pl.len(), profile)
+			if err != nil {
+				return fmt.Errorf("bridge %s: %w", v.Name, err)
+			}
+			r := result{rate, usPer(cpuTime()-cpu0, written), usPer(redisCPU(ctx, w.rdb)-rcpu0, written)}
+			results[i] = append(results[i], r)
+			fmt.Fprintf(out, "bridge: %-28s %d entries read, published and acked in %s: %.0f positions/s (process CPU %.1f µs/entry, nats-server included; redis-server %.1f µs/entry)\n",
+				v.Name, written, elapsed.Round(time.Millisecond), r.rate, r.cpu, r.redisCPU)
+		}
+	}
+	if err := runRaw("again: "); err != nil {
+		return err
+	}
+	ceiling := mean(raws)
+	fmt.Fprintf(out, "ceiling: raw async publish with Msg-Id, mean of %d runs: %.0f msgs/s (min %.0f, max %.0f), %.1f µs CPU/msg\n",
+		len(raws), ceiling, slices.Min(raws), slices.Max(raws), mean(rawCPU))
+	fmt.Fprintf(out, "\nA/B (same run, same servers; median of %d round(s)):\n", cfg.Rounds)
+	fmt.Fprintf(out, "| variant | batch | inflight | parse workers | positions/s | ratio to raw | CPU µs/entry (process) | redis-server µs/entry |\n")
+	fmt.Fprintf(out, "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	var headline result
+	for i, v := range variants {
+		rs := results[i]
+		med := result{
+			rate:     median(rs, func(r result) float64 { return r.rate }),
+			cpu:      median(rs, func(r result) float64 { return r.cpu }),
+			redisCPU: median(rs, func(r result) float64 { return r.redisCPU }),
+		}
+		if i == 0 {
+			headline = med
+		}
+		fmt.Fprintf(out, "| %s | %d | %d | %d | %.0f | %.2f | %.1f | %.1f |\n",
+			v.Name, v.Batch, v.InFlight, v.ParseWorkers, med.rate, med.rate/ceiling, med.cpu, med.redisCPU)
+	}
+	fmt.Fprintf(out, "\nratio bridge/raw: %.2f (bridge %.0f / mean raw %.0f positions/s; target >= %.1f)\n",
+		headline.rate/ceiling, headline.rate, ceiling, Target)
+	return nil
+}
+
+func cmp0(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func mean(xs []float64) float64 {
+	s := 0.0
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+func median[T any](xs []T, f func(T) float64) float64 {
+	vs := make([]float64, len(xs))
+	for i, x := range xs {
+		vs[i] = f(x)
+	}
+	slices.Sort(vs)
+	if len(vs)%2 == 1 {
+		return vs[len(vs)/2]
+	}
+	return (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2
+}
+
+func usPer(d time.Duration, n int) float64 {
+	return float64(d) / float64(time.Microsecond) / float64(n)
+}
+
+// resetStreams deletes POSITIONS and POSITIONS_DLQ, emptying the dedup
+// window; the next phase creates them again.
+func resetStreams(ctx context.Context, js jetstream.JetStream) error {
+	for _, name := range []string{streams.Positions, streams.DLQ} {
+		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// raw publishes every payload asynchronously with its Msg-Id, at most
+// inflight awaiting an ack, into freshly created streams, and returns the
+// rate.
+func raw(ctx context.Context, url string, pl *payloads, inflight int) (float64, error) {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	var failed atomic.Int64
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(inflight),
+		jetstream.WithPublishAsyncTimeout(bridge.DefaultPublishTimeout),
+		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { failed.Add(1) }))
+	if err != nil {
+		return 0, err
+	}
+	if err := resetStreams(ctx, js); err != nil {
+		return 0, err
+	}
+	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	for i := range pl.len() {
+		subject, msgID, data := pl.at(i)
+		for {
+			_, err := js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: data}, jetstream.WithMsgID(msgID))
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				return 0, err
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		return 0, errors.New("acks still pending after a minute")
+	}
+	elapsed := time.Since(start)
+	if f := failed.Load(); f > 0 {
+		return 0, fmt.Errorf("%d publishes failed", f)
+	}
+	if err := expectMsgs(ctx, js, pl.len()); err != nil {
+		return 0, err
+	}
+	runtime.GC()
+	return float64(pl.len()) / elapsed.Seconds(), nil
+}
+
+func expectMsgs(ctx context.Context, js jetstream.JetStream, want int) error {
+	s, err := js.Stream(ctx, streams.Positions)
+	if err != nil {
+		return err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.State.Msgs != uint64(want) {
+		return fmt.Errorf("POSITIONS holds %d messages, want %d", info.State.Msgs, want)
+	}
+	return nil
+}
+
+// bridgeConfig is the bridge of variant v reading w's stream as group.
+func (w *world) bridgeConfig(v Variant, group string) (bridge.Config, *prometheus.Registry, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return bridge.Config{}, nil, err
+	}
+	reg := prometheus.NewRegistry()
+	log := slog.New(slog.DiscardHandler)
+	if w.cfg.Verbose {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return bridge.Config{
+		NATSURL: w.natsURL, RedisURL: w.cfg.RedisURL, DatabaseURL: w.cfg.DatabaseURL,
+		Streams: []string{w.stream}, Group: group, Consumer: "bench-1",
+		Batch: v.Batch, MaxInFlight: v.InFlight, ParseWorkers: v.ParseWorkers,
+		Listener: ln, Registerer: reg, Logger: log,
+	}, reg, nil
+}
+
+// runBridge drains the whole stream with a fresh consumer group (created
+// from 0 by the bridge) and returns the rate from start to the last XACK.
+func (w *world) runBridge(ctx context.Context, v Variant, run, entries, valid int, profile string) (float64, time.Duration, error) {
+	nc, err := nats.Connect(w.natsURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := resetStreams(ctx, js); err != nil {
+		return 0, 0, err
+	}
+	group := fmt.Sprintf("bench-%d", run)
+	defer w.rdb.XGroupDestroy(context.WithoutCancel(ctx), w.stream, group)
+	cfg, reg, err := w.bridgeConfig(v, group)
+	if err != nil {
+		return 0, 0, err
+	}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 0, 0, err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- bridge.Run(runCtx, cfg) }()
+	var elapsed time.Duration
+	for {
+		select {
+		case err := <-done:
+			return 0, 0, fmt.Errorf("Run returned early: %v", err)
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		acked, err := counter(reg, "bridge_entries_acked_total")
+		if err != nil {
+			return 0, 0, err
+		}
+		if int(acked) >= entries {
+			elapsed = time.Since(start)
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return 0, 0, fmt.Errorf("only %v of %d acked after 10 minutes", acked, entries)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		return 0, 0, err
+	}
+	if err := expectMsgs(ctx, js, valid); err != nil {
+		return 0, 0, err
+	}
+	runtime.GC()
+	return float64(entries) / elapsed.Seconds(), elapsed, nil
+}
+
+func counter(reg *prometheus.Registry, name string) (float64, error) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			var sum float64
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+			return sum, nil
+		}
+	}
+	return 0, nil
+}
+
+// cpuTime is the user+system CPU time of this process so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// redisCPU is the redis-server's user+system CPU time so far (INFO cpu);
+// zero when it cannot be read.
+func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
+	info, err := rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
+		}
+	}
+	return time.Duration(total * float64(time.Second))
+}

@@ -1,0 +1,28 @@
+package main
+
+import "testing"
+
+func TestParseVariants(t *testing.T) {
+	vs, err := ParseVariants(DefaultAB + "; batch=500, parse-workers=4 ;")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Variant{
+		{Name: "parse-workers=1", ParseWorkers: 1},
+		{Name: "batch=4000", Batch: 4000},
+		{Name: "batch=500, parse-workers=4", Batch: 500, ParseWorkers: 4},
+	}
+	if len(vs) != len(want) {
+		t.Fatalf("got %+v, want %+v", vs, want)
+	}
+	for i := range want {
+		if vs[i] != want[i] {
+			t.Fatalf("variant %d: got %+v, want %+v", i, vs[i], want[i])
+		}
+	}
+	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x"} {
+		if _, err := ParseVariants(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
