@@ -29,8 +29,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"trm-live/contract"
 	"trm-live/contract/buildinfo"
+	"trm-live/contract/natsconn"
 	"trm-live/persister/migrate"
 )
 
@@ -159,20 +159,7 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database pool: %w", err)
 	}
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name("trm-live persister"),
-		// Its own inbox: the persister's user may read no other replies.
-		nats.CustomInboxPrefix(contract.InboxPrefix("persister")),
-		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("nats disconnected", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", contract.RedactURLs(c.ConnectedUrl())) }),
-	)
+	nc, err := nats.Connect(cfg.NATSURL, natsconn.Options("trm-live persister", "persister", time.Second, log, natsconn.Hooks{})...)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("nats connect: %w", err)
