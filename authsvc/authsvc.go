@@ -26,6 +26,7 @@ import (
 	"trm-live/contract/auth"
 	"trm-live/contract/buildinfo"
 	"trm-live/contract/natsconn"
+	"trm-live/contract/probe"
 )
 
 // Run serves authsvc until ctx ends, then shuts down gracefully: stop taking
@@ -116,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("authsvc serving", "http_addr", ln.Addr().String(), "nats_connected", nc.IsConnected(), "instance", svc.Info().ID)
 
-	srv := newHTTPServer(s.mux(pool, gatherer))
+	srv := probe.Server(s.mux(pool, gatherer))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -31,6 +31,7 @@ import (
 
 	"trm-live/contract/buildinfo"
 	"trm-live/contract/natsconn"
+	"trm-live/contract/probe"
 	"trm-live/persister/migrate"
 )
 
@@ -116,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	if ln != nil {
-		srv := newHTTPServer(p.handler(gatherer))
+		srv := probe.Server(p.handler(gatherer))
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("http: %w", err)
