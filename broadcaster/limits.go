@@ -144,11 +144,7 @@ func (mb *mailbox) release(f *feed) {
 		f.queued = true
 		mb.feeds = append(mb.feeds, f)
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 }
 
 // sentLocked records that devices idxs of f were taken at now: each is

@@ -124,10 +124,7 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 		mb.mu.Unlock()
 		return putFiltered
 	}
-	if int(idx) >= len(f.slots) {
-		f.growSlots(int(idx) + 1)
-	}
-	sl := &f.slots[idx]
+	sl := f.slotLocked(idx)
 	if ts <= sl.ts {
 		mb.mu.Unlock()
 		return putStale
@@ -140,11 +137,7 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 	} else {
 		mb.pendLocked(f, idx, mb.nowFor(f))
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 	return res
 }
 
@@ -209,6 +202,16 @@ func (f *feed) releaseShared() {
 	f.shared = f.shared[:0]
 }
 
+// unlockSchedule releases mb.mu and, when mb has something for a writer,
+// schedules it (outside the lock).
+func (mb *mailbox) unlockSchedule() {
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+}
+
 // mergeLocked offers several positions, at most one per device, to f.
 func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int) {
 	now := mb.nowFor(f)
@@ -216,10 +219,7 @@ func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int)
 		if !f.admitsLocked(it.idx) {
 			continue
 		}
-		if int(it.idx) >= len(f.slots) {
-			f.growSlots(int(it.idx) + 1)
-		}
-		sl := &f.slots[it.idx]
+		sl := f.slotLocked(it.idx)
 		if it.ts <= sl.ts {
 			stale++
 			continue
@@ -241,6 +241,14 @@ func (mb *mailbox) dropSharedLocked() {
 	for _, f := range mb.feeds {
 		f.releaseShared()
 	}
+}
+
+// slotLocked is f's slot of device idx, grown into when new. Under mb.mu.
+func (f *feed) slotLocked(idx int32) *slot {
+	if int(idx) >= len(f.slots) {
+		f.growSlots(int(idx) + 1)
+	}
+	return &f.slots[idx]
 }
 
 func (f *feed) growSlots(n int) {
@@ -312,10 +320,7 @@ func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func
 		if !f.admitsLocked(it.idx) {
 			continue
 		}
-		if int(it.idx) >= len(f.slots) {
-			f.growSlots(int(it.idx) + 1)
-		}
-		sl := &f.slots[it.idx]
+		sl := f.slotLocked(it.idx)
 		if it.ts <= sl.ts {
 			continue // a live message of the device was newer
 		}
@@ -348,11 +353,7 @@ func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func
 		mb.overflow()
 		return 0, false
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 	return len(items), true
 }
 
@@ -388,11 +389,7 @@ func (mb *mailbox) end(f *feed, frame []byte) {
 		mb.overflow()
 		return
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 }
 
 // control queues a control frame. A client whose control queue is full is
@@ -408,11 +405,7 @@ func (mb *mailbox) control(frame []byte) {
 		mb.overflow()
 		return
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 }
 
 // pushCtrlLocked appends a control frame; false means the queue is full
@@ -449,11 +442,7 @@ func (mb *mailbox) closeAfterControl(code int, reason string) bool {
 		f.queued = false
 	}
 	mb.feeds = nil
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 	return true
 }
 
@@ -487,11 +476,7 @@ func (mb *mailbox) shut() {
 func (mb *mailbox) sent() {
 	mb.mu.Lock()
 	mb.inflight--
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 }
 
 // wantLocked reports whether a writer must be scheduled, and marks it so.
