@@ -83,9 +83,8 @@ func (mb *mailbox) pendLocked(f *feed, idx int32, now int64) {
 		return
 	}
 	f.dirty = append(f.dirty, idx)
-	if f.ready && !f.queued {
-		f.queued = true
-		mb.feeds = append(mb.feeds, f)
+	if f.ready {
+		mb.enqueueLocked(f)
 	}
 }
 
@@ -140,9 +139,8 @@ func (mb *mailbox) release(f *feed) {
 	if first != 0 {
 		mb.armLocked(f, first, now)
 	}
-	if f.head0 < len(f.dirty) && f.ready && !f.queued {
-		f.queued = true
-		mb.feeds = append(mb.feeds, f)
+	if f.head0 < len(f.dirty) && f.ready {
+		mb.enqueueLocked(f)
 	}
 	mb.unlockSchedule()
 }

@@ -164,10 +164,7 @@ func (mb *mailbox) offer(f *feed, bs []*batch) (coalesced, stale int, sched bool
 	if f.lim == nil && f.ready && bs[0].seq >= f.sharedFrom && f.head0 == len(f.dirty) && len(f.shared)+len(bs) <= sharedQueue {
 		f.shared = append(f.shared, bs...)
 		bs[0].t.outstanding.Add(int64(len(bs)))
-		if !f.queued {
-			f.queued = true
-			mb.feeds = append(mb.feeds, f)
-		}
+		mb.enqueueLocked(f)
 	} else {
 		coalesced, stale = mb.unshareLocked(f)
 		for _, b := range bs {
@@ -243,6 +240,29 @@ func (mb *mailbox) dropSharedLocked() {
 	}
 }
 
+// enqueueLocked puts f among the feeds waiting for a writer, once. Under
+// mb.mu.
+func (mb *mailbox) enqueueLocked(f *feed) {
+	if !f.queued {
+		f.queued = true
+		mb.feeds = append(mb.feeds, f)
+	}
+}
+
+// dequeueLocked takes f out of the feeds waiting for a writer. Under mb.mu.
+func (mb *mailbox) dequeueLocked(f *feed) {
+	if !f.queued {
+		return
+	}
+	f.queued = false
+	for i, g := range mb.feeds {
+		if g == f {
+			mb.feeds = append(mb.feeds[:i], mb.feeds[i+1:]...)
+			break
+		}
+	}
+}
+
 // slotLocked is f's slot of device idx, grown into when new. Under mb.mu.
 func (f *feed) slotLocked(idx int32) *slot {
 	if int(idx) >= len(f.slots) {
@@ -306,15 +326,7 @@ func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func
 		if f.lim != nil {
 			f.lim.resetLocked()
 		}
-		if f.queued {
-			f.queued = false
-			for i, g := range mb.feeds {
-				if g == f {
-					mb.feeds = append(mb.feeds[:i], mb.feeds[i+1:]...)
-					break
-				}
-			}
-		}
+		mb.dequeueLocked(f)
 	}
 	for _, it := range snap {
 		if !f.admitsLocked(it.idx) {
@@ -374,15 +386,7 @@ func (mb *mailbox) end(f *feed, frame []byte) {
 			f.lim.held = nil
 		}
 		f.releaseShared()
-		if f.queued {
-			f.queued = false
-			for i, g := range mb.feeds {
-				if g == f {
-					mb.feeds = append(mb.feeds[:i], mb.feeds[i+1:]...)
-					break
-				}
-			}
-		}
+		mb.dequeueLocked(f)
 	}
 	if frame != nil && mb.closing == nil && !mb.pushCtrlLocked(frame) {
 		mb.mu.Unlock()

@@ -249,9 +249,8 @@ func (mb *mailbox) activateLive(f *feed, floors []snapItem, sharedFrom uint64, f
 		mb.overflow()
 		return false
 	}
-	if len(f.dirty) > 0 && !f.queued {
-		f.queued = true
-		mb.feeds = append(mb.feeds, f)
+	if len(f.dirty) > 0 {
+		mb.enqueueLocked(f)
 	}
 	mb.unlockSchedule()
 	return true
