@@ -4,7 +4,7 @@ go 1.26.8
 
 require (
 	github.com/gorilla/websocket v1.5.3
-	github.com/nats-io/nats.go v1.55.0
+	github.com/nats-io/nats.go v1.56.0
 	github.com/olahol/melody v1.1.4
 	github.com/prometheus/client_golang v1.25.0
 	golang.org/x/sync v0.25.0
@@ -48,9 +48,6 @@ require (
 
 replace trm-live/testkit => ../testkit
 
-require (
-	github.com/nats-io/nuid v1.0.1
-	trm-live/export v0.0.0
-)
+require trm-live/export v0.0.0
 
 replace trm-live/export => ../export

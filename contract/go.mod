@@ -2,7 +2,7 @@ module trm-live/contract
 
 go 1.26.8
 
-require github.com/nats-io/nats.go v1.55.0
+require github.com/nats-io/nats.go v1.56.0
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect

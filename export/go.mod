@@ -3,7 +3,7 @@ module trm-live/export
 go 1.26.8
 
 require (
-	github.com/nats-io/nats.go v1.55.0
+	github.com/nats-io/nats.go v1.56.0
 	trm-live/contract v0.0.0
 	trm-live/testkit v0.0.0
 )
