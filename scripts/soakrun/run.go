@@ -537,7 +537,23 @@ func (s *soak) inject(ctx context.Context, f Fault) {
 	wait := func() { _ = sleepUntil(ctx, rec.start.Add(f.Down)) }
 	var err error
 	switch f.Kind {
-	case KillWorker, KillNATS:
+	case KillNATS:
+		// Never two NATS nodes at once: a node whose /healthz still fails
+		// (its stream replicas not current) counts as down.
+		for _, n := range s.nats {
+			if !n.isReady(ctx) {
+				err = fmt.Errorf("left out: %s is not healthy", n.name)
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+		p := s.find(f.Target)
+		p.kill9()
+		wait()
+		err = p.start()
+	case KillWorker:
 		p := s.find(f.Target)
 		p.kill9()
 		wait()
