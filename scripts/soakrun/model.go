@@ -300,15 +300,15 @@ type Pending struct {
 	// ConsumerPending and ConsumerAckPending are the persister durable's
 	// NumPending and NumAckPending.
 	ConsumerPending, ConsumerAckPending uint64
-	// GroupPending and GroupLag are the Redis consumer group's pending
-	// entries and lag.
+	// GroupPending is the Redis consumer group's pending entries, GroupLag
+	// the entries after its last-delivered id (at most 1000 counted).
 	GroupPending, GroupLag int64
 }
 
 // CheckPending is "no consumer left pending".
 func CheckPending(p Pending) Check {
 	return Check{Name: "no consumer pending", Pass: p.ConsumerPending == 0 && p.ConsumerAckPending == 0 && p.GroupPending == 0 && p.GroupLag == 0,
-		Detail: fmt.Sprintf("persister durable: %d pending, %d ack pending; Redis group: %d pending, lag %d",
+		Detail: fmt.Sprintf("persister durable: %d pending, %d ack pending; Redis group: %d pending, %d undelivered",
 			p.ConsumerPending, p.ConsumerAckPending, p.GroupPending, p.GroupLag)}
 }
 
