@@ -23,9 +23,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"trm-live/contract"
 	"trm-live/contract/auth"
 	"trm-live/contract/buildinfo"
+	"trm-live/contract/natsconn"
+	"trm-live/contract/probe"
 )
 
 // Run serves authsvc until ctx ends, then shuts down gracefully: stop taking
@@ -78,20 +79,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name("authsvc"),
-		// Its own inbox: the authsvc user may read no other replies.
-		nats.CustomInboxPrefix(contract.InboxPrefix("authsvc")),
-		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("nats disconnected", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", contract.RedactURLs(c.ConnectedUrl())) }),
-	)
+	nc, err := nats.Connect(cfg.NATSURL, natsconn.Options("authsvc", "authsvc", time.Second, log, natsconn.Hooks{})...)
 	if err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("nats connect: %w", err)
@@ -129,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("authsvc serving", "http_addr", ln.Addr().String(), "nats_connected", nc.IsConnected(), "instance", svc.Info().ID)
 
-	srv := newHTTPServer(s.mux(pool, gatherer))
+	srv := probe.Server(s.mux(pool, gatherer))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"regexp"
 	"strings"
 	"time"
 
@@ -179,7 +178,7 @@ func (c Config) Validate() error {
 	if err := config.CheckLog(c.LogLevel, c.LogFormat); err != nil {
 		return err
 	}
-	if c.CookieName != "" && !cookieNameRE.MatchString(c.CookieName) {
+	if c.CookieName != "" && !auth.ValidCookieName(c.CookieName) {
 		return fmt.Errorf("AUTHSVC_COOKIE_NAME (-cookie-name) = %q: not a valid cookie name", c.CookieName)
 	}
 	for _, d := range []struct {
@@ -233,6 +232,3 @@ func (c Config) String() string {
 func (c Config) NewLogger(w io.Writer) *slog.Logger {
 	return config.NewLogger(w, c.LogLevel, c.LogFormat)
 }
-
-// cookieNameRE is RFC 6265's cookie-name token.
-var cookieNameRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")

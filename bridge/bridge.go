@@ -25,8 +25,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
-	"trm-live/contract"
 	"trm-live/contract/buildinfo"
+	"trm-live/contract/natsconn"
 	"trm-live/contract/streams"
 )
 
@@ -139,25 +139,10 @@ func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
 	watch := newLossWatch()
 	denied := newDeniedSubjects(log)
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name("trm-bridge "+cfg.Consumer),
-		// Its own inbox: the bridge's user may read no other replies.
-		nats.CustomInboxPrefix(contract.InboxPrefix("bridge")),
-		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			watch.disconnected()
-			if err != nil {
-				log.Warn("nats disconnected", "err", err)
-			}
-		}),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied.record(err) }),
-		nats.ReconnectHandler(func(c *nats.Conn) {
-			log.Info("nats reconnected", "url", contract.RedactURLs(c.ConnectedUrl()))
-			watch.check()
-		}),
-	)
+	opts := natsconn.Options("trm-bridge "+cfg.Consumer, "bridge", 250*time.Millisecond, log,
+		natsconn.Hooks{Disconnected: watch.disconnected, Reconnected: watch.check})
+	nc, err := nats.Connect(cfg.NATSURL, append(opts,
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied.record(err) }))...)
 	if err != nil {
 		return fmt.Errorf("nats connect: %w", err)
 	}

@@ -8,31 +8,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"trm-live/contract/probe"
 )
 
 var httpErrServerClosed = http.ErrServerClosed
-
-// Limits of the HTTP server of /healthz, /readyz and /metrics, which only
-// probes and scrapers call: a header block over httpMaxHeaderBytes (plus
-// net/http's 4 KiB slack) is answered 431, a client gets
-// httpReadHeaderTimeout to send its headers, and a keep-alive connection
-// idle for httpIdleTimeout is closed (longer than a scrape interval).
-const (
-	httpReadHeaderTimeout = 5 * time.Second
-	httpIdleTimeout       = 90 * time.Second
-	httpMaxHeaderBytes    = 16 << 10
-)
-
-// newHTTPServer is the HTTP server of h with those limits.
-func newHTTPServer(h http.Handler) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: httpReadHeaderTimeout,
-		IdleTimeout:       httpIdleTimeout,
-		MaxHeaderBytes:    httpMaxHeaderBytes,
-	}
-}
 
 // httpServer serves /healthz (the process answers), /readyz (Redis answers
 // a PING within 1 s, NATS is connected, the streams exist, the routing
@@ -40,20 +20,14 @@ func newHTTPServer(h http.Handler) *http.Server {
 // store, and the bridge is not stopping) and
 // /metrics, on a private mux.
 func (b *bridge) httpServer(gat prometheus.Gatherer) *http.Server {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	return probe.Server(probe.Mux(func(w http.ResponseWriter, r *http.Request) {
 		problems := b.notReady(r.Context())
 		if len(problems) > 0 {
 			http.Error(w, "not ready: "+strings.Join(problems, "; "), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(gat, promhttp.HandlerOpts{}))
-	return newHTTPServer(mux)
+	}, gat))
 }
 
 func (b *bridge) notReady(ctx context.Context) []string {

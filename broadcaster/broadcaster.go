@@ -35,9 +35,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"trm-live/contract"
 	"trm-live/contract/auth"
 	"trm-live/contract/buildinfo"
+	"trm-live/contract/natsconn"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
 )
@@ -162,22 +162,14 @@ func newServer(cfg Config) (*server, error) {
 		srv.ln = sendBufferListener{ln, max(cfg.SocketSendBuffer, 0), max(cfg.SocketNotsentLowat, 0)}
 	}
 
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name("broadcaster"),
-		// Its own inbox: the broadcaster's user may read no other replies,
-		// and no other worker reads authsvc's answers to it.
-		nats.CustomInboxPrefix(contract.InboxPrefix("broadcaster")),
-		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(500*time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			srv.log.Warn("nats disconnected", "err", err)
-		}),
-		nats.ReconnectHandler(func(*nats.Conn) {
-			srv.log.Info("nats reconnected")
+	// Its own inbox also keeps authsvc's answers to it from other workers.
+	opts := natsconn.Options("broadcaster", "broadcaster", 500*time.Millisecond, srv.log, natsconn.Hooks{
+		Reconnected: func() {
 			gen := srv.hub.resyncGen.Add(1)
 			srv.bg.Go(func() { srv.hub.resync(srv.base, gen) })
-		}),
+		},
+	})
+	nc, err := nats.Connect(cfg.NATSURL, append(opts,
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrSlowConsumer) {
 				srv.m.natsDropped.Inc()
@@ -187,8 +179,7 @@ func newServer(cfg Config) (*server, error) {
 				subj = sub.Subject
 			}
 			srv.log.Warn("nats async error", "subject", subj, "err", err)
-		}),
-	)
+		}))...)
 	if err != nil {
 		_ = ln.Close()
 		return nil, fmt.Errorf("nats connect: %w", err)

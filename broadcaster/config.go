@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"trm-live/contract"
+	"trm-live/contract/auth"
 	"trm-live/contract/config"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -237,7 +238,7 @@ func (c Config) Validate() error {
 		}
 	}
 	switch {
-	case !validCookieName(c.CookieName):
+	case !auth.ValidCookieName(c.CookieName):
 		return fmt.Errorf("BROADCASTER_COOKIE_NAME %q: not a cookie name", c.CookieName)
 	case c.AuthTimeout < 0:
 		return errors.New("BROADCASTER_AUTH_TIMEOUT: must be positive")
@@ -323,16 +324,4 @@ func (c Config) String() string {
 // to w.
 func (c Config) NewLogger(w io.Writer) *slog.Logger {
 	return config.NewLogger(w, c.LogLevel, c.LogFormat)
-}
-
-func validCookieName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
-			return false
-		}
-	}
-	return true
 }

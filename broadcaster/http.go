@@ -7,22 +7,17 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"trm-live/contract/auth"
+	"trm-live/contract/probe"
 	"trm-live/contract/streams"
 	"trm-live/contract/ws"
 )
 
 // mux serves /ws-live, /healthz, /readyz and /metrics on a private mux.
 func (srv *server) mux() *http.ServeMux {
-	mux := http.NewServeMux()
+	mux := probe.Mux(srv.readyz, srv.gatherer)
 	mux.HandleFunc("GET "+ws.Path, srv.serveWS)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", srv.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.gatherer, promhttp.HandlerOpts{}))
 	return mux
 }
 

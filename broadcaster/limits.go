@@ -83,9 +83,8 @@ func (mb *mailbox) pendLocked(f *feed, idx int32, now int64) {
 		return
 	}
 	f.dirty = append(f.dirty, idx)
-	if f.ready && !f.queued {
-		f.queued = true
-		mb.feeds = append(mb.feeds, f)
+	if f.ready {
+		mb.enqueueLocked(f)
 	}
 }
 
@@ -140,15 +139,10 @@ func (mb *mailbox) release(f *feed) {
 	if first != 0 {
 		mb.armLocked(f, first, now)
 	}
-	if f.head0 < len(f.dirty) && f.ready && !f.queued {
-		f.queued = true
-		mb.feeds = append(mb.feeds, f)
+	if f.head0 < len(f.dirty) && f.ready {
+		mb.enqueueLocked(f)
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 }
 
 // sentLocked records that devices idxs of f were taken at now: each is

@@ -124,10 +124,7 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 		mb.mu.Unlock()
 		return putFiltered
 	}
-	if int(idx) >= len(f.slots) {
-		f.growSlots(int(idx) + 1)
-	}
-	sl := &f.slots[idx]
+	sl := f.slotLocked(idx)
 	if ts <= sl.ts {
 		mb.mu.Unlock()
 		return putStale
@@ -140,11 +137,7 @@ func (mb *mailbox) put(f *feed, idx int32, ts int64, data []byte) putResult {
 	} else {
 		mb.pendLocked(f, idx, mb.nowFor(f))
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 	return res
 }
 
@@ -171,10 +164,7 @@ func (mb *mailbox) offer(f *feed, bs []*batch) (coalesced, stale int, sched bool
 	if f.lim == nil && f.ready && bs[0].seq >= f.sharedFrom && f.head0 == len(f.dirty) && len(f.shared)+len(bs) <= sharedQueue {
 		f.shared = append(f.shared, bs...)
 		bs[0].t.outstanding.Add(int64(len(bs)))
-		if !f.queued {
-			f.queued = true
-			mb.feeds = append(mb.feeds, f)
-		}
+		mb.enqueueLocked(f)
 	} else {
 		coalesced, stale = mb.unshareLocked(f)
 		for _, b := range bs {
@@ -209,6 +199,16 @@ func (f *feed) releaseShared() {
 	f.shared = f.shared[:0]
 }
 
+// unlockSchedule releases mb.mu and, when mb has something for a writer,
+// schedules it (outside the lock).
+func (mb *mailbox) unlockSchedule() {
+	sched := mb.wantLocked()
+	mb.mu.Unlock()
+	if sched {
+		mb.w.schedule(mb)
+	}
+}
+
 // mergeLocked offers several positions, at most one per device, to f.
 func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int) {
 	now := mb.nowFor(f)
@@ -216,10 +216,7 @@ func (mb *mailbox) mergeLocked(f *feed, items []snapItem) (coalesced, stale int)
 		if !f.admitsLocked(it.idx) {
 			continue
 		}
-		if int(it.idx) >= len(f.slots) {
-			f.growSlots(int(it.idx) + 1)
-		}
-		sl := &f.slots[it.idx]
+		sl := f.slotLocked(it.idx)
 		if it.ts <= sl.ts {
 			stale++
 			continue
@@ -241,6 +238,37 @@ func (mb *mailbox) dropSharedLocked() {
 	for _, f := range mb.feeds {
 		f.releaseShared()
 	}
+}
+
+// enqueueLocked puts f among the feeds waiting for a writer, once. Under
+// mb.mu.
+func (mb *mailbox) enqueueLocked(f *feed) {
+	if !f.queued {
+		f.queued = true
+		mb.feeds = append(mb.feeds, f)
+	}
+}
+
+// dequeueLocked takes f out of the feeds waiting for a writer. Under mb.mu.
+func (mb *mailbox) dequeueLocked(f *feed) {
+	if !f.queued {
+		return
+	}
+	f.queued = false
+	for i, g := range mb.feeds {
+		if g == f {
+			mb.feeds = append(mb.feeds[:i], mb.feeds[i+1:]...)
+			break
+		}
+	}
+}
+
+// slotLocked is f's slot of device idx, grown into when new. Under mb.mu.
+func (f *feed) slotLocked(idx int32) *slot {
+	if int(idx) >= len(f.slots) {
+		f.growSlots(int(idx) + 1)
+	}
+	return &f.slots[idx]
 }
 
 func (f *feed) growSlots(n int) {
@@ -298,24 +326,13 @@ func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func
 		if f.lim != nil {
 			f.lim.resetLocked()
 		}
-		if f.queued {
-			f.queued = false
-			for i, g := range mb.feeds {
-				if g == f {
-					mb.feeds = append(mb.feeds[:i], mb.feeds[i+1:]...)
-					break
-				}
-			}
-		}
+		mb.dequeueLocked(f)
 	}
 	for _, it := range snap {
 		if !f.admitsLocked(it.idx) {
 			continue
 		}
-		if int(it.idx) >= len(f.slots) {
-			f.growSlots(int(it.idx) + 1)
-		}
-		sl := &f.slots[it.idx]
+		sl := f.slotLocked(it.idx)
 		if it.ts <= sl.ts {
 			continue // a live message of the device was newer
 		}
@@ -348,11 +365,7 @@ func (mb *mailbox) activateWith(f *feed, snap []snapItem, reset bool, frame func
 		mb.overflow()
 		return 0, false
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 	return len(items), true
 }
 
@@ -373,26 +386,14 @@ func (mb *mailbox) end(f *feed, frame []byte) {
 			f.lim.held = nil
 		}
 		f.releaseShared()
-		if f.queued {
-			f.queued = false
-			for i, g := range mb.feeds {
-				if g == f {
-					mb.feeds = append(mb.feeds[:i], mb.feeds[i+1:]...)
-					break
-				}
-			}
-		}
+		mb.dequeueLocked(f)
 	}
 	if frame != nil && mb.closing == nil && !mb.pushCtrlLocked(frame) {
 		mb.mu.Unlock()
 		mb.overflow()
 		return
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 }
 
 // control queues a control frame. A client whose control queue is full is
@@ -408,11 +409,7 @@ func (mb *mailbox) control(frame []byte) {
 		mb.overflow()
 		return
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 }
 
 // pushCtrlLocked appends a control frame; false means the queue is full
@@ -449,11 +446,7 @@ func (mb *mailbox) closeAfterControl(code int, reason string) bool {
 		f.queued = false
 	}
 	mb.feeds = nil
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 	return true
 }
 
@@ -487,11 +480,7 @@ func (mb *mailbox) shut() {
 func (mb *mailbox) sent() {
 	mb.mu.Lock()
 	mb.inflight--
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 }
 
 // wantLocked reports whether a writer must be scheduled, and marks it so.

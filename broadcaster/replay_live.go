@@ -230,10 +230,7 @@ func (mb *mailbox) activateLive(f *feed, floors []snapItem, sharedFrom uint64, f
 	f.sharedFrom = sharedFrom
 	mb.unshareLocked(f)
 	for _, it := range floors {
-		if int(it.idx) >= len(f.slots) {
-			f.growSlots(int(it.idx) + 1)
-		}
-		sl := &f.slots[it.idx]
+		sl := f.slotLocked(it.idx)
 		if it.ts >= sl.ts {
 			sl.ts = it.ts
 			sl.data, sl.pending = nil, false
@@ -252,15 +249,10 @@ func (mb *mailbox) activateLive(f *feed, floors []snapItem, sharedFrom uint64, f
 		mb.overflow()
 		return false
 	}
-	if len(f.dirty) > 0 && !f.queued {
-		f.queued = true
-		mb.feeds = append(mb.feeds, f)
+	if len(f.dirty) > 0 {
+		mb.enqueueLocked(f)
 	}
-	sched := mb.wantLocked()
-	mb.mu.Unlock()
-	if sched {
-		mb.w.schedule(mb)
-	}
+	mb.unlockSchedule()
 	return true
 }
 

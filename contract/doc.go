@@ -4,5 +4,6 @@
 //
 // It imports nothing outside the standard library. Stream configurations,
 // which need nats.go, live in the streams subpackage; authsvc's request and
-// response types and its client live in the auth subpackage.
+// response types and its client live in the auth subpackage; the workers'
+// NATS connection options in natsconn, their probe HTTP server in probe.
 package contract

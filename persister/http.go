@@ -8,42 +8,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-)
 
-// Limits of the HTTP server of /healthz, /readyz and /metrics, which only
-// probes and scrapers call: a header block over httpMaxHeaderBytes (plus
-// net/http's 4 KiB slack) is answered 431, a client gets
-// httpReadHeaderTimeout to send its headers, and a keep-alive connection
-// idle for httpIdleTimeout is closed (longer than a scrape interval).
-const (
-	httpReadHeaderTimeout = 5 * time.Second
-	httpIdleTimeout       = 90 * time.Second
-	httpMaxHeaderBytes    = 16 << 10
+	"trm-live/contract/probe"
 )
-
-// newHTTPServer is the HTTP server of h with those limits.
-func newHTTPServer(h http.Handler) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: httpReadHeaderTimeout,
-		IdleTimeout:       httpIdleTimeout,
-		MaxHeaderBytes:    httpMaxHeaderBytes,
-	}
-}
 
 // handler is the private mux: /healthz (the process answers), /readyz
 // (every dependency usable) and /metrics.
 func (p *persister) handler(g prometheus.Gatherer) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", p.readyz)
-	if g != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	}
-	return mux
+	return probe.Mux(p.readyz, g)
 }
 
 func (p *persister) readyz(w http.ResponseWriter, r *http.Request) {

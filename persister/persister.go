@@ -29,8 +29,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"trm-live/contract"
 	"trm-live/contract/buildinfo"
+	"trm-live/contract/natsconn"
+	"trm-live/contract/probe"
 	"trm-live/persister/migrate"
 )
 
@@ -116,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	if ln != nil {
-		srv := newHTTPServer(p.handler(gatherer))
+		srv := probe.Server(p.handler(gatherer))
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("http: %w", err)
@@ -159,20 +160,7 @@ func open(ctx context.Context, cfg Config, m *metrics) (*persister, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database pool: %w", err)
 	}
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name("trm-live persister"),
-		// Its own inbox: the persister's user may read no other replies.
-		nats.CustomInboxPrefix(contract.InboxPrefix("persister")),
-		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("nats disconnected", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", contract.RedactURLs(c.ConnectedUrl())) }),
-	)
+	nc, err := nats.Connect(cfg.NATSURL, natsconn.Options("trm-live persister", "persister", time.Second, log, natsconn.Hooks{})...)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("nats connect: %w", err)

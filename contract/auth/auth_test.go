@@ -148,3 +148,16 @@ func TestPlausible(t *testing.T) {
 		}
 	}
 }
+
+func TestValidCookieName(t *testing.T) {
+	for _, ok := range []string{"directus_session_token", "a", "x!#$%&'*+-.^_`|~9Z"} {
+		if !ValidCookieName(ok) {
+			t.Errorf("ValidCookieName(%q) = false, want true", ok)
+		}
+	}
+	for _, bad := range []string{"", "a b", "a;b", "a=b", "a\"b", "a\tb", "é", "a\x7f", "(a)", "a/b", "a,b"} {
+		if ValidCookieName(bad) {
+			t.Errorf("ValidCookieName(%q) = true, want false", bad)
+		}
+	}
+}

@@ -130,3 +130,18 @@ func isToken68(s string) bool {
 	}
 	return true
 }
+
+// ValidCookieName reports whether s is an RFC 6265 cookie-name: a non-empty
+// token of printable ASCII without separators. authsvc and the broadcaster
+// refuse to start with any other AUTHSVC_COOKIE_NAME / BROADCASTER_COOKIE_NAME.
+func ValidCookieName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
+			return false
+		}
+	}
+	return true
+}

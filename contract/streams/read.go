@@ -195,7 +195,7 @@ func (rd Reader) Read(ctx context.Context, fn func(Pos) error) (ReadStats, error
 		}
 		return nil
 	}
-	err := rd.scan(ctx, &st, func(seq uint64, p Pos, ok, caughtUp bool) error {
+	err := rd.scan(ctx, &st, func(seq uint64, p *Pos, ok, caughtUp bool) error {
 		switch {
 		case !ok:
 			st.Malformed++
@@ -220,13 +220,13 @@ func (rd Reader) place(ctx context.Context, fn func(Pos) error) (ReadStats, erro
 	isLate := make(map[uint64]bool)
 	first := rd
 	first.Tick = nil
-	err := first.scan(ctx, &ReadStats{}, func(_ uint64, p Pos, ok, _ bool) error {
+	err := first.scan(ctx, &ReadStats{}, func(_ uint64, p *Pos, ok, _ bool) error {
 		if !ok || !rd.inRange(p.ts) {
 			return nil
 		}
 		dev := p.Position.DeviceID
 		if n, seen := newest[dev]; seen && p.ts < n {
-			held[dev] = append(held[dev], p)
+			held[dev] = append(held[dev], *p)
 			isLate[p.Seq] = true
 			return nil
 		}
@@ -244,7 +244,7 @@ func (rd Reader) place(ctx context.Context, fn func(Pos) error) (ReadStats, erro
 		st.Yielded++
 		return fn(p)
 	}
-	err = rd.scan(ctx, &st, func(seq uint64, p Pos, ok, _ bool) error {
+	err = rd.scan(ctx, &st, func(seq uint64, p *Pos, ok, _ bool) error {
 		st.Seq = seq
 		switch {
 		case !ok:
@@ -263,7 +263,7 @@ func (rd Reader) place(ctx context.Context, fn func(Pos) error) (ReadStats, erro
 			}
 			held[p.Position.DeviceID] = q
 		}
-		return emit(p)
+		return emit(*p)
 	}, nil)
 	if err != nil {
 		return st, err
@@ -293,7 +293,7 @@ func (rd Reader) inRange(ts int64) bool {
 // with caughtUp when nothing more is pending; it calls end (when set) when
 // the read ends by itself at LastSeq or To + Lateness. Memory is constant:
 // one message at a time plus the pull buffer.
-func (rd Reader) scan(ctx context.Context, st *ReadStats, fn func(seq uint64, p Pos, ok, caughtUp bool) error, end func() error) error {
+func (rd Reader) scan(ctx context.Context, st *ReadStats, fn func(seq uint64, p *Pos, ok, caughtUp bool) error, end func() error) error {
 	finish := func() error {
 		if end == nil {
 			return nil
@@ -325,6 +325,7 @@ func (rd Reader) scan(ctx context.Context, st *ReadStats, fn func(seq uint64, p 
 	if !rd.To.IsZero() {
 		stopAt = rd.To.Add(rd.lateness()).UnixMilli()
 	}
+	var p Pos
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
@@ -349,7 +350,7 @@ func (rd Reader) scan(ctx context.Context, st *ReadStats, fn func(seq uint64, p 
 		if !rd.Follow && seq > rd.LastSeq {
 			return finish()
 		}
-		p, ok := rd.decode(msg)
+		ok := rd.decode(msg, &p)
 		p.Seq = seq
 		if ok && !rd.Follow && stopAt != 0 && p.ts > stopAt {
 			// A fix Lateness past the range's end: what is still to come
@@ -359,12 +360,12 @@ func (rd Reader) scan(ctx context.Context, st *ReadStats, fn func(seq uint64, p 
 		st.Read++
 		caughtUp := meta.NumPending == 0
 		if !rd.Follow && (caughtUp || seq >= rd.LastSeq) {
-			if err := fn(seq, p, ok, true); err != nil {
+			if err := fn(seq, &p, ok, true); err != nil {
 				return err
 			}
 			return finish()
 		}
-		if err := fn(seq, p, ok, caughtUp); err != nil {
+		if err := fn(seq, &p, ok, caughtUp); err != nil {
 			return err
 		}
 		if rd.Tick != nil {
@@ -375,20 +376,24 @@ func (rd Reader) scan(ctx context.Context, st *ReadStats, fn func(seq uint64, p 
 
 // decode validates a message: a position of the event, on the subject of
 // its device.
-func (rd Reader) decode(msg jetstream.Msg) (Pos, bool) {
+func (rd Reader) decode(msg jetstream.Msg, p *Pos) bool {
+	*p = Pos{}
 	ev, device, ok := contract.ParseSubject(msg.Subject())
 	if !ok || ev != rd.EventID {
-		return Pos{}, false
+		return false
 	}
-	data := msg.Data()
-	p, exact, err := contract.DecodePayload(data)
-	if err != nil || p.DeviceID != device || p.EventID != ev {
-		return Pos{}, false
+	var exact bool
+	var err error
+	p.Data = msg.Data()
+	p.Position, exact, err = contract.DecodePayload(p.Data)
+	if err != nil || p.Position.DeviceID != device || p.Position.EventID != ev {
+		return false
 	}
 	if !exact {
-		data = p.Encode()
+		p.Data = p.Position.Encode()
 	}
-	return Pos{Position: p, Data: data, ts: p.TSMillis()}, true
+	p.ts = p.Position.TSMillis()
+	return true
 }
 
 // reorder puts positions read in stream order into fix-time order: a
@@ -412,7 +417,7 @@ func newReorder(lateness time.Duration) *reorder {
 func (ro *reorder) len() int { return len(ro.h) }
 
 // push holds p; false means p is too late (see reorder).
-func (ro *reorder) push(p Pos) bool {
+func (ro *reorder) push(p *Pos) bool {
 	if last, ok := ro.last[p.Position.DeviceID]; ok && p.ts <= last {
 		return false
 	}
@@ -420,10 +425,10 @@ func (ro *reorder) push(p Pos) bool {
 	if n := len(ro.free); n > 0 {
 		slot = ro.free[n-1]
 		ro.free = ro.free[:n-1]
-		ro.slab[slot] = p
+		ro.slab[slot] = *p
 	} else {
 		slot = int32(len(ro.slab))
-		ro.slab = append(ro.slab, p)
+		ro.slab = append(ro.slab, *p)
 	}
 	ro.h.push(heapEntry{ts: p.ts, seq: p.Seq, slot: slot})
 	ro.maxTS = max(ro.maxTS, p.ts)

@@ -314,7 +314,7 @@ func TestReorderHeap(t *testing.T) {
 	seq := uint64(0)
 	push := func(dev string, ts int64) bool {
 		seq++
-		return ro.push(Pos{Position: contract.Position{DeviceID: dev}, ts: ts, Seq: seq})
+		return ro.push(&Pos{Position: contract.Position{DeviceID: dev}, ts: ts, Seq: seq})
 	}
 	for _, ts := range []int64{50, 20, 40, 10, 30, 20, 60} {
 		push(fmt.Sprint("d", ts%3), ts)

@@ -370,8 +370,8 @@ func (s *soak) race(ctx context.Context) error {
 		}
 	}
 	vctx, stopViewers := context.WithCancel(ctx)
-	defer stopViewers()
 	var vwg sync.WaitGroup
+	defer func() { stopViewers(); vwg.Wait() }()
 	calm := &atomic.Bool{}
 	for i := range c.Viewers {
 		cookie, ok := s.standin.Session(fmt.Sprintf("viewer%d@soak.local", i), "pw")
@@ -391,7 +391,6 @@ func (s *soak) race(ctx context.Context) error {
 		vwg.Add(1)
 		go func() { defer vwg.Done(); v.run(vctx) }()
 	}
-	defer vwg.Wait()
 
 	// Load.
 	until := start.Add(c.Duration)
@@ -454,6 +453,7 @@ func (s *soak) race(ctx context.Context) error {
 	// holding the latest.
 	checks, err := s.drainAndCheck(ctx)
 	if err != nil {
+		fmt.Fprintf(s.out, "SOAK FAILED: the end state could not be read: %v (seed %d)\n", err, c.Seed)
 		return err
 	}
 	// Resources: viewers gone, the workers idle.
@@ -537,7 +537,23 @@ func (s *soak) inject(ctx context.Context, f Fault) {
 	wait := func() { _ = sleepUntil(ctx, rec.start.Add(f.Down)) }
 	var err error
 	switch f.Kind {
-	case KillWorker, KillNATS:
+	case KillNATS:
+		// Never two NATS nodes at once: a node whose /healthz still fails
+		// (its stream replicas not current) counts as down.
+		for _, n := range s.nats {
+			if !n.isReady(ctx) {
+				err = fmt.Errorf("left out: %s is not healthy", n.name)
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+		p := s.find(f.Target)
+		p.kill9()
+		wait()
+		err = p.start()
+	case KillWorker:
 		p := s.find(f.Target)
 		p.kill9()
 		wait()
@@ -653,16 +669,17 @@ func (s *soak) drainAndCheck(ctx context.Context) ([]Check, error) {
 	var pend Pending
 	var rows int64
 	settled := false
+	stale := 0
 	for time.Now().Before(deadline) {
 		pend = s.pending(ctx, js, rdb)
 		_ = conn.QueryRow(ctx, "SELECT count(*) FROM positions").Scan(&rows)
-		viewersDone := true
+		stale = 0
 		for _, v := range s.viewers {
 			if !v.heldAll(latest) {
-				viewersDone = false
-				break
+				stale++
 			}
 		}
+		viewersDone := stale == 0
 		if rows >= int64(l.Valid()) && CheckPending(pend).Pass && viewersDone {
 			settled = true
 			break
@@ -671,8 +688,8 @@ func (s *soak) drainAndCheck(ctx context.Context) ([]Check, error) {
 			return nil, err
 		}
 	}
-	fmt.Fprintf(s.out, "soak: drain %s after %.1f s (%d rows for %d valid positions)\n",
-		map[bool]string{true: "settled", false: "gave up"}[settled], time.Since(t0).Seconds(), rows, l.Valid())
+	fmt.Fprintf(s.out, "soak: drain %s after %.1f s (%d rows for %d valid positions; %d viewers without every latest position; %s)\n",
+		map[bool]string{true: "settled", false: "gave up"}[settled], time.Since(t0).Seconds(), rows, l.Valid(), stale, CheckPending(pend).Detail)
 
 	// The viewers' state as the drain ended, before anything else moves.
 	var vr []ViewerResult
@@ -737,9 +754,10 @@ func (s *soak) pending(ctx context.Context, js jetstream.JetStream, rdb *redis.C
 	return p
 }
 
-// readDLQ reads every dead letter's source id, reason and worker.
+// readDLQ reads every dead letter's source id, reason and worker, message
+// by message (a stream get per sequence: no consumer to go wrong).
 func readDLQ(ctx context.Context, js jetstream.JetStream) ([]DeadLetter, error) {
-	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	st, err := js.Stream(cctx, streams.DLQ)
 	if err != nil {
@@ -749,32 +767,16 @@ func readDLQ(ctx context.Context, js jetstream.JetStream) ([]DeadLetter, error) 
 	if err != nil {
 		return nil, err
 	}
-	n := info.State.Msgs
-	if n == 0 {
-		return nil, nil
-	}
-	cons, err := st.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return nil, err
-	}
 	var out []DeadLetter
-	for uint64(len(out)) < n {
-		batch, err := cons.Fetch(int(min(n-uint64(len(out)), 1000)), jetstream.FetchMaxWait(5*time.Second))
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(cctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
 		if err != nil {
-			return nil, err
+			return out, fmt.Errorf("get %d: %w", seq, err)
 		}
-		got := 0
-		for m := range batch.Messages() {
-			h := m.Headers()
-			out = append(out, DeadLetter{SourceID: h.Get(contract.HeaderSourceID), Reason: h.Get(contract.HeaderReason), Worker: h.Get(contract.HeaderWorker)})
-			got++
-		}
-		if err := batch.Error(); err != nil {
-			return nil, err
-		}
-		if got == 0 {
-			return out, fmt.Errorf("read %d of %d", len(out), n)
-		}
+		out = append(out, DeadLetter{SourceID: m.Header.Get(contract.HeaderSourceID), Reason: m.Header.Get(contract.HeaderReason), Worker: m.Header.Get(contract.HeaderWorker)})
 	}
 	return out, nil
 }
