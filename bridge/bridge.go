@@ -67,7 +67,11 @@ type bridge struct {
 	// readersFailing counts the stream readers whose last XREADGROUP
 	// failed (on a cluster, one shard may be down while the others read).
 	readersFailing atomic.Int32
-	stopping       atomic.Bool
+	// fastOff is set once JetStream refused a fast-ingest batch for good
+	// (batch mode then publishes asynchronously); fastFailing while fast
+	// batches fail, so that a run of failures is logged once.
+	fastOff, fastFailing atomic.Bool
+	stopping             atomic.Bool
 }
 
 // Run runs the bridge until ctx ends, then stops reading, waits for the

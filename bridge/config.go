@@ -30,6 +30,7 @@ const (
 	DefaultBlock           = time.Second
 	DefaultMaxInFlight     = 4000
 	DefaultParseWorkers    = 2
+	DefaultPublishMode     = PublishAsync
 	DefaultPublishTimeout  = 5 * time.Second
 	DefaultClaimInterval   = 10 * time.Second
 	DefaultClaimMinIdle    = time.Minute
@@ -84,6 +85,14 @@ type Config struct {
 	// 1 does it all on the publishing goroutine. Publish order stays the
 	// read order either way.
 	ParseWorkers int
+	// PublishMode is how positions reach JetStream (BRIDGE_PUBLISH_MODE):
+	// PublishAsync, one PubAck per message, or PublishBatch, one
+	// fast-ingest batch per read batch, falling back to async when the
+	// stream or server does not take fast batches.
+	PublishMode string
+	// fastFlow is the fast batch's initial flow (messages per flow ack);
+	// 0 is the client's default.
+	fastFlow uint16
 	// PublishTimeout is how long a publish waits for its ack before it is
 	// re-sent (BRIDGE_PUBLISH_TIMEOUT).
 	PublishTimeout time.Duration
@@ -166,6 +175,7 @@ func settings() []config.Setting[Config] {
 		config.Duration("BRIDGE_BLOCK", DefaultBlock, "XREADGROUP BLOCK", func(c *Config) *time.Duration { return &c.Block }),
 		config.Int("BRIDGE_MAX_IN_FLIGHT", DefaultMaxInFlight, "publishes awaiting ack", func(c *Config) *int { return &c.MaxInFlight }),
 		config.Int("BRIDGE_PARSE_WORKERS", DefaultParseWorkers, "goroutines preparing a batch ahead of the publisher, 1 none", func(c *Config) *int { return &c.ParseWorkers }),
+		config.String("BRIDGE_PUBLISH_MODE", DefaultPublishMode, "async (one ack per message) or batch (fast-ingest batches)", func(c *Config) *string { return &c.PublishMode }),
 		config.Duration("BRIDGE_PUBLISH_TIMEOUT", DefaultPublishTimeout, "ack wait before re-send", func(c *Config) *time.Duration { return &c.PublishTimeout }),
 		config.Duration("BRIDGE_CLAIM_INTERVAL", DefaultClaimInterval, "XAUTOCLAIM period", func(c *Config) *time.Duration { return &c.ClaimInterval }),
 		config.Duration("BRIDGE_CLAIM_MIN_IDLE", DefaultClaimMinIdle, "idle time before claiming", func(c *Config) *time.Duration { return &c.ClaimMinIdle }),
@@ -256,6 +266,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("BRIDGE_MAX_IN_FLIGHT %d: must be at least 1", c.MaxInFlight)
 	case c.ParseWorkers < 1 || c.ParseWorkers > 64:
 		return fmt.Errorf("BRIDGE_PARSE_WORKERS %d: must be 1..64", c.ParseWorkers)
+	case c.PublishMode != PublishAsync && c.PublishMode != PublishBatch:
+		return fmt.Errorf("BRIDGE_PUBLISH_MODE %q: must be %s or %s", c.PublishMode, PublishAsync, PublishBatch)
 	case c.PublishTimeout < 10*time.Millisecond:
 		return fmt.Errorf("BRIDGE_PUBLISH_TIMEOUT %s: must be at least 10ms", c.PublishTimeout)
 	case c.ClaimInterval <= 0:
@@ -291,13 +303,13 @@ func (c Config) Validate() error {
 func (c Config) String() string {
 	return fmt.Sprintf("NATS_URL=%s REDIS_URL=%s DATABASE_URL=%s HTTP_ADDR=%s LOG_LEVEL=%s LOG_FORMAT=%s "+
 		"BRIDGE_STREAMS=%s BRIDGE_GROUP=%s BRIDGE_CONSUMER=%s BRIDGE_BATCH=%d BRIDGE_BLOCK=%s "+
-		"BRIDGE_MAX_IN_FLIGHT=%d BRIDGE_PARSE_WORKERS=%d BRIDGE_PUBLISH_TIMEOUT=%s BRIDGE_CLAIM_INTERVAL=%s BRIDGE_CLAIM_MIN_IDLE=%s "+
+		"BRIDGE_MAX_IN_FLIGHT=%d BRIDGE_PARSE_WORKERS=%d BRIDGE_PUBLISH_MODE=%s BRIDGE_PUBLISH_TIMEOUT=%s BRIDGE_CLAIM_INTERVAL=%s BRIDGE_CLAIM_MIN_IDLE=%s "+
 		"BRIDGE_ROUTING_REFRESH=%s BRIDGE_LAG_INTERVAL=%s BRIDGE_SHUTDOWN_TIMEOUT=%s "+
 		"BRIDGE_REPUBLISH_WINDOW=%s BRIDGE_VERIFY_INTERVAL=%s BRIDGE_CONSUMER_MAX_IDLE=%s "+
 		"STREAM_MAX_AGE=%s STREAM_REPLICAS=%d STREAM_DUPLICATES=%s STREAM_MAX_BYTES=%d STREAM_DLQ_MAX_BYTES=%d",
 		contract.RedactURLs(c.NATSURL), redactRedisURL(c.RedisURL), contract.RedactURLs(c.DatabaseURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		strings.Join(c.Streams, ","), c.Group, c.Consumer, c.Batch, c.Block,
-		c.MaxInFlight, c.ParseWorkers, c.PublishTimeout, c.ClaimInterval, c.ClaimMinIdle,
+		c.MaxInFlight, c.ParseWorkers, c.PublishMode, c.PublishTimeout, c.ClaimInterval, c.ClaimMinIdle,
 		c.RoutingRefresh, c.LagInterval, c.ShutdownTimeout,
 		c.RepublishWindow, c.VerifyInterval, c.ConsumerMaxIdle,
 		c.Stream.MaxAge, c.Stream.Replicas, c.Stream.Duplicates, c.Stream.MaxBytes, c.Stream.DLQMaxBytes)

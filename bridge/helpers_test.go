@@ -102,6 +102,8 @@ func (e *env) config(consumer string) (bridge.Config, *prometheus.Registry) {
 		Group:       e.group,
 		Consumer:    consumer,
 		Block:       200 * time.Millisecond,
+		// TRM_TEST_BRIDGE_PUBLISH_MODE=batch runs every test in batch mode.
+		PublishMode: os.Getenv("TRM_TEST_BRIDGE_PUBLISH_MODE"),
 		Listener:    ln,
 		Registerer:  reg,
 		Logger:      slog.New(slog.NewTextHandler(e.t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})),

@@ -34,6 +34,10 @@ type metrics struct {
 	republished      prometheus.Counter
 	republishStored  prometheus.Counter
 	consumersDeleted prometheus.Counter
+
+	fastBatches  prometheus.Counter
+	fastFailed   prometheus.Counter
+	fastFallback prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -87,8 +91,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "bridge_republish_restored_total", Help: "Re-published entries JetStream stored anew (it had lost them, or their dedup entry had expired)."}),
 		consumersDeleted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_consumers_deleted_total", Help: "Idle consumers with no pending entries deleted from the group."}),
+		fastBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_fast_batches_total", Help: "Fast-ingest batches JetStream committed (BRIDGE_PUBLISH_MODE=batch)."}),
+		fastFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_fast_batch_failures_total", Help: "Fast-ingest batches that failed; their positions were re-published asynchronously with the same Nats-Msg-Id."}),
+		fastFallback: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_fast_batch_fallbacks_total", Help: "Times batch mode fell back to async publishing because JetStream does not take fast batches (server below 2.14 or stream without allow_batched)."}),
 	}
-	for _, c := range []prometheus.Collector{m.lossChecks, m.lossDetected, m.republished, m.republishStored, m.consumersDeleted, m.read, m.published, m.duplicates, m.unassigned, m.deadLettered, m.dlqDropped, m.streamFull,
+	for _, c := range []prometheus.Collector{m.fastBatches, m.fastFailed, m.fastFallback, m.lossChecks, m.lossDetected, m.republished, m.republishStored, m.consumersDeleted, m.read, m.published, m.duplicates, m.unassigned, m.deadLettered, m.dlqDropped, m.streamFull,
 		m.acked, m.latency, m.retries, m.inFlight, m.claimed, m.deletedPending, m.lag, m.pending,
 		m.redisErrors, m.routingRows, m.routingErrors, m.routingLoaded} {
 		if err := reg.Register(c); err != nil {

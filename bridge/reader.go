@@ -166,7 +166,7 @@ func (b *bridge) readStreams(intake, ctx context.Context, group []int) {
 // prepareBatch) while another publishes batch n in order, so the publish
 // order is the read order either way.
 func (b *bridge) processBatches(ctx context.Context, batches <-chan []redis.XStream) {
-	if b.cfg.ParseWorkers <= 1 {
+	if b.cfg.ParseWorkers <= 1 && b.cfg.PublishMode != PublishBatch {
 		for res := range batches {
 			for _, xs := range res {
 				si := b.streamIndex[xs.Stream]
@@ -184,10 +184,8 @@ func (b *bridge) processBatches(ctx context.Context, batches <-chan []redis.XStr
 	go func() {
 		defer close(published)
 		for items := range prepared {
-			for _, it := range items {
-				if b.submit(ctx, it) != nil {
-					return // the pipeline is stopping
-				}
+			if b.publishItems(ctx, items) != nil {
+				return // the pipeline is stopping
 			}
 		}
 	}()

@@ -42,6 +42,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"trm-live/bridge"
 	"trm-live/contract"
@@ -50,8 +51,9 @@ import (
 )
 
 // DefaultAB are the A/B variants of a plain run: the old single-goroutine
-// path, and a larger XREADGROUP COUNT.
-const DefaultAB = "parse-workers=1;batch=4000"
+// path, a larger XREADGROUP COUNT, and the other publish mode (fast-ingest
+// batches when the default is async).
+const DefaultAB = "parse-workers=1;batch=4000;mode=batch"
 
 // DefaultBacklog is the fix-time span of the -catchup backlog.
 const DefaultBacklog = 5 * time.Minute
@@ -90,7 +92,8 @@ type Config struct {
 // Variant is one setting of the bridge under test.
 type Variant struct {
 	Name                          string
-	Batch, InFlight, ParseWorkers int // zero: the default variant's
+	Batch, InFlight, ParseWorkers int    // zero: the default variant's
+	Mode                          string // BRIDGE_PUBLISH_MODE; "": the default variant's
 }
 
 // ParseVariants reads "key=value,...;key=value,...".
@@ -104,6 +107,13 @@ func ParseVariants(s string) ([]Variant, error) {
 		v := Variant{Name: spec}
 		for _, kv := range strings.Split(spec, ",") {
 			k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			if k == "mode" {
+				if val != bridge.PublishAsync && val != bridge.PublishBatch {
+					return nil, fmt.Errorf("%q: want mode=%s or mode=%s", kv, bridge.PublishAsync, bridge.PublishBatch)
+				}
+				v.Mode = val
+				continue
+			}
 			n, err := strconv.Atoi(val)
 			if !ok || err != nil || n < 1 {
 				return nil, fmt.Errorf("%q: want key=positive integer", kv)
@@ -116,7 +126,7 @@ func ParseVariants(s string) ([]Variant, error) {
 			case "parse-workers":
 				v.ParseWorkers = n
 			default:
-				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers)", k)
+				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers, mode)", k)
 			}
 		}
 		out = append(out, v)
@@ -276,11 +286,13 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 		v.Batch = cmp0(v.Batch, cfg.Default.Batch)
 		v.InFlight = cmp0(v.InFlight, cfg.Default.InFlight)
 		v.ParseWorkers = cmp0(v.ParseWorkers, cfg.Default.ParseWorkers)
+		if v.Mode == "" {
+			v.Mode = cfg.Default.Mode
+		}
 	}
 	type result struct{ rate, cpu, redisCPU float64 }
 	results := make([][]result, len(variants))
-	var raws []float64
-	var rawCPU []float64
+	var raws, rawCPU, fasts, fastCPU []float64
 	runRaw := func(label string) error {
 		cpu0 := cpuTime()
 		rate, err := raw(ctx, w.natsURL, &pl, cfg.Default.InFlight)
@@ -291,6 +303,15 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 		raws, rawCPU = append(raws, rate), append(rawCPU, cpu)
 		fmt.Fprintf(out, "raw:    %s%d async JetStream publishes with Nats-Msg-Id: %.0f msgs/s (process CPU %.1f µs/msg, nats-server included)\n",
 			label, pl.len(), rate, cpu)
+		cpu0 = cpuTime()
+		rate, err = rawFast(ctx, w.natsURL, &pl, cfg.Default.Batch)
+		if err != nil {
+			return fmt.Errorf("raw fast batch: %w", err)
+		}
+		cpu = usPer(cpuTime()-cpu0, pl.len())
+		fasts, fastCPU = append(fasts, rate), append(fastCPU, cpu)
+		fmt.Fprintf(out, "raw:    %s%d fast-batch JetStream publishes with Nats-Msg-Id, %d per batch: %.0f msgs/s (process CPU %.1f µs/msg, nats-server included)\n",
+			label, pl.len(), cfg.Default.Batch, rate, cpu)
 		return nil
 	}
 	run := 0
@@ -321,9 +342,12 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 	ceiling := mean(raws)
 	fmt.Fprintf(out, "ceiling: raw async publish with Msg-Id, mean of %d runs: %.0f msgs/s (min %.0f, max %.0f), %.1f µs CPU/msg\n",
 		len(raws), ceiling, slices.Min(raws), slices.Max(raws), mean(rawCPU))
+	fastCeiling := mean(fasts)
+	fmt.Fprintf(out, "ceiling: raw fast-batch publish with Msg-Id, mean of %d runs: %.0f msgs/s (min %.0f, max %.0f), %.1f µs CPU/msg; %.2f of the async ceiling\n",
+		len(fasts), fastCeiling, slices.Min(fasts), slices.Max(fasts), mean(fastCPU), fastCeiling/ceiling)
 	fmt.Fprintf(out, "\nA/B (same run, same servers; median of %d round(s)):\n", cfg.Rounds)
-	fmt.Fprintf(out, "| variant | batch | inflight | parse workers | positions/s | ratio to raw | CPU µs/entry (process) | redis-server µs/entry |\n")
-	fmt.Fprintf(out, "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	fmt.Fprintf(out, "| variant | mode | batch | inflight | parse workers | positions/s | ratio to raw | ratio to raw fast | CPU µs/entry (process) | redis-server µs/entry |\n")
+	fmt.Fprintf(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	var headline result
 	for i, v := range variants {
 		rs := results[i]
@@ -335,8 +359,8 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 		if i == 0 {
 			headline = med
 		}
-		fmt.Fprintf(out, "| %s | %d | %d | %d | %.0f | %.2f | %.1f | %.1f |\n",
-			v.Name, v.Batch, v.InFlight, v.ParseWorkers, med.rate, med.rate/ceiling, med.cpu, med.redisCPU)
+		fmt.Fprintf(out, "| %s | %s | %d | %d | %d | %.0f | %.2f | %.2f | %.1f | %.1f |\n",
+			v.Name, v.Mode, v.Batch, v.InFlight, v.ParseWorkers, med.rate, med.rate/ceiling, med.rate/fastCeiling, med.cpu, med.redisCPU)
 	}
 	fmt.Fprintf(out, "\nratio bridge/raw: %.2f (bridge %.0f / mean raw %.0f positions/s; target >= %.1f)\n",
 		headline.rate/ceiling, headline.rate, ceiling, Target)
@@ -437,6 +461,54 @@ func raw(ctx context.Context, url string, pl *payloads, inflight int) (float64, 
 	return float64(pl.len()) / elapsed.Seconds(), nil
 }
 
+// rawFast publishes every payload with its Msg-Id as fast-ingest batches
+// of perBatch messages (orbit.go's FastPublisher, default flow control,
+// each batch committed with its last message) into freshly created
+// streams, and returns the rate.
+func rawFast(ctx context.Context, url string, pl *payloads, perBatch int) (float64, error) {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	if err := resetStreams(ctx, js); err != nil {
+		return 0, err
+	}
+	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	for lo := 0; lo < pl.len(); lo += perBatch {
+		hi := min(lo+perBatch, pl.len())
+		fp, err := jetstreamext.NewFastPublisher(js, jetstreamext.FastPublishFlowControl{AckTimeout: bridge.DefaultPublishTimeout})
+		if err != nil {
+			return 0, err
+		}
+		for i := lo; i < hi; i++ {
+			subject, msgID, data := pl.at(i)
+			msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{msgID}}}
+			if i == hi-1 {
+				_, err = fp.CommitMsg(ctx, msg)
+			} else {
+				_, err = fp.AddMsg(msg)
+			}
+			if err != nil {
+				return 0, fmt.Errorf("batch at %d: %w", lo, err)
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	if err := expectMsgs(ctx, js, pl.len()); err != nil {
+		return 0, err
+	}
+	runtime.GC()
+	return float64(pl.len()) / elapsed.Seconds(), nil
+}
+
 func expectMsgs(ctx context.Context, js jetstream.JetStream, want int) error {
 	s, err := js.Stream(ctx, streams.Positions)
 	if err != nil {
@@ -466,7 +538,7 @@ func (w *world) bridgeConfig(v Variant, group string) (bridge.Config, *prometheu
 	return bridge.Config{
 		NATSURL: w.natsURL, RedisURL: w.cfg.RedisURL, DatabaseURL: w.cfg.DatabaseURL,
 		Streams: []string{w.stream}, Group: group, Consumer: "bench-1",
-		Batch: v.Batch, MaxInFlight: v.InFlight, ParseWorkers: v.ParseWorkers,
+		Batch: v.Batch, MaxInFlight: v.InFlight, ParseWorkers: v.ParseWorkers, PublishMode: v.Mode,
 		Listener: ln, Registerer: reg, Logger: log,
 	}, reg, nil
 }

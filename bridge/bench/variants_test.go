@@ -10,6 +10,7 @@ func TestParseVariants(t *testing.T) {
 	want := []Variant{
 		{Name: "parse-workers=1", ParseWorkers: 1},
 		{Name: "batch=4000", Batch: 4000},
+		{Name: "mode=batch", Mode: "batch"},
 		{Name: "batch=500, parse-workers=4", Batch: 500, ParseWorkers: 4},
 	}
 	if len(vs) != len(want) {
@@ -20,7 +21,7 @@ func TestParseVariants(t *testing.T) {
 			t.Fatalf("variant %d: got %+v, want %+v", i, vs[i], want[i])
 		}
 	}
-	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x"} {
+	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x", "mode=fast"} {
 		if _, err := ParseVariants(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

@@ -130,6 +130,9 @@ func PositionsConfig(o Options) jetstream.StreamConfig {
 		Replicas:    o.Replicas,
 		Duplicates:  o.Duplicates,
 		AllowDirect: true,
+		// Fast-ingest batch publishing (nats-server 2.14+): the bridge
+		// publishes a read batch with one ack per flow of messages.
+		AllowBatchPublish: true,
 	}
 }
 
