@@ -175,9 +175,10 @@ func dashboardQueries(t *testing.T, path string) []kitQuery {
 }
 
 // natsExporterMetrics are the series of prometheus-nats-exporter
-// (-varz -jsz=all) that rules/nats.rules.yml may use: its jsz collector's
-// server, stream and consumer gauges, and Prometheus's own up.
-var natsExporterMetrics = []string{"up",
+// (-varz -jsz=all -healthz) that rules/nats.rules.yml may use: its jsz
+// collector's server, stream and consumer gauges, its healthz collector's
+// gnatsd_healthz_status, and Prometheus's own up.
+var natsExporterMetrics = []string{"up", "gnatsd_healthz_status",
 	"jetstream_server_total_message_bytes", "jetstream_server_max_storage", "jetstream_server_total_messages",
 	"jetstream_stream_total_bytes", "jetstream_stream_total_messages", "jetstream_stream_first_seq", "jetstream_stream_last_seq",
 	"jetstream_consumer_num_pending", "jetstream_consumer_num_ack_pending", "jetstream_consumer_num_redelivered"}
