@@ -73,6 +73,7 @@ type persister struct {
 	refillMu     sync.Mutex      // guards refillCancel
 	refillCancel context.CancelFunc
 	refillWG     sync.WaitGroup
+	refilling    atomic.Int32 // refills running; none: a pending marker is picked up
 }
 
 // Run persists positions until ctx ends, then finishes the batches in hand
@@ -204,6 +205,11 @@ func (p *persister) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if !rep.CreatedPositions {
+		// A table created earlier whose refill never finished (a crash
+		// cut it short) still carries the marker.
+		p.refillIfPending(ctx)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.verifyLoop(gctx) })
 	g.Go(func() error { return p.statsLoop(gctx) })
@@ -316,6 +322,7 @@ func (p *persister) verifyLoop(ctx context.Context) error {
 		}
 		p.setDB(true, nil)
 		if len(problems) == 0 {
+			p.refillIfPending(ctx)
 			if p.heldBack.Swap(nil) != nil {
 				p.log.Info("schema verifies clean again: writes resume")
 			}

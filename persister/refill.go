@@ -27,19 +27,40 @@ func (p *persister) startRefill(why string) {
 	p.refillCancel = cancel
 	p.m.refills.Inc()
 	p.log.Warn("refilling positions from the stream", "reason", why)
+	p.refilling.Add(1)
 	p.refillWG.Go(func() {
+		defer p.refilling.Add(-1)
 		defer cancel()
 		start := time.Now()
+		// The table this refill fills: only its own marker is cleared.
+		oid, _, merr := p.mig.RefillPending(ctx)
 		n, err := p.refill(ctx, time.Time{})
 		switch {
 		case err == nil:
 			p.log.Info("refill done", "rows_inserted", n, "took", time.Since(start).Round(time.Millisecond).String())
+			if merr == nil && oid != 0 {
+				if err := p.mig.ClearRefill(ctx, oid); err != nil {
+					p.log.Warn("refill done, its marker stays (the next verification refills again)", "err", err)
+				}
+			}
 		case ctx.Err() != nil:
 			p.log.Info("refill stopped", "rows_inserted", n)
 		default:
 			p.log.Error("refill failed: run `persister rebuild` to replay the stream", "err", err, "rows_inserted", n)
 		}
 	})
+}
+
+// refillIfPending starts a refill when none runs and positions still
+// carries migrate.RefillMarker: it was created and its refill never
+// finished (the persister filling it was killed, or the refill failed).
+func (p *persister) refillIfPending(ctx context.Context) {
+	if p.refilling.Load() > 0 {
+		return
+	}
+	if _, pending, err := p.mig.RefillPending(ctx); err == nil && pending {
+		p.startRefill("positions was created and its refill never finished")
+	}
 }
 
 func (p *persister) stopRefill() {

@@ -385,7 +385,14 @@ func (m *Migrator) applyOne(ctx context.Context, conn *pgx.Conn, mig Migration) 
 		return fmt.Errorf("migration %s: begin: %w", mig.Name, err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // after Commit it is a no-op
+	existed, err := tableExists(ctx, tx.Conn(), m.schema, "positions")
+	if err != nil {
+		return err
+	}
 	if _, err := tx.Exec(ctx, mig.SQL); err != nil {
+		return fmt.Errorf("migration %s: %w", mig.Name, err)
+	}
+	if err := markIfCreated(ctx, tx, m.schema, existed); err != nil {
 		return fmt.Errorf("migration %s: %w", mig.Name, err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO `+BookkeepingTable+` (version, name, checksum) VALUES ($1, $2, $3)
@@ -407,6 +414,10 @@ func (m *Migrator) reapply(ctx context.Context, conn *pgx.Conn) error {
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // after Commit it is a no-op
+	existed, err := tableExists(ctx, tx.Conn(), m.schema, "positions")
+	if err != nil {
+		return err
+	}
 	for _, mig := range m.migs {
 		if _, err := tx.Exec(ctx, mig.SQL); err != nil {
 			return fmt.Errorf("%s: %w", mig.Name, err)
@@ -415,6 +426,9 @@ func (m *Migrator) reapply(ctx context.Context, conn *pgx.Conn) error {
 			ON CONFLICT (version) DO NOTHING`, mig.Version, mig.Name, mig.Checksum); err != nil {
 			return fmt.Errorf("%s: record: %w", mig.Name, err)
 		}
+	}
+	if err := markIfCreated(ctx, tx, m.schema, existed); err != nil {
+		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return err

@@ -290,3 +290,47 @@ func TestConcurrentApply(t *testing.T) {
 		t.Fatalf("files applied %d times in total, want 2", applied)
 	}
 }
+
+// The transaction that creates positions marks it for a refill; the mark
+// is cleared only for the same table (OID), and a table that existed
+// before an Apply is never marked.
+func TestRefillMarker(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testkit.Pool(t, testkit.Postgres(t))
+	m := migrate.New(pool, migrate.Options{})
+	if _, err := m.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	oid, pending, err := m.RefillPending(ctx)
+	if err != nil || !pending || oid == 0 {
+		t.Fatalf("after creation: oid %d pending %v err %v, want marked", oid, pending, err)
+	}
+	if err := m.ClearRefill(ctx, oid+1); err != nil {
+		t.Fatal(err)
+	}
+	if _, pending, _ := m.RefillPending(ctx); !pending {
+		t.Fatal("ClearRefill of another OID cleared the marker")
+	}
+	if err := m.ClearRefill(ctx, oid); err != nil {
+		t.Fatal(err)
+	}
+	if _, pending, _ := m.RefillPending(ctx); pending {
+		t.Fatal("ClearRefill of the table's OID left the marker")
+	}
+	if _, err := m.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, pending, _ := m.RefillPending(ctx); pending {
+		t.Fatal("Apply on an existing table marked it")
+	}
+	if _, err := pool.Exec(ctx, "DROP TABLE positions"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, pending, _ := m.RefillPending(ctx); !pending {
+		t.Fatal("re-created by a repair, positions is not marked")
+	}
+}
