@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +29,8 @@ import (
 	"trm-live/contract/ws"
 	"trm-live/scripts/simulate"
 	"trm-live/testkit/directus"
+
+	"trm-live/testkit/benchenv"
 )
 
 // ErrViolation is returned by Run when a model check failed.
@@ -126,19 +127,6 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports, nil
-}
-
 func (s *soak) setup(ctx context.Context) error {
 	c := s.cfg
 	_ = os.RemoveAll(c.DataDir)
@@ -155,7 +143,7 @@ func (s *soak) setup(ctx context.Context) error {
 	}
 	fmt.Fprintf(s.out, "soak: built the workers and nats-server in %.1f s\n", time.Since(t0).Seconds())
 
-	ports, err := freePorts(2 + 9 + 8)
+	ports, err := benchenv.FreePorts(2 + 9 + 8)
 	if err != nil {
 		return err
 	}

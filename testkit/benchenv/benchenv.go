@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -58,18 +59,31 @@ func StartNATS(opts server.Options) (ns *server.Server, stop func(), err error) 
 	return ns, stop, nil
 }
 
-// FreeAddrs returns n distinct loopback addresses with ports free a moment
-// ago. The listeners stay open until all n are chosen: a port closed and
-// asked for again can come back.
-func FreeAddrs(n int) ([]string, error) {
-	addrs := make([]string, n)
-	for i := range addrs {
+// FreePorts returns n distinct loopback ports free a moment ago. The
+// listeners stay open until all n are chosen: a port closed and asked for
+// again can come back.
+func FreePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
 		defer ln.Close()
-		addrs[i] = ln.Addr().String()
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+	}
+	return ports, nil
+}
+
+// FreeAddrs is FreePorts as 127.0.0.1:port addresses.
+func FreeAddrs(n int) ([]string, error) {
+	ports, err := FreePorts(n)
+	if err != nil {
+		return nil, err
+	}
+	addrs := make([]string, n)
+	for i, p := range ports {
+		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 	}
 	return addrs, nil
 }
