@@ -3,6 +3,7 @@ package verify
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -11,8 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-
-	"trm-live/testkit/benchenv"
 )
 
 // Users of deploy/nats/accounts.conf, one per worker plus ops.
@@ -108,7 +107,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 	}
 	c := &Cluster{}
 	var routes []*url.URL
-	ports, err := benchenv.FreePorts(2 * cfg.Nodes)
+	ports, err := freePorts(2 * cfg.Nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -267,4 +266,20 @@ func (c *Cluster) Shutdown() {
 	for i := range c.nodes {
 		c.Stop(i)
 	}
+}
+
+// freePorts returns n distinct loopback ports free a moment ago; the
+// listeners stay open until all are chosen, since a port closed and asked
+// for again can come back.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports, nil
 }

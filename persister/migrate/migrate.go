@@ -385,14 +385,7 @@ func (m *Migrator) applyOne(ctx context.Context, conn *pgx.Conn, mig Migration) 
 		return fmt.Errorf("migration %s: begin: %w", mig.Name, err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // after Commit it is a no-op
-	existed, err := tableExists(ctx, tx.Conn(), m.schema, "positions")
-	if err != nil {
-		return err
-	}
 	if _, err := tx.Exec(ctx, mig.SQL); err != nil {
-		return fmt.Errorf("migration %s: %w", mig.Name, err)
-	}
-	if err := markIfCreated(ctx, tx, m.schema, existed); err != nil {
 		return fmt.Errorf("migration %s: %w", mig.Name, err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO `+BookkeepingTable+` (version, name, checksum) VALUES ($1, $2, $3)

@@ -291,9 +291,9 @@ func TestConcurrentApply(t *testing.T) {
 	}
 }
 
-// The transaction that creates positions marks it for a refill; the mark
-// is cleared only for the same table (OID), and a table that existed
-// before an Apply is never marked.
+// The repair that re-creates positions marks it for a refill, in the same
+// transaction; the mark is cleared only for the same table (OID); a first
+// creation and an Apply on an existing table never mark it.
 func TestRefillMarker(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -302,9 +302,18 @@ func TestRefillMarker(t *testing.T) {
 	if _, err := m.Apply(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if _, pending, err := m.RefillPending(ctx); err != nil || pending {
+		t.Fatalf("first creation: pending %v (%v), want false", pending, err)
+	}
+	if _, err := pool.Exec(ctx, "DROP TABLE positions"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
 	oid, pending, err := m.RefillPending(ctx)
 	if err != nil || !pending || oid == 0 {
-		t.Fatalf("after creation: oid %d pending %v err %v, want marked", oid, pending, err)
+		t.Fatalf("re-created by a repair: oid %d pending %v err %v, want marked", oid, pending, err)
 	}
 	if err := m.ClearRefill(ctx, oid+1); err != nil {
 		t.Fatal(err)
@@ -323,14 +332,5 @@ func TestRefillMarker(t *testing.T) {
 	}
 	if _, pending, _ := m.RefillPending(ctx); pending {
 		t.Fatal("Apply on an existing table marked it")
-	}
-	if _, err := pool.Exec(ctx, "DROP TABLE positions"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Apply(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, pending, _ := m.RefillPending(ctx); !pending {
-		t.Fatal("re-created by a repair, positions is not marked")
 	}
 }

@@ -7,9 +7,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// RefillMarker is the comment the transaction that creates positions puts
-// on it: the table is new, so rows the stream still retains must be
-// refilled. The persister removes it when a refill of that same table
+// RefillMarker is the comment the repair that re-creates positions (its
+// rows were lost: DROP TABLE) puts on it in the same transaction: rows the
+// stream still retains must be refilled. A first creation is not marked:
+// the new durable consumer delivers the whole stream. The persister removes it when a refill of that same table
 // (same OID) has finished, so a refill cut short by a crash is started again
 // by whichever persister sees the marker next.
 const RefillMarker = "trm-live persister: refill from POSITIONS pending"
