@@ -112,7 +112,7 @@ func (w *world) catchup(ctx context.Context, fl *fleet) error {
 		}
 		live += len(liveEntries)
 		next = next.Add(interval)
-		acked, err := counter(reg, "bridge_entries_acked_total")
+		acked, err := reg.acked()
 		if err != nil {
 			return err
 		}

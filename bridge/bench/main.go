@@ -26,6 +26,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench bridge:", err)
 		os.Exit(2)
 	}
+	if cfg.Role == "nats" {
+		if err := serveNATS(cfg.Store); err != nil {
+			fmt.Fprintln(os.Stderr, "bench bridge: nats-server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := Run(ctx, cfg); err != nil {
@@ -57,6 +64,9 @@ func parseFlags(args []string) (Config, error) {
 	fs.BoolVar(&c.Catchup, "catchup", false, "measure a restart's catch-up instead: backlog drain time and live latency meanwhile")
 	fs.DurationVar(&c.Backlog, "backlog", DefaultBacklog, "-catchup: fix-time span of the backlog")
 	fs.Float64Var(&c.Hz, "hz", 10, "-catchup: positions per device per second, backlog and live")
+	fs.BoolVar(&c.NATSProcess, "nats-process", true, "run nats-server in a process of its own, as in production (false: embedded in the benchmark's process)")
+	fs.StringVar(&c.Role, "role", "", "internal: nats runs this binary as the nats-server child")
+	fs.StringVar(&c.Store, "store", "", "internal: JetStream store of -role nats")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}

@@ -1,11 +1,15 @@
 package benchenv
 
 import (
+	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -25,6 +29,63 @@ func ServeNATS(opts server.Options, in io.Reader, out io.Writer) error {
 	}
 	_, _ = io.Copy(io.Discard, in)
 	return nil
+}
+
+// NATSChild is a nats-server in a child process of the benchmark (this
+// binary run in a role that calls ServeNATS), as in production: its CPU
+// and memory are its own, apart from the client's under test.
+type NATSChild struct {
+	URL   string // client URL on loopback
+	Pid   int
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan struct{}
+}
+
+// StartNATSChild runs this binary with args (which must make it call
+// ServeNATS) and waits for the client URL it prints. Its stderr is ours.
+func StartNATSChild(ctx context.Context, args ...string) (*NATSChild, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, self, args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &NATSChild{Pid: cmd.Process.Pid, cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(c.done) }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("nats-server child: no URL: %w", err)
+	}
+	c.URL = strings.TrimSpace(line)
+	return c, nil
+}
+
+// CPUSeconds is the child's user+system CPU time so far.
+func (c *NATSChild) CPUSeconds() float64 { return CPUSeconds(c.Pid) }
+
+// Stop closes the child's stdin (ServeNATS then shuts the server down)
+// and waits for it to exit; after 30 s it is killed.
+func (c *NATSChild) Stop() {
+	_ = c.stdin.Close()
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
 }
 
 // CPUSeconds is the user+system CPU time of process pid so far, from

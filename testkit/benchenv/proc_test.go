@@ -51,3 +51,40 @@ func TestCPUSecondsAndRSS(t *testing.T) {
 		t.Fatal("a missing process reads as nonzero")
 	}
 }
+
+// StartNATSChild starts this test binary as a nats-server child (the
+// role below), connects, and Stop ends the child.
+func TestStartNATSChild(t *testing.T) {
+	t.Setenv("BENCHENV_TEST_NATS_CHILD", t.TempDir())
+	c, err := StartNATSChild(t.Context(), "-test.run=^TestNATSChildRole$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(c.URL)
+	if err != nil {
+		c.Stop()
+		t.Fatalf("connect %q: %v", c.URL, err)
+	}
+	nc.Close()
+	if c.Pid == os.Getpid() {
+		t.Fatalf("child pid %d is this process", c.Pid)
+	}
+	c.Stop()
+	select {
+	case <-c.done:
+	default:
+		t.Fatal("child still running after Stop")
+	}
+}
+
+// TestNATSChildRole is the child of TestStartNATSChild, not a test of its
+// own: it serves only when that test started it.
+func TestNATSChildRole(t *testing.T) {
+	store := os.Getenv("BENCHENV_TEST_NATS_CHILD")
+	if store == "" {
+		return
+	}
+	if err := ServeNATS(server.Options{JetStream: true, StoreDir: store}, os.Stdin, os.Stdout); err != nil {
+		t.Fatal(err)
+	}
+}
