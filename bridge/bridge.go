@@ -42,6 +42,12 @@ type bridge struct {
 	log *slog.Logger
 	m   *metrics
 	rdb redis.UniversalClient
+	// raw reads XREADGROUP replies unparsed (xread.go) for blocks shorter
+	// than rawBlockMax (the connection's read timeout, less a margin: a raw
+	// command does not extend it as the typed one does). nil: typed reads.
+	raw         rawDoer
+	rawBlockMax time.Duration
+	rawOff      atomic.Bool // set when a raw reply could not be parsed
 	// readGroups are the indexes of the streams read by one XREADGROUP
 	// each: all of them on one server, one group per hash slot on a
 	// cluster (a command's keys must share a slot there).
@@ -172,6 +178,9 @@ func Run(ctx context.Context, cfg Config) error {
 		acks:        make(chan ackRef, cfg.MaxInFlight),
 		inflight:    newInflightSet(len(cfg.Streams)),
 		ensured:     make(chan struct{}),
+	}
+	if d, ok := rdb.(rawDoer); ok {
+		b.raw, b.rawBlockMax = d, target.rawBlockMax()
 	}
 	for i, s := range cfg.Streams {
 		b.streamIndex[s] = i

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
@@ -48,7 +47,7 @@ func (b *bridge) readLoop(intake, ctx context.Context) error {
 func (b *bridge) readStreams(intake, ctx context.Context, group []int) {
 	// The next XREADGROUP runs while the previous batch is processed, so
 	// Redis round trips overlap with parsing and publishing.
-	batches := make(chan []redis.XStream, 1)
+	batches := make(chan []streamRead, 1)
 	processed := make(chan struct{})
 	go func() {
 		defer close(processed)
@@ -86,11 +85,8 @@ func (b *bridge) readStreams(intake, ctx context.Context, group []int) {
 		if pending {
 			block = -1 // history reads answer at once; omit BLOCK
 		}
-		res, err := b.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: b.cfg.Group, Consumer: b.cfg.Consumer, Streams: args,
-			Count: int64(b.cfg.Batch), Block: block,
-		}).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
+		res, err := b.xreadgroup(ctx, args, b.cfg.Batch, block)
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -130,16 +126,16 @@ func (b *bridge) readStreams(intake, ctx context.Context, group []int) {
 		}
 		clear(seen)
 		for _, xs := range res {
-			i, ok := pos[xs.Stream]
+			i, ok := pos[xs.stream]
 			if !ok {
 				continue
 			}
 			seen[i] = true
 			if cursors[i] != newEntries {
-				if len(xs.Messages) == 0 {
+				if len(xs.entries) == 0 {
 					cursors[i] = newEntries
 				} else {
-					cursors[i] = xs.Messages[len(xs.Messages)-1].ID
+					cursors[i] = xs.entries[len(xs.entries)-1].id
 				}
 			}
 		}
@@ -165,13 +161,13 @@ func (b *bridge) readStreams(intake, ctx context.Context, group []int) {
 // pipeline: this goroutine prepares batch n+1 (in parallel, see
 // prepareBatch) while another publishes batch n in order, so the publish
 // order is the read order either way.
-func (b *bridge) processBatches(ctx context.Context, batches <-chan []redis.XStream) {
+func (b *bridge) processBatches(ctx context.Context, batches <-chan []streamRead) {
 	if b.cfg.ParseWorkers <= 1 && b.cfg.PublishMode != PublishBatch {
 		for res := range batches {
 			for _, xs := range res {
-				si := b.streamIndex[xs.Stream]
-				for _, msg := range xs.Messages {
-					if b.handle(ctx, si, msg, false) != nil {
+				si := b.streamIndex[xs.stream]
+				for _, e := range xs.entries {
+					if b.handle(ctx, si, e, false) != nil {
 						return // the pipeline is stopping
 					}
 				}
@@ -296,7 +292,7 @@ func (b *bridge) claimLoop(intake, ctx context.Context) {
 				for _, msg := range fresh {
 					b.m.claimed.Inc()
 					claimed++
-					if b.handle(ctx, si, msg, false) != nil {
+					if b.handle(ctx, si, entryOf(msg), false) != nil {
 						return
 					}
 				}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"strconv"
@@ -203,6 +204,28 @@ func (t redisTarget) client() redis.UniversalClient {
 		o.MaxRetries = -1
 		return redis.NewClient(&o)
 	}
+}
+
+// rawBlockMax is the longest XREADGROUP BLOCK a raw read may ask for:
+// the connection's read timeout (go-redis's default 3 s when the URL sets
+// none) less a margin, or no bound when reads have no deadline.
+func (t redisTarget) rawBlockMax() time.Duration {
+	var d time.Duration
+	switch t.mode {
+	case redisCluster:
+		d = t.cluster.ReadTimeout
+	case redisSentinel:
+		d = t.failover.ReadTimeout
+	default:
+		d = t.single.ReadTimeout
+	}
+	switch {
+	case d == 0:
+		d = 3 * time.Second
+	case d < 0:
+		return time.Duration(math.MaxInt64)
+	}
+	return d - min(d/2, time.Second)
 }
 
 // redactRedisURL is REDIS_URL with its password masked, for logs and

@@ -397,7 +397,7 @@ func (b *bridge) republish(intake, ctx context.Context) error {
 				return intake.Err()
 			}
 			for _, msg := range msgs {
-				if err := b.handle(ctx, si, msg, true); err != nil {
+				if err := b.handle(ctx, si, entryOf(msg), true); err != nil {
 					return err
 				}
 			}

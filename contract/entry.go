@@ -79,27 +79,51 @@ func reject(reason Reason, field, format string, args ...any) *Rejection {
 // bridge's). now is the bridge's clock, for the future-time rule. Unknown
 // fields are ignored, so the ingestion service can add fields before we read
 // them. Values are strings when they come from go-redis; []byte is accepted
-// too.
+// too, any other type is ReasonNotAnEntry. It is ParseFields of a map.
 func ParseEntry(fields map[string]any, now time.Time) (Position, error) {
-	get := func(name string) (string, bool, *Rejection) {
-		v, ok := fields[name]
-		if !ok {
-			return "", false, nil
-		}
+	pairs := make([]string, 0, 2*len(fields))
+	for name, v := range fields {
 		switch s := v.(type) {
 		case string:
-			return s, s != "", nil
+			pairs = append(pairs, name, s)
 		case []byte:
-			return string(s), len(s) > 0, nil
+			pairs = append(pairs, name, string(s))
 		default:
-			return "", false, reject(ReasonNotAnEntry, name, "value of type %T is not a string", v)
+			if isPositionField(name) {
+				return Position{}, reject(ReasonNotAnEntry, name, "value of type %T is not a string", v)
+			}
 		}
 	}
-	required := func(name string) (string, *Rejection) {
-		s, ok, rej := get(name)
-		if rej != nil {
-			return "", rej
+	return ParseFields(pairs, now)
+}
+
+// positionFields are the entry fields ParseFields reads.
+var positionFields = []string{"device_id", "ts", "lat", "lon", "alt", "speed", "heading", "sats", "attrs"}
+
+func isPositionField(name string) bool {
+	for _, f := range positionFields {
+		if f == name {
+			return true
 		}
+	}
+	return false
+}
+
+// ParseFields is ParseEntry of an entry's fields as Redis sends them:
+// name, value, name, value... (an odd last name is ignored). When a name
+// repeats, its last value counts, as in a map built from the reply.
+func ParseFields(pairs []string, now time.Time) (Position, error) {
+	get := func(name string) (string, bool) {
+		v, found := "", false
+		for i := 0; i+1 < len(pairs); i += 2 {
+			if pairs[i] == name {
+				v, found = pairs[i+1], true
+			}
+		}
+		return v, found && v != ""
+	}
+	required := func(name string) (string, *Rejection) {
+		s, ok := get(name)
 		if !ok {
 			return "", reject(ReasonMissingField, name, "required field is missing or empty")
 		}
@@ -158,10 +182,7 @@ func ParseEntry(fields map[string]any, now time.Time) (Position, error) {
 		{"speed", &p.Speed, 0, MaxSpeed},
 		{"heading", &p.Heading, 0, 360},
 	} {
-		s, ok, rej := get(f.name)
-		if rej != nil {
-			return Position{}, rej
-		}
+		s, ok := get(f.name)
 		if !ok {
 			continue
 		}
@@ -172,9 +193,7 @@ func ParseEntry(fields map[string]any, now time.Time) (Position, error) {
 		*f.dst = &v
 	}
 
-	if s, ok, rej := get("sats"); rej != nil {
-		return Position{}, rej
-	} else if ok {
+	if s, ok := get("sats"); ok {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil {
 			return Position{}, reject(ReasonBadNumber, "sats", "%q is not an integer", truncate(s))
@@ -185,9 +204,7 @@ func ParseEntry(fields map[string]any, now time.Time) (Position, error) {
 		p.Sats = &n
 	}
 
-	if s, ok, rej := get("attrs"); rej != nil {
-		return Position{}, rej
-	} else if ok {
+	if s, ok := get("attrs"); ok {
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, []byte(s)); err != nil {
 			return Position{}, reject(ReasonBadAttrs, "attrs", "not valid JSON: %v", err)

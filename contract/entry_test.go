@@ -176,3 +176,32 @@ func TestParseEntryRejects(t *testing.T) {
 		}
 	}
 }
+
+// ParseFields reads pairs as Redis sends them: a repeated name's last value
+// counts (as in the map go-redis builds), and an odd trailing name is
+// ignored.
+func TestParseFields(t *testing.T) {
+	pairs := []string{"device_id", "a", "ts", "1777802400000", "lat", "1", "lon", "2", "device_id", "dev-2", "sats"}
+	p, err := ParseFields(pairs, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.DeviceID != "dev-2" || p.Sats != nil || p.Lat != 1 || p.Lon != 2 {
+		t.Fatalf("got %+v", p)
+	}
+	// The same entry as a map and as pairs parses the same, and a
+	// missing field is named in both.
+	var flat []string
+	for k, v := range valid() {
+		flat = append(flat, k, v.(string))
+	}
+	a, errA := ParseEntry(valid(), now)
+	b, errB := ParseFields(flat, now)
+	if errA != nil || errB != nil || string(a.Encode()) != string(b.Encode()) {
+		t.Fatalf("map %s (%v), pairs %s (%v)", a.Encode(), errA, b.Encode(), errB)
+	}
+	_, err = ParseFields([]string{"device_id", "a", "ts", ""}, now)
+	if r := ReasonOf(err); r != ReasonMissingField || !strings.Contains(err.Error(), "ts") {
+		t.Fatalf("empty ts: %v", err)
+	}
+}
