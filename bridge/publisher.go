@@ -9,17 +9,18 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/redis/go-redis/v9"
 
 	"trm-live/contract"
 )
 
 // item is one Redis entry on its way to JetStream.
 type item struct {
-	stream     int    // index in Config.Streams
-	id         string // Redis entry id
-	fields     map[string]any
+	stream     int       // index in Config.Streams
+	id         string    // Redis entry id
+	fields     []string  // name, value pairs
 	msg        *nats.Msg // nil once dropped: a dead letter that cannot be published
+	m          nats.Msg  // a position's message (msg points here): no allocation of its own
+	hdr        [1]string // m's Msg-Id header value
 	msgID      string
 	reason     contract.Reason // set for a dead letter
 	unassigned bool
@@ -42,33 +43,35 @@ type ackRef struct {
 // (republish, read with XRANGE after a JetStream loss) takes the same path
 // but leaves the consumer group alone: not in the in-flight set, not
 // counted as read, never XACKed.
-func (b *bridge) handle(ctx context.Context, si int, msg redis.XMessage, republish bool) error {
+func (b *bridge) handle(ctx context.Context, si int, e entry, republish bool) error {
 	if !republish {
-		if !b.inflight.add(si, msg.ID) {
+		if !b.inflight.add(si, e.id) {
 			return nil // already on its way (a claim of our own entry)
 		}
 		b.m.read.Inc()
 	}
-	if msg.Values == nil {
+	if e.deleted {
 		if republish {
 			return nil // XRANGE returns no deleted entries; be safe anyway
 		}
 		// Deleted from the stream (XDEL or trimming) while pending: nothing
 		// to publish, and retrying would never end.
 		b.m.deletedPending.Inc()
-		return b.ack(ctx, ackRef{si, msg.ID})
+		return b.ack(ctx, ackRef{si, e.id})
 	}
-	it := &item{stream: si, id: msg.ID, fields: msg.Values, republish: republish}
-	b.prepare(it)
+	it := &item{stream: si, id: e.id, fields: e.fields, republish: republish}
+	b.prepare(it, nil)
 	return b.submit(ctx, it)
 }
 
 // prepare parses, routes and encodes it: its message is the position, or
 // its dead letter (it.msg nil when even that cannot be sent). It touches
 // nothing shared but the routing snapshot and counters, so the entries of
-// a batch are prepared in parallel (see prepareBatch).
-func (b *bridge) prepare(it *item) {
-	pos, err := contract.ParseEntry(it.fields, b.cfg.Now())
+// a batch are prepared in parallel (see prepareBatch). A position's JSON
+// goes into *arena when given (one allocation for many positions; a
+// message's bytes never change once written), else into its own slice.
+func (b *bridge) prepare(it *item, arena *[]byte) {
+	pos, err := contract.ParseFields(it.fields, b.cfg.Now())
 	if err != nil {
 		reason := contract.ReasonOf(err)
 		if reason == "" {
@@ -80,11 +83,27 @@ func (b *bridge) prepare(it *item) {
 	pos.EventID = b.router.event(pos.DeviceID, pos.TS)
 	it.unassigned = pos.EventID == ""
 	it.msgID = pos.MsgID()
+	var data []byte
+	if arena != nil {
+		a := *arena
+		if room := 320 + len(pos.Attrs); cap(a)-len(a) < room {
+			a = make([]byte, 0, max(arenaChunk, room))
+		}
+		start := len(a)
+		a = pos.AppendJSON(a)
+		data, *arena = a[start:len(a):len(a)], a
+	} else {
+		data = pos.Encode()
+	}
 	// The Msg-Id header is built here rather than by WithMsgID on the
 	// publishing goroutine, which has the least time to spare.
-	it.msg = &nats.Msg{Subject: pos.Subject(), Data: pos.Encode(),
-		Header: nats.Header{jetstream.MsgIDHeader: []string{it.msgID}}}
+	it.hdr[0] = it.msgID
+	it.m = nats.Msg{Subject: pos.Subject(), Data: data, Header: nats.Header{jetstream.MsgIDHeader: it.hdr[:]}}
+	it.msg = &it.m
 }
+
+// arenaChunk is the size of one block of encoded positions (about 200).
+const arenaChunk = 64 << 10
 
 // submit publishes a prepared item and hands it to the completer. It
 // blocks while MaxInFlight publishes await their ack.
@@ -114,37 +133,38 @@ func (b *bridge) submit(ctx context.Context, it *item) error {
 // already in flight are skipped, deleted ones acknowledged, and the rest
 // are prepared by up to ParseWorkers goroutines, each a contiguous share,
 // and returned in read order for submit.
-func (b *bridge) prepareBatch(ctx context.Context, res []redis.XStream) ([]*item, error) {
+func (b *bridge) prepareBatch(ctx context.Context, res []streamRead) ([]*item, error) {
 	n := 0
 	for _, xs := range res {
-		n += len(xs.Messages)
+		n += len(xs.entries)
 	}
 	slab := make([]item, n) // one allocation for the batch's items
 	items := make([]*item, 0, n)
 	for _, xs := range res {
-		si := b.streamIndex[xs.Stream]
-		for _, msg := range xs.Messages {
-			if !b.inflight.add(si, msg.ID) {
+		si := b.streamIndex[xs.stream]
+		for _, e := range xs.entries {
+			if !b.inflight.add(si, e.id) {
 				continue // a claim of our own entry has it
 			}
 			b.m.read.Inc()
-			if msg.Values == nil {
+			if e.deleted {
 				b.m.deletedPending.Inc()
-				if err := b.ack(ctx, ackRef{si, msg.ID}); err != nil {
+				if err := b.ack(ctx, ackRef{si, e.id}); err != nil {
 					return nil, err
 				}
 				continue
 			}
 			it := &slab[len(items)]
-			it.stream, it.id, it.fields = si, msg.ID, msg.Values
+			it.stream, it.id, it.fields = si, e.id, e.fields
 			items = append(items, it)
 		}
 	}
 	const minShare = 64 // fewer entries are not worth a goroutine
 	workers := min(b.cfg.ParseWorkers, (len(items)+minShare-1)/minShare)
 	if workers <= 1 {
+		var arena []byte
 		for _, it := range items {
-			b.prepare(it)
+			b.prepare(it, &arena)
 		}
 		return items, nil
 	}
@@ -153,8 +173,9 @@ func (b *bridge) prepareBatch(ctx context.Context, res []redis.XStream) ([]*item
 	for lo := 0; lo < len(items); lo += share {
 		part := items[lo:min(lo+share, len(items))]
 		wg.Go(func() {
+			var arena []byte
 			for _, it := range part {
-				b.prepare(it)
+				b.prepare(it, &arena)
 			}
 		})
 	}
@@ -180,16 +201,9 @@ func (b *bridge) toDeadLetter(it *item, reason contract.Reason, detail string) {
 	// Trm-Truncated header.
 	h.Set(jetstream.MsgIDHeader, it.msgID)
 	budget := b.maxPayload() - headerLen(h) - (len(contract.HeaderTruncated) + 4 + contract.DeadLetterMaxTruncated)
-	fields := make(map[string]string, len(it.fields))
-	for k, v := range it.fields {
-		switch s := v.(type) {
-		case string:
-			fields[k] = s
-		case []byte:
-			fields[k] = string(s)
-		default:
-			fields[k] = fmt.Sprint(v)
-		}
+	fields := make(map[string]string, len(it.fields)/2)
+	for i := 0; i+1 < len(it.fields); i += 2 {
+		fields[it.fields[i]] = it.fields[i+1] // the last of a repeated name, as ParseFields
 	}
 	data, truncated, ok := contract.DeadLetterFields(fields, budget)
 	if !ok {
