@@ -179,7 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 		inflight:    newInflightSet(len(cfg.Streams)),
 		ensured:     make(chan struct{}),
 	}
-	if d, ok := rdb.(rawDoer); ok {
+	if d, ok := rdb.(rawDoer); ok && !cfg.TypedReads {
 		b.raw, b.rawBlockMax = d, target.rawBlockMax()
 	}
 	for i, s := range cfg.Streams {

@@ -309,3 +309,39 @@ func TestHTTPEndpoints(t *testing.T) {
 		t.Fatalf("/metrics %d:\n%s", code, body)
 	}
 }
+
+// Raw reads (the default) and go-redis's typed reads (BRIDGE_TYPED_READS)
+// make the same messages of the same entries: after a raw run, a typed
+// bridge re-reading every entry publishes nothing new, only duplicates of
+// each position and of the dead letter (same Msg-Ids, same reason).
+func TestTypedAndRawReadsAgree(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n = 1000
+	e.add(0, n, 20)
+	e.xadd(map[string]any{"device_id": "dev-x", "ts": "not a time", "lat": "1", "lon": "2"})
+	for _, typed := range []bool{false, true} {
+		cfg, reg := e.config("a")
+		cfg.TypedReads = typed
+		run := e.start(cfg)
+		e.waitAll(n, 60*time.Second)
+		testkit.Eventually(t, 30*time.Second, func() error {
+			if got := metric(t, reg, "bridge_dead_letters_total", "reason", string(contract.ReasonBadTS)); got != 1 {
+				return fmt.Errorf("typed %v: %v bad_ts dead letters, want 1", typed, got)
+			}
+			if got, want := metric(t, reg, "bridge_publish_duplicates_total"), map[bool]float64{false: 0, true: n + 1}[typed]; got != want {
+				return fmt.Errorf("typed %v: %v duplicates, want %v", typed, got, want)
+			}
+			return nil
+		})
+		if err := run.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.rdb.XGroupSetID(context.Background(), e.stream, e.group, "0").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.msgs(streams.DLQ); got != 1 {
+		t.Fatalf("POSITIONS_DLQ has %d messages, want 1", got)
+	}
+}

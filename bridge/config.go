@@ -90,6 +90,11 @@ type Config struct {
 	// fast-ingest batch per read batch, falling back to async when the
 	// stream or server does not take fast batches.
 	PublishMode string
+	// TypedReads reads XREADGROUP replies through go-redis's typed
+	// command (a map per entry) instead of raw (BRIDGE_TYPED_READS): for a
+	// Redis-compatible server whose replies the raw parser does not take,
+	// and for A/B benchmarks.
+	TypedReads bool
 	// fastFlow is the fast batch's initial flow (messages per flow ack);
 	// 0 is the client's default.
 	fastFlow uint16
@@ -176,6 +181,7 @@ func settings() []config.Setting[Config] {
 		config.Int("BRIDGE_MAX_IN_FLIGHT", DefaultMaxInFlight, "publishes awaiting ack", func(c *Config) *int { return &c.MaxInFlight }),
 		config.Int("BRIDGE_PARSE_WORKERS", DefaultParseWorkers, "goroutines preparing a batch ahead of the publisher, 1 none", func(c *Config) *int { return &c.ParseWorkers }),
 		config.String("BRIDGE_PUBLISH_MODE", DefaultPublishMode, "async (one ack per message) or batch (fast-ingest batches)", func(c *Config) *string { return &c.PublishMode }),
+		config.Bool("BRIDGE_TYPED_READS", "read XREADGROUP replies through go-redis's typed command instead of raw", func(c *Config) *bool { return &c.TypedReads }),
 		config.Duration("BRIDGE_PUBLISH_TIMEOUT", DefaultPublishTimeout, "ack wait before re-send", func(c *Config) *time.Duration { return &c.PublishTimeout }),
 		config.Duration("BRIDGE_CLAIM_INTERVAL", DefaultClaimInterval, "XAUTOCLAIM period", func(c *Config) *time.Duration { return &c.ClaimInterval }),
 		config.Duration("BRIDGE_CLAIM_MIN_IDLE", DefaultClaimMinIdle, "idle time before claiming", func(c *Config) *time.Duration { return &c.ClaimMinIdle }),
@@ -303,13 +309,13 @@ func (c Config) Validate() error {
 func (c Config) String() string {
 	return fmt.Sprintf("NATS_URL=%s REDIS_URL=%s DATABASE_URL=%s HTTP_ADDR=%s LOG_LEVEL=%s LOG_FORMAT=%s "+
 		"BRIDGE_STREAMS=%s BRIDGE_GROUP=%s BRIDGE_CONSUMER=%s BRIDGE_BATCH=%d BRIDGE_BLOCK=%s "+
-		"BRIDGE_MAX_IN_FLIGHT=%d BRIDGE_PARSE_WORKERS=%d BRIDGE_PUBLISH_MODE=%s BRIDGE_PUBLISH_TIMEOUT=%s BRIDGE_CLAIM_INTERVAL=%s BRIDGE_CLAIM_MIN_IDLE=%s "+
+		"BRIDGE_MAX_IN_FLIGHT=%d BRIDGE_PARSE_WORKERS=%d BRIDGE_PUBLISH_MODE=%s BRIDGE_TYPED_READS=%t BRIDGE_PUBLISH_TIMEOUT=%s BRIDGE_CLAIM_INTERVAL=%s BRIDGE_CLAIM_MIN_IDLE=%s "+
 		"BRIDGE_ROUTING_REFRESH=%s BRIDGE_LAG_INTERVAL=%s BRIDGE_SHUTDOWN_TIMEOUT=%s "+
 		"BRIDGE_REPUBLISH_WINDOW=%s BRIDGE_VERIFY_INTERVAL=%s BRIDGE_CONSUMER_MAX_IDLE=%s "+
 		"STREAM_MAX_AGE=%s STREAM_REPLICAS=%d STREAM_DUPLICATES=%s STREAM_MAX_BYTES=%d STREAM_DLQ_MAX_BYTES=%d",
 		contract.RedactURLs(c.NATSURL), redactRedisURL(c.RedisURL), contract.RedactURLs(c.DatabaseURL), c.HTTPAddr, c.LogLevel, c.LogFormat,
 		strings.Join(c.Streams, ","), c.Group, c.Consumer, c.Batch, c.Block,
-		c.MaxInFlight, c.ParseWorkers, c.PublishMode, c.PublishTimeout, c.ClaimInterval, c.ClaimMinIdle,
+		c.MaxInFlight, c.ParseWorkers, c.PublishMode, c.TypedReads, c.PublishTimeout, c.ClaimInterval, c.ClaimMinIdle,
 		c.RoutingRefresh, c.LagInterval, c.ShutdownTimeout,
 		c.RepublishWindow, c.VerifyInterval, c.ConsumerMaxIdle,
 		c.Stream.MaxAge, c.Stream.Replicas, c.Stream.Duplicates, c.Stream.MaxBytes, c.Stream.DLQMaxBytes)

@@ -53,10 +53,10 @@ import (
 	"trm-live/testkit/benchenv"
 )
 
-// DefaultAB are the A/B variants of a plain run: the old single-goroutine
-// path, a larger XREADGROUP COUNT, and the other publish mode (fast-ingest
-// batches when the default is async).
-const DefaultAB = "parse-workers=1;batch=4000;mode=batch"
+// DefaultAB are the A/B variants of a plain run: go-redis's typed reads
+// instead of raw ones, the old single-goroutine path, and the other
+// publish mode (fast-ingest batches when the default is async).
+const DefaultAB = "typed-reads=1;parse-workers=1;mode=batch"
 
 // DefaultBacklog is the fix-time span of the -catchup backlog.
 const DefaultBacklog = 5 * time.Minute
@@ -101,6 +101,7 @@ type Variant struct {
 	Name                          string
 	Batch, InFlight, ParseWorkers int    // zero: the default variant's
 	Mode                          string // BRIDGE_PUBLISH_MODE; "": the default variant's
+	TypedReads                    bool   // BRIDGE_TYPED_READS (variants only: typed-reads=1)
 }
 
 // ParseVariants reads "key=value,...;key=value,...".
@@ -132,8 +133,10 @@ func ParseVariants(s string) ([]Variant, error) {
 				v.InFlight = n
 			case "parse-workers":
 				v.ParseWorkers = n
+			case "typed-reads":
+				v.TypedReads = n == 1
 			default:
-				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers, mode)", k)
+				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers, mode, typed-reads)", k)
 			}
 		}
 		out = append(out, v)
@@ -586,7 +589,7 @@ func (w *world) bridgeConfig(v Variant, group string) (bridge.Config, *ackTap, e
 	return bridge.Config{
 		NATSURL: w.natsURL, RedisURL: w.cfg.RedisURL, DatabaseURL: w.cfg.DatabaseURL,
 		Streams: []string{w.stream}, Group: group, Consumer: "bench-1",
-		Batch: v.Batch, MaxInFlight: v.InFlight, ParseWorkers: v.ParseWorkers, PublishMode: v.Mode,
+		Batch: v.Batch, MaxInFlight: v.InFlight, ParseWorkers: v.ParseWorkers, PublishMode: v.Mode, TypedReads: v.TypedReads,
 		Listener: ln, Registerer: reg, Logger: log,
 	}, reg, nil
 }
