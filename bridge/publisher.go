@@ -142,11 +142,9 @@ func (b *bridge) prepareBatch(ctx context.Context, res []streamRead) ([]*item, e
 	items := make([]*item, 0, n)
 	for _, xs := range res {
 		si := b.streamIndex[xs.stream]
-		for _, e := range xs.entries {
-			if !b.inflight.add(si, e.id) {
-				continue // a claim of our own entry has it
-			}
-			b.m.read.Inc()
+		fresh := b.inflight.addAll(si, xs.entries)
+		b.m.read.Add(float64(len(fresh)))
+		for _, e := range fresh {
 			if e.deleted {
 				b.m.deletedPending.Inc()
 				if err := b.ack(ctx, ackRef{si, e.id}); err != nil {
@@ -592,6 +590,31 @@ func (s *inflightSet) add(si int, id string) bool {
 	}
 	s.ids[si][id] = struct{}{}
 	return true
+}
+
+// addAll adds the entries of stream si and returns those that were not in
+// flight yet (the others are a claim's), in order, under one lock.
+func (s *inflightSet) addAll(si int, entries []entry) []entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var fresh []entry // nil while every entry so far is new
+	for i, e := range entries {
+		if _, ok := s.ids[si][e.id]; ok {
+			if fresh == nil {
+				fresh = make([]entry, i, len(entries))
+				copy(fresh, entries[:i])
+			}
+			continue
+		}
+		s.ids[si][e.id] = struct{}{}
+		if fresh != nil {
+			fresh = append(fresh, e)
+		}
+	}
+	if fresh == nil {
+		return entries
+	}
+	return fresh
 }
 
 func (s *inflightSet) contains(si int, id string) bool {
