@@ -205,7 +205,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	fmt.Printf("floor, XADD → XREADGROUP on the same Redis (2,000 sequential): p50 %s  p99 %s  max %s\n",
-		ms(floor.quantile(0.5)), ms(floor.quantile(0.99)), ms(floor.max))
+		ms(floor.Quantile(0.5)), ms(floor.Quantile(0.99)), ms(floor.Max))
 
 	var results []result
 	for _, s := range scenarios {
@@ -460,7 +460,7 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float
 
 // ---- floor ----
 
-func redisFloor(ctx context.Context, rdb *redis.Client) (*hist, error) {
+func redisFloor(ctx context.Context, rdb *redis.Client) (*benchenv.Hist, error) {
 	key := "bench:e2e:floor"
 	_ = rdb.Del(ctx, key).Err()
 	defer rdb.Del(ctx, key)
@@ -469,7 +469,7 @@ func redisFloor(ctx context.Context, rdb *redis.Client) (*hist, error) {
 	}
 	reader := redis.NewClient(rdb.Options())
 	defer reader.Close()
-	h := newHist()
+	h := benchenv.NewHist()
 	for i := 0; i < 2000; i++ {
 		t0 := time.Now()
 		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []string{"k", "v"}}).Err(); err != nil {
@@ -478,7 +478,7 @@ func redisFloor(ctx context.Context, rdb *redis.Client) (*hist, error) {
 		if _, err := reader.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "g", Consumer: "c", Streams: []string{key, ">"}, Count: 1, Block: time.Second}).Result(); err != nil {
 			return nil, err
 		}
-		h.add(time.Since(t0))
+		h.Add(time.Since(t0))
 	}
 	return h, nil
 }
@@ -512,11 +512,11 @@ type workerStat struct {
 
 type result struct {
 	s            scenario
-	lat          *hist // positions delivered in the window
-	all          *hist // every position offered in the window, a coalesced one at its successor's delivery
-	natsLat      *hist // XADD → core NATS receive, in the window: the bridge's share
-	produced     int64 // in the window
-	sent         int64 // in the whole scenario
+	lat          *benchenv.Hist // positions delivered in the window
+	all          *benchenv.Hist // every position offered in the window, a coalesced one at its successor's delivery
+	natsLat      *benchenv.Hist // XADD → core NATS receive, in the window: the bridge's share
+	produced     int64          // in the window
+	sent         int64          // in the whole scenario
 	dbRows       int64
 	delivered    []float64 // per viewer: share of window positions received
 	workers      []workerStat
@@ -531,7 +531,7 @@ type result struct {
 }
 
 func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error) {
-	r := result{s: s, lat: newHist(), all: newHist(), natsLat: newHist(), natsEmbedded: e.natsEmbedded}
+	r := result{s: s, lat: benchenv.NewHist(), all: benchenv.NewHist(), natsLat: benchenv.NewHist(), natsEmbedded: e.natsEmbedded}
 	e.period = time.Duration(float64(time.Second) / s.Hz)
 	fmt.Printf("\n== %s: %d devices at %g Hz (%g positions/s), %d viewers\n", s.Name, s.Devices, s.Hz, float64(s.Devices)*s.Hz, s.Viewers)
 
@@ -633,7 +633,7 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 				return
 			}
 			probeMu.Lock()
-			r.natsLat.add(at.Sub(time.Unix(0, ns)))
+			r.natsLat.Add(at.Sub(time.Unix(0, ns)))
 			probeMu.Unlock()
 		}); err != nil {
 			return r, err
@@ -714,14 +714,14 @@ func runScenario(ctx context.Context, s scenario, e scenarioEnv) (result, error)
 		if err != nil {
 			return r, err
 		}
-		h := newHist()
-		copy(h.counts, vr.Counts)
-		h.n, h.max = vr.N, time.Duration(vr.MaxNS)
-		r.lat.merge(h)
-		h = newHist()
-		copy(h.counts, vr.AllCounts)
-		h.n, h.max = vr.AllN, time.Duration(vr.AllMaxNS)
-		r.all.merge(h)
+		h := benchenv.NewHist()
+		copy(h.Counts, vr.Counts)
+		h.N, h.Max = vr.N, time.Duration(vr.MaxNS)
+		r.lat.Merge(h)
+		h = benchenv.NewHist()
+		copy(h.Counts, vr.AllCounts)
+		h.N, h.Max = vr.AllN, time.Duration(vr.AllMaxNS)
+		r.all.Merge(h)
 		for _, got := range vr.Received {
 			r.delivered = append(r.delivered, float64(got)/float64(max(produced, 1)))
 		}
@@ -823,15 +823,15 @@ func (r result) share() (mean, low float64) {
 func (r result) print() {
 	rate := float64(r.produced) / r.window.Seconds()
 	fmt.Printf("window %.1f s: %d positions XADDed (%.0f/s; producer at most %s behind schedule), %d viewer deliveries measured (%.0f/s)\n",
-		r.window.Seconds(), r.produced, rate, ms(r.lateMax), r.lat.n, float64(r.lat.n)/r.window.Seconds())
+		r.window.Seconds(), r.produced, rate, ms(r.lateMax), r.lat.N, float64(r.lat.N)/r.window.Seconds())
 	mean, low := r.share()
 	fmt.Printf("latency XADD → WebSocket receive: p50 %s  p99 %s  p99.9 %s  max %s   (positions delivered: mean share %.2f%%, min %.2f%%)\n",
-		ms(r.lat.quantile(0.5)), ms(r.lat.quantile(0.99)), ms(r.lat.quantile(0.999)), ms(r.lat.max), 100*mean, 100*low)
+		ms(r.lat.Quantile(0.5)), ms(r.lat.Quantile(0.99)), ms(r.lat.Quantile(0.999)), ms(r.lat.Max), 100*mean, 100*low)
 	fmt.Printf("latency XADD → WebSocket receive, every position offered, a coalesced one at its successor's delivery: p50 %s  p99 %s  p99.9 %s  max %s   (share delivered: mean %.2f%%, min %.2f%%)\n",
-		ms(r.all.quantile(0.5)), ms(r.all.quantile(0.99)), ms(r.all.quantile(0.999)), ms(r.all.max), 100*mean, 100*low)
-	if r.natsLat.n > 0 {
+		ms(r.all.Quantile(0.5)), ms(r.all.Quantile(0.99)), ms(r.all.Quantile(0.999)), ms(r.all.Max), 100*mean, 100*low)
+	if r.natsLat.N > 0 {
 		fmt.Printf("  of which XADD → NATS (bridge; -probe subscriber, %d positions, every one): p50 %s  p99 %s  max %s\n",
-			r.natsLat.n, ms(r.natsLat.quantile(0.5)), ms(r.natsLat.quantile(0.99)), ms(r.natsLat.max))
+			r.natsLat.N, ms(r.natsLat.Quantile(0.5)), ms(r.natsLat.Quantile(0.99)), ms(r.natsLat.Max))
 	}
 	if len(r.delivered) > 0 {
 		fmt.Printf("share of window positions each viewer received: mean %.2f%%, min %.2f%%\n", 100*mean, 100*low)
@@ -855,7 +855,7 @@ func (r result) print() {
 	} else {
 		fmt.Printf("  %-12s CPU %5.1f%% of a core (producer)\n", "bench", 100*r.benchCPU)
 	}
-	perSec := float64(r.lat.n) / r.window.Seconds()
+	perSec := float64(r.lat.N) / r.window.Seconds()
 	if perSec > 0 {
 		if r.natsEmbedded {
 			fmt.Printf("CPU per delivered position: broadcaster %.3f µs (nats-server embedded in the bench process: not attributed)\n", bc/perSec*1e6)

@@ -6,20 +6,22 @@ import (
 	"html"
 	"math"
 	"time"
+
+	"trm-live/testkit/benchenv"
 )
 
 // plotSVG draws, per scenario plus the Redis floor, the share of
 // deliveries slower than a latency (the complementary cumulative
 // distribution), both axes logarithmic: the median sits at 0.5, p99 at
 // 0.01, p99.9 at 0.001, so the tail is as readable as the body.
-func plotSVG(results []result, floor *hist, note string) []byte {
+func plotSVG(results []result, floor *benchenv.Hist, note string) []byte {
 	curves := 2*len(results) + 1
 	const w, left, right, top, plotH = 940, 100, 40, 40, 360
 	h := top + plotH + 70 + 20*curves
 	pw, ph := float64(w-left-right), float64(plotH)
 	lo, hi := 0.1, 1000.0 // ms
 	for _, r := range results {
-		hi = math.Max(hi, msf(max(r.lat.max, r.all.max))*1.2)
+		hi = math.Max(hi, msf(max(r.lat.Max, r.all.Max))*1.2)
 	}
 	hi = math.Pow(10, math.Ceil(math.Log10(hi)))
 	const qmin = 1e-5
@@ -48,30 +50,30 @@ func plotSVG(results []result, floor *hist, note string) []byte {
 	}
 	fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle">latency (log scale)</text>`+"\n", left+int(pw/2), top+plotH+36)
 	colors := []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd"}
-	curve := func(hs *hist, color, label string, row int, dash string) {
+	curve := func(hs *benchenv.Hist, color, label string, row int, dash string) {
 		ly := top + plotH + 58 + 20*row
 		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2" %s/>`, left, ly-4, left+24, ly-4, color, dash)
 		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", left+30, ly, label)
-		if hs.n == 0 {
+		if hs.N == 0 {
 			return
 		}
 		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" %s points="`, color, dash)
 		var acc uint64
 		first := true
-		for i, c := range hs.counts {
+		for i, c := range hs.Counts {
 			if c == 0 {
 				continue
 			}
-			edge := float64(histLower(i)) / 1000 // ms, lower edge of the bucket
-			above := 1 - float64(acc)/float64(hs.n)
+			edge := float64(benchenv.HistLower(i)) / 1000 // ms, lower edge of the bucket
+			above := 1 - float64(acc)/float64(hs.N)
 			if first {
 				fmt.Fprintf(&b, "%.1f,%.1f ", x(edge), y(1))
 				first = false
 			}
 			fmt.Fprintf(&b, "%.1f,%.1f ", x(edge), y(above))
 			acc += c
-			if acc == hs.n {
-				fmt.Fprintf(&b, "%.1f,%.1f ", x(msf(hs.max)), y(1/float64(hs.n)))
+			if acc == hs.N {
+				fmt.Fprintf(&b, "%.1f,%.1f ", x(msf(hs.Max)), y(1/float64(hs.N)))
 				break
 			}
 		}
@@ -80,13 +82,13 @@ func plotSVG(results []result, floor *hist, note string) []byte {
 	for i, r := range results {
 		mean, _ := r.share()
 		label := fmt.Sprintf("%s (%d × %g Hz, %d viewers), delivered (%.1f %% of offered): p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.0f ms",
-			r.s.Name, r.s.Devices, r.s.Hz, r.s.Viewers, 100*mean, msf(r.lat.quantile(0.5)), msf(r.lat.quantile(0.99)), msf(r.lat.quantile(0.999)), msf(r.lat.max))
+			r.s.Name, r.s.Devices, r.s.Hz, r.s.Viewers, 100*mean, msf(r.lat.Quantile(0.5)), msf(r.lat.Quantile(0.99)), msf(r.lat.Quantile(0.999)), msf(r.lat.Max))
 		curve(r.lat, colors[i%len(colors)], label, 2*i, "")
 		label = fmt.Sprintf("%s, every offered position (coalesced at its successor's delivery): p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms",
-			r.s.Name, msf(r.all.quantile(0.5)), msf(r.all.quantile(0.99)), msf(r.all.quantile(0.999)))
+			r.s.Name, msf(r.all.Quantile(0.5)), msf(r.all.Quantile(0.99)), msf(r.all.Quantile(0.999)))
 		curve(r.all, colors[i%len(colors)], label, 2*i+1, `stroke-dasharray="2,3"`)
 	}
-	curve(floor, "#777", fmt.Sprintf("floor: one Redis XADD → XREADGROUP round trip, p50 %.2f ms, p99 %.2f ms", msf(floor.quantile(0.5)), msf(floor.quantile(0.99))), 2*len(results), `stroke-dasharray="5,4"`)
+	curve(floor, "#777", fmt.Sprintf("floor: one Redis XADD → XREADGROUP round trip, p50 %.2f ms, p99 %.2f ms", msf(floor.Quantile(0.5)), msf(floor.Quantile(0.99))), 2*len(results), `stroke-dasharray="5,4"`)
 	fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#555">%s</text>`+"\n", left, top+plotH+58+20*(2*len(results)+1), html.EscapeString(note))
 	b.WriteString("</svg>\n")
 	return b.Bytes()

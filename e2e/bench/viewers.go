@@ -47,7 +47,7 @@ type ViewerConfig struct {
 // viewer is one viewer connection and what it measured.
 type viewer struct {
 	conn     *benchenv.RawConn
-	h, all   *hist
+	h, all   *benchenv.Hist
 	received int64
 	lastTS   []int64  // per device index: fix time (Unix ms) of the newest position held
 	tsText   [24]byte // the last fix time parsed, as in the frame
@@ -75,7 +75,7 @@ func (vc ViewerConfig) Run(ctx context.Context, in io.Reader, out io.Writer) err
 				connErr.Store(err)
 				return
 			}
-			viewers[i] = &viewer{conn: c, h: newHist(), all: newHist(), lastTS: make([]int64, vc.Devices)}
+			viewers[i] = &viewer{conn: c, h: benchenv.NewHist(), all: benchenv.NewHist(), lastTS: make([]int64, vc.Devices)}
 		}()
 	}
 	wg.Wait()
@@ -124,15 +124,15 @@ func (vc ViewerConfig) Run(ctx context.Context, in io.Reader, out io.Writer) err
 		v.conn.Close()
 	}
 	readers.Wait()
-	total, all := newHist(), newHist()
+	total, all := benchenv.NewHist(), benchenv.NewHist()
 	res := viewerResult{}
 	for _, v := range viewers {
-		total.merge(v.h)
-		all.merge(v.all)
+		total.Merge(v.h)
+		all.Merge(v.all)
 		res.Received = append(res.Received, v.received)
 	}
-	res.Counts, res.N, res.MaxNS = total.counts, total.n, int64(total.max)
-	res.AllCounts, res.AllN, res.AllMaxNS = all.counts, all.n, int64(all.max)
+	res.Counts, res.N, res.MaxNS = total.Counts, total.N, int64(total.Max)
+	res.AllCounts, res.AllN, res.AllMaxNS = all.Counts, all.N, int64(all.Max)
 	res.Closed = int(closed.Load())
 	if e, ok := closeErr.Load().(string); ok {
 		res.CloseErr = e
@@ -169,8 +169,8 @@ func (v *viewer) apply(data []byte, now, ws, we, period int64) {
 		}
 		sent, off = digits(data, off+j+len(sentKey))
 		if sent >= ws && sent < we {
-			v.h.add(time.Duration(now - sent))
-			v.all.add(time.Duration(now - sent))
+			v.h.Add(time.Duration(now - sent))
+			v.all.Add(time.Duration(now - sent))
 			v.received++
 		}
 		idx := deviceIndex(dev)
@@ -183,7 +183,7 @@ func (v *viewer) apply(data []byte, now, ws, we, period int64) {
 			skipped := (ts-prev+periodMS/2)/periodMS - 1
 			for m := int64(1); m <= skipped; m++ {
 				if at := sent - m*period; at >= ws && at < we {
-					v.all.add(time.Duration(now - at))
+					v.all.Add(time.Duration(now - at))
 				}
 			}
 		}

@@ -1,75 +1,18 @@
 package soakrun
 
 import (
-	"math"
 	"sync"
 	"time"
+
+	"trm-live/testkit/benchenv"
 )
-
-// hist is a latency histogram with logarithmic buckets (about 4 % wide)
-// from 100 µs to about 5 min.
-type hist struct {
-	counts []uint64
-	n      uint64
-	max    time.Duration
-}
-
-const (
-	histMin     = 100 * time.Microsecond
-	histBuckets = 400
-	histGrowth  = 1.04
-)
-
-func newHist() *hist { return &hist{counts: make([]uint64, histBuckets)} }
-
-func bucketOf(d time.Duration) int {
-	if d <= histMin {
-		return 0
-	}
-	b := int(math.Log(float64(d)/float64(histMin))/math.Log(histGrowth)) + 1
-	return min(b, histBuckets-1)
-}
-
-// upper is the upper edge of bucket b.
-func upper(b int) time.Duration {
-	return time.Duration(float64(histMin) * math.Pow(histGrowth, float64(b)))
-}
-
-func (h *hist) add(d time.Duration) {
-	h.counts[bucketOf(d)]++
-	h.n++
-	h.max = max(h.max, d)
-}
-
-func (h *hist) merge(o *hist) {
-	for i, c := range o.counts {
-		h.counts[i] += c
-	}
-	h.n += o.n
-	h.max = max(h.max, o.max)
-}
-
-// quantile is the upper edge of the bucket holding quantile q (at most max).
-func (h *hist) quantile(q float64) time.Duration {
-	if h.n == 0 {
-		return 0
-	}
-	want := uint64(math.Ceil(q * float64(h.n)))
-	var acc uint64
-	for b, c := range h.counts {
-		acc += c
-		if acc >= want {
-			return min(upper(b), h.max)
-		}
-	}
-	return h.max
-}
 
 // Timeline holds end-to-end latency per second of the run and the faults,
 // for the report and the SVG. A second's histogram is folded into its
 // count and quantiles once the clock is two seconds past it (deliveries
-// are bucketed by receive time), so a run of hours stays small. Safe for
-// concurrent use.
+// are bucketed by receive time), so a run of hours stays small: only the
+// last few seconds hold a histogram (34 KiB each, benchenv.Hist's 4,352
+// buckets), besides the run's and the warm-up's. Safe for concurrent use.
 type Timeline struct {
 	Start time.Time
 	// WarmFrom and WarmTo bound the warm-up window whose p99 WarmP99 gives.
@@ -77,9 +20,9 @@ type Timeline struct {
 
 	mu     sync.Mutex
 	secs   []SecondStat
-	open   map[int]*hist
-	total  *hist
-	warm   *hist
+	open   map[int]*benchenv.Hist
+	total  *benchenv.Hist
+	warm   *benchenv.Hist
 	events []Event
 }
 
@@ -91,7 +34,7 @@ type Event struct {
 
 // NewTimeline starts a timeline at start.
 func NewTimeline(start time.Time) *Timeline {
-	return &Timeline{Start: start, total: newHist(), warm: newHist(), open: map[int]*hist{}}
+	return &Timeline{Start: start, total: benchenv.NewHist(), warm: benchenv.NewHist(), open: map[int]*benchenv.Hist{}}
 }
 
 // Observe records one delivery received at at with latency d.
@@ -105,14 +48,14 @@ func (t *Timeline) Observe(at time.Time, d time.Duration) {
 	defer t.mu.Unlock()
 	h := t.open[s]
 	if h == nil {
-		h = newHist()
+		h = benchenv.NewHist()
 		t.open[s] = h
 		t.fold(s - 2)
 	}
-	h.add(d)
-	t.total.add(d)
+	h.Add(d)
+	t.total.Add(d)
 	if rel >= t.WarmFrom && rel < t.WarmTo {
-		t.warm.add(d)
+		t.warm.Add(d)
 	}
 }
 
@@ -125,7 +68,7 @@ func (t *Timeline) fold(last int) {
 		for len(t.secs) <= s {
 			t.secs = append(t.secs, SecondStat{})
 		}
-		t.secs[s] = SecondStat{N: h.n, P50: h.quantile(0.5), P99: h.quantile(0.99)}
+		t.secs[s] = SecondStat{N: h.N, P50: h.Quantile(0.5), P99: h.Quantile(0.99)}
 		delete(t.open, s)
 	}
 }
@@ -155,14 +98,14 @@ func (t *Timeline) Seconds() []SecondStat {
 func (t *Timeline) WarmP99() time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.warm.quantile(0.99)
+	return t.warm.Quantile(0.99)
 }
 
 // Total returns the quantiles over the whole run: p50, p99, max and count.
 func (t *Timeline) Total() (p50, p99, maxD time.Duration, n uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.total.quantile(0.5), t.total.quantile(0.99), t.total.max, t.total.n
+	return t.total.Quantile(0.5), t.total.Quantile(0.99), t.total.Max, t.total.N
 }
 
 // Events returns the marks.

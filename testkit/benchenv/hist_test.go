@@ -1,4 +1,4 @@
-package main
+package benchenv
 
 import (
 	"testing"
@@ -11,7 +11,7 @@ func TestHistBuckets(t *testing.T) {
 	prev := -1
 	for _, us := range append(seq(0, 5000), seq(1<<20-300, 1<<20+300)...) {
 		i := histBucket(us)
-		if lo, hi := histLower(i), histLower(i+1); us < lo || us >= hi {
+		if lo, hi := HistLower(i), HistLower(i+1); us < lo || us >= hi {
 			t.Fatalf("%d µs in bucket %d = [%d, %d)", us, i, lo, hi)
 		}
 		if i < prev {
@@ -20,7 +20,7 @@ func TestHistBuckets(t *testing.T) {
 		prev = i
 	}
 	for i := 1; i < histBuckets-1; i++ {
-		lo, hi := histLower(i), histLower(i+1)
+		lo, hi := HistLower(i), HistLower(i+1)
 		if hi <= lo || (i >= histSub && (hi-lo)*histSub > lo) {
 			t.Fatalf("bucket %d = [%d, %d)", i, lo, hi)
 		}
@@ -31,22 +31,22 @@ func TestHistBuckets(t *testing.T) {
 }
 
 func TestHistQuantile(t *testing.T) {
-	h := newHist()
+	h := NewHist()
 	for ms := 1; ms <= 1000; ms++ {
-		h.add(time.Duration(ms) * time.Millisecond)
+		h.Add(time.Duration(ms) * time.Millisecond)
 	}
-	h.add(-time.Millisecond) // a clock step back counts as zero
+	h.Add(-time.Millisecond) // a clock step back counts as zero
 	for _, c := range []struct {
 		q    float64
 		want time.Duration
 	}{{0.5, 500 * time.Millisecond}, {0.99, 990 * time.Millisecond}, {1, time.Second}} {
-		got := h.quantile(c.q)
+		got := h.Quantile(c.q)
 		if got < c.want || float64(got) > float64(c.want)*(1+1.0/histSub) {
-			t.Errorf("quantile(%g) = %s, want %s within 1/%d above", c.q, got, c.want, histSub)
+			t.Errorf("Quantile(%g) = %s, want %s within 1/%d above", c.q, got, c.want, histSub)
 		}
 	}
-	if h.quantile(1) != time.Second {
-		t.Errorf("quantile(1) = %s, want the maximum 1s", h.quantile(1))
+	if h.Quantile(1) != time.Second {
+		t.Errorf("Quantile(1) = %s, want the maximum 1s", h.Quantile(1))
 	}
 }
 
@@ -56,4 +56,27 @@ func seq(from, to uint64) []uint64 {
 		s = append(s, v)
 	}
 	return s
+}
+
+// Merging two histograms gives the histogram of both sets of samples.
+func TestHistMerge(t *testing.T) {
+	a, b, both := NewHist(), NewHist(), NewHist()
+	for ms := 1; ms <= 200; ms++ {
+		d := time.Duration(ms) * time.Millisecond
+		if ms%3 == 0 {
+			a.Add(d)
+		} else {
+			b.Add(d)
+		}
+		both.Add(d)
+	}
+	a.Merge(b)
+	if a.N != both.N || a.Max != both.Max {
+		t.Fatalf("merged n %d max %s, want %d %s", a.N, a.Max, both.N, both.Max)
+	}
+	for i := range both.Counts {
+		if a.Counts[i] != both.Counts[i] {
+			t.Fatalf("bucket %d: merged %d, want %d", i, a.Counts[i], both.Counts[i])
+		}
+	}
 }
