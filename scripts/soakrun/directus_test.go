@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"trm-live/testkit"
+	"trm-live/testkit/directus"
 )
 
 func TestConfigDirectusSettings(t *testing.T) {
@@ -217,4 +218,48 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		return nil
 	})
+}
+
+// TestDirectusLoginLogout runs the viewers' login and the logout fault's
+// call against the Directus fake (the real Directus is the soak's own run,
+// scripts/test.d/soak.sh): the session cookie comes back, a wrong password
+// is refused without showing it, and logout revokes the session.
+func TestDirectusLoginLogout(t *testing.T) {
+	fake := directus.New(directus.Config{Users: []directus.User{{Email: "v1@example.com", Password: "pw-v1-secret"}}})
+	if err := fake.Listen(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fake.Stop)
+	d := newRealDirectus(fake.URL+"/", "admin@example.com", "unused")
+	ctx := context.Background()
+	cookie, err := d.login(ctx, "v1@example.com", "pw-v1-secret")
+	if err != nil || cookie == "" {
+		t.Fatalf("login: %q %v", cookie, err)
+	}
+	if _, err := d.login(ctx, "v1@example.com", "wrong-pw"); err == nil || strings.Contains(err.Error(), "wrong-pw") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	me := func() int {
+		req, _ := http.NewRequest(http.MethodGet, fake.URL+"/users/me", nil)
+		req.AddCookie(&http.Cookie{Name: directus.CookieName, Value: cookie})
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := me(); code != http.StatusOK {
+		t.Fatalf("/users/me before logout: %d", code)
+	}
+	if err := logout(ctx, http.DefaultClient, d.base, cookie); err != nil {
+		t.Fatal(err)
+	}
+	if code := me(); code != http.StatusUnauthorized {
+		t.Fatalf("/users/me after logout: %d, want 401", code)
+	}
+	// An answer other than 204 is an error of the fault.
+	if err := logout(ctx, http.DefaultClient, d.base, "bogus"); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Fatalf("logout refused with 400 reported as %v", err)
+	}
 }
