@@ -10,7 +10,8 @@
 #    TRM_TEST_DIRECTUS_ADMIN_PASSWORD). Seed 20 deals, in its first 20 s of
 #    faults, a Directus hang and a 5xx (through the soak's proxy), a Redis
 #    restart and a logout through the real POST /auth/logout, then DROP
-#    TABLE and a NATS node killed. About 2 minutes. Without those settings
+#    TABLE and a NATS node killed. About 3 minutes on a loaded 2-core machine
+#    (most of it Directus hashing the 10 viewers' passwords). Without those settings
 #    this part FAILS: scripts/test always sets them.
 #
 # Fails on any model violation. Each soak starts its own Redis, PostgreSQL
