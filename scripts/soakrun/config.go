@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"strconv"
 	"time"
 )
@@ -53,6 +54,14 @@ type Config struct {
 	SVG string
 	// Root is the repository root (where go.work is).
 	Root string
+
+	// Directus is the URL of a real Directus (-directus, SOAK_DIRECTUS_URL);
+	// empty runs the stand-in. With it, DirectusAdminEmail and
+	// DirectusAdminPassword are its admin's login, from the environment
+	// only (SOAK_DIRECTUS_ADMIN_EMAIL, SOAK_DIRECTUS_ADMIN_PASSWORD), never
+	// flags that show in ps; the password is never printed.
+	Directus                                  string
+	DirectusAdminEmail, DirectusAdminPassword string
 
 	// Out receives the report; nil means io.Discard.
 	Out io.Writer
@@ -114,6 +123,8 @@ func LoadConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.Float64Var(&c.Bounds.GoroutineFactor, "goroutine-factor", c.Bounds.GoroutineFactor, "leak bound: end goroutines ≤ warm-up × this + -goroutine-slack")
 	fs.Float64Var(&c.Bounds.GoroutineSlack, "goroutine-slack", c.Bounds.GoroutineSlack, "leak bound: goroutine slack")
 	fs.StringVar(&c.DataDir, "data", env("SOAK_DATA_DIR", ""), "data folder, emptied first (SOAK_DATA_DIR; default .data/soak)")
+	fs.StringVar(&c.Directus, "directus", env("SOAK_DIRECTUS_URL", ""), "URL of a real Directus instead of the stand-in; its admin login from SOAK_DIRECTUS_ADMIN_EMAIL and SOAK_DIRECTUS_ADMIN_PASSWORD (SOAK_DIRECTUS_URL)")
+	c.DirectusAdminEmail, c.DirectusAdminPassword = getenv("SOAK_DIRECTUS_ADMIN_EMAIL"), getenv("SOAK_DIRECTUS_ADMIN_PASSWORD")
 	fs.StringVar(&c.SVG, "svg", env("SOAK_SVG", ""), "timeline SVG path (SOAK_SVG; default in the data folder)")
 	if err := errors.Join(errs...); err != nil {
 		return c, err
@@ -148,8 +159,19 @@ func (c Config) Validate() error {
 		return fmt.Errorf("-drain %s: at least 10s", c.Drain)
 	case c.LatencyTarget <= 0:
 		return fmt.Errorf("-latency-target %s: positive", c.LatencyTarget)
+	case c.Directus != "" && !httpURL(c.Directus):
+		return fmt.Errorf("-directus %q: an http(s) URL with a host", c.Directus)
+	case c.Directus != "" && c.DirectusAdminEmail == "":
+		return errors.New("SOAK_DIRECTUS_ADMIN_EMAIL is not set: -directus needs the admin's email to seed the viewers")
+	case c.Directus != "" && c.DirectusAdminPassword == "":
+		return errors.New("SOAK_DIRECTUS_ADMIN_PASSWORD is not set: -directus needs the admin's password to seed the viewers")
 	case c.Bounds.RSSFactor < 1 || c.Bounds.GoroutineFactor < 1 || c.Bounds.RSSSlack < 0 || c.Bounds.GoroutineSlack < 0:
 		return errors.New("leak bounds: factors at least 1, slacks not negative")
 	}
 	return nil
+}
+
+func httpURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }

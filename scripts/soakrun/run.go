@@ -60,6 +60,14 @@ type soak struct {
 	natsPorts []int // client ports
 	workers   []*proc
 	standin   *directus.Server
+	// With -directus: the real Directus, the proxy authsvc talks to, the
+	// viewers' cookies and the version from /server/info.
+	real      *realDirectus
+	proxy     *Proxy
+	dxViewers []dxViewer
+	cookies   []string
+	dxVersion string
+	dfault    directusFaults
 	viewers   []*viewer
 	prod      *producer
 	tl        *Timeline
@@ -106,8 +114,12 @@ func Run(ctx context.Context, cfg Config) error {
 	s := &soak{cfg: cfg, log: cfg.Logger, out: cfg.Out, passwords: map[string]string{}}
 	fmt.Fprintf(s.out, "soak: seed %d, duration %s, %d devices at %g Hz (bad %.1f%%), %d viewers, %d cores, load average %s\n",
 		cfg.Seed, cfg.Duration, cfg.Devices, cfg.Rate, 100*cfg.Bad, cfg.Viewers, runtime.NumCPU(), loadavg())
-	fmt.Fprintf(s.out, "soak: replay with: scripts/soak -seed %d -duration %s -viewers %d -gap %s -warmup %s -quiet %s\n",
-		cfg.Seed, cfg.Duration, cfg.Viewers, cfg.Gap, cfg.Warmup, cfg.Quiet)
+	replayDX := ""
+	if cfg.Directus != "" {
+		replayDX = " -directus " + cfg.Directus
+	}
+	fmt.Fprintf(s.out, "soak: replay with: scripts/soak -seed %d -duration %s -viewers %d -gap %s -warmup %s -quiet %s%s\n",
+		cfg.Seed, cfg.Duration, cfg.Viewers, cfg.Gap, cfg.Warmup, cfg.Quiet, replayDX)
 	defer s.teardown()
 	if err := s.setup(ctx); err != nil {
 		return err
@@ -159,6 +171,11 @@ func (s *soak) setup(ctx context.Context) error {
 	if err := s.pg.start(); err != nil {
 		return err
 	}
+	if c.Directus != "" {
+		if err := s.seedDirectus(ctx); err != nil {
+			return err
+		}
+	}
 	if err := s.seed(ctx); err != nil {
 		return err
 	}
@@ -204,14 +221,28 @@ func (s *soak) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	// Directus stand-in, one user per viewer.
-	users := make([]directus.User, c.Viewers)
-	for i := range users {
-		users[i] = directus.User{ID: simulate.StableUUID(fmt.Sprintf("soak-viewer:%d", i)), Email: fmt.Sprintf("viewer%d@soak.local", i), Password: "pw", AppAccess: true}
-	}
-	s.standin = directus.New(directus.Config{Users: users})
-	if err := s.standin.Listen(""); err != nil {
-		return err
+	// Directus: the stand-in with one user per viewer, or the proxy in
+	// front of the real one.
+	directusURL := ""
+	if c.Directus != "" {
+		p, err := NewProxy(c.Directus)
+		if err != nil {
+			return err
+		}
+		if err := p.Listen(""); err != nil {
+			return err
+		}
+		s.proxy, s.dfault, directusURL = p, p, p.URL
+	} else {
+		users := make([]directus.User, c.Viewers)
+		for i := range users {
+			users[i] = directus.User{ID: simulate.StableUUID(fmt.Sprintf("soak-viewer:%d", i)), Email: fmt.Sprintf("viewer%d@soak.local", i), Password: "pw", AppAccess: true}
+		}
+		s.standin = directus.New(directus.Config{Users: users})
+		if err := s.standin.Listen(""); err != nil {
+			return err
+		}
+		s.dfault, directusURL = s.standin, s.standin.URL
 	}
 	// Workers: two of each.
 	redisURL := fmt.Sprintf("redis://127.0.0.1:%d/0", s.redisPort)
@@ -231,7 +262,7 @@ func (s *soak) setup(ctx context.Context) error {
 			case "persister":
 				env = append(env, "DATABASE_URL="+dbURL)
 			case "authsvc":
-				env = append(env, "DATABASE_URL="+dbURL, "DIRECTUS_URL="+s.standin.URL, "AUTHSVC_SESSION_TTL=5s", "AUTHSVC_FAILURE_TTL=1s")
+				env = append(env, "DATABASE_URL="+dbURL, "DIRECTUS_URL="+directusURL, "AUTHSVC_SESSION_TTL=5s", "AUTHSVC_FAILURE_TTL=1s")
 			case "broadcaster":
 				env = append(env, "BROADCASTER_REAUTH_INTERVAL=5s")
 			}
@@ -247,6 +278,17 @@ func (s *soak) setup(ctx context.Context) error {
 		if err := p.waitReady(ctx, 2*time.Minute); err != nil {
 			return err
 		}
+	}
+	if s.real != nil {
+		// Logged in after the topology is up, so no session is older
+		// than it needs to be.
+		t1 := time.Now()
+		cookies, err := s.real.loginAll(ctx, s.dxViewers)
+		if err != nil {
+			return fmt.Errorf("directus: viewer login: %w", err)
+		}
+		s.cookies = cookies
+		fmt.Fprintf(s.out, "soak: %d viewers logged in to the real Directus (mode session) in %.1f s\n", len(cookies), time.Since(t1).Seconds())
 	}
 	fmt.Fprintf(s.out, "soak: topology ready in %.1f s: 3 NATS nodes (R3, sync always), 2 × bridge, persister, authsvc, broadcaster; Redis (AOF always), PostgreSQL; logs in %s\n",
 		time.Since(t0).Seconds(), s.logs)
@@ -279,7 +321,9 @@ func (s *soak) build() error {
 }
 
 // seed creates the database with the Directus stand-in tables, the event
-// with every device, and one member user per viewer.
+// with every device, and one member user per viewer. With a real Directus
+// the rows are the ones seedDirectus created there, with the same ids: the
+// workers read them from the soak's PostgreSQL (see docs/soak.md).
 func (s *soak) seed(ctx context.Context) error {
 	conn, err := pgx.Connect(ctx, s.pg.url("postgres"))
 	if err != nil {
@@ -299,22 +343,74 @@ func (s *soak) seed(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	devices := make([]string, s.cfg.Devices)
-	for i := range devices {
-		devices[i] = simulate.DeviceID(i)
+	devices := s.devices()
+	b := &pgx.Batch{}
+	if s.real != nil {
+		if _, err := conn.Exec(ctx, string(schema)); err != nil {
+			return fmt.Errorf("apply stand-in schema: %w", err)
+		}
+		r := s.real
+		s.eventID = r.eventID
+		b.Queue(`INSERT INTO organizations (id, name) VALUES ($1, 'soak')`, r.orgID)
+		b.Queue(`INSERT INTO events (id, organization_id, name) VALUES ($1, $2, 'soak')`, r.eventID, r.orgID)
+		b.Queue(`INSERT INTO event_devices (id, event_id, device_id) SELECT gen_random_uuid(), $1, d FROM unnest($2::text[]) d`, r.eventID, devices)
+		for _, v := range s.dxViewers {
+			b.Queue(`INSERT INTO directus_users (id, email, status) VALUES ($1, $2, 'active')`, v.ID, v.Email)
+			b.Queue(`INSERT INTO organization_users (id, organization_id, user_id) VALUES (gen_random_uuid(), $1, $2)`, r.orgID, v.ID)
+		}
+		return conn.SendBatch(ctx, b).Close()
 	}
 	seeded, err := simulate.Seed(ctx, conn, string(schema), devices, 1)
 	if err != nil {
 		return err
 	}
 	s.eventID = seeded.EventIDs[0]
-	b := &pgx.Batch{}
 	for i := range s.cfg.Viewers {
 		id := simulate.StableUUID(fmt.Sprintf("soak-viewer:%d", i))
 		b.Queue(`INSERT INTO directus_users (id, email, status) VALUES ($1, $2, 'active')`, id, fmt.Sprintf("viewer%d@soak.local", i))
 		b.Queue(`INSERT INTO organization_users (id, organization_id, user_id) VALUES ($1, $2, $3)`, simulate.StableUUID(fmt.Sprintf("soak-member:%d", i)), seeded.OrganizationID, id)
 	}
 	return conn.SendBatch(ctx, b).Close()
+}
+
+func (s *soak) devices() []string {
+	devices := make([]string, s.cfg.Devices)
+	for i := range devices {
+		devices[i] = simulate.DeviceID(i)
+	}
+	return devices
+}
+
+// seedDirectus logs in to the real Directus as its admin, reads its
+// version and creates the organization, the event with every device and
+// one member user per viewer there.
+func (s *soak) seedDirectus(ctx context.Context) error {
+	c := s.cfg
+	t0 := time.Now()
+	r := newRealDirectus(c.Directus, c.DirectusAdminEmail, c.DirectusAdminPassword)
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := r.adminLogin(sctx); err != nil {
+		return err
+	}
+	s.real = r // from here on, teardown removes what was created
+	s.dxVersion = r.version(sctx)
+	vs, err := r.seed(sctx, fmt.Sprintf("soak-%d-%s", c.Seed, randomHex(3)), s.devices(), c.Viewers)
+	if err != nil {
+		return fmt.Errorf("directus: seed: %w", err)
+	}
+	s.dxViewers = vs
+	fmt.Fprintf(s.out, "soak: real Directus %s (version %s): seeded an organization, an event with %d devices and %d member users in %.1f s\n",
+		c.Directus, s.dxVersion, c.Devices, len(vs), time.Since(t0).Seconds())
+	return nil
+}
+
+// directusLabel says which Directus the run used, for the report.
+func (s *soak) directusLabel() string {
+	if s.real != nil {
+		return fmt.Sprintf("real, %s, version %s (authsvc through the soak's fault proxy %s)", s.cfg.Directus, s.dxVersion, s.proxy.URL)
+	}
+	return "the stand-in (testkit/directus, in the soak's process)"
 }
 
 func (s *soak) teardown() {
@@ -329,6 +425,16 @@ func (s *soak) teardown() {
 	}
 	if s.standin != nil {
 		s.standin.Stop()
+	}
+	if s.proxy != nil {
+		s.proxy.Close()
+	}
+	if s.real != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := s.real.cleanup(ctx); err != nil {
+			fmt.Fprintf(s.out, "soak: removing the seeded organization and users from the real Directus: %v\n", err)
+		}
+		cancel()
 	}
 	if s.pg != nil {
 		_ = s.pg.stop("fast")
@@ -362,9 +468,14 @@ func (s *soak) race(ctx context.Context) error {
 	defer func() { stopViewers(); vwg.Wait() }()
 	calm := &atomic.Bool{}
 	for i := range c.Viewers {
-		cookie, ok := s.standin.Session(fmt.Sprintf("viewer%d@soak.local", i), "pw")
-		if !ok {
-			return fmt.Errorf("stand-in: viewer %d cannot log in", i)
+		var cookie string
+		if s.real != nil {
+			cookie = s.cookies[i]
+		} else {
+			var ok bool
+			if cookie, ok = s.standin.Session(fmt.Sprintf("viewer%d@soak.local", i), "pw"); !ok {
+				return fmt.Errorf("stand-in: viewer %d cannot log in", i)
+			}
 		}
 		kind := kindNormal
 		switch i % 10 {
@@ -556,11 +667,11 @@ func (s *soak) inject(ctx context.Context, f Fault) {
 		wait()
 		err = s.redis.start()
 	case Directus5xx:
-		s.standin.SetStatus(http.StatusServiceUnavailable)
+		s.dfault.SetStatus(http.StatusServiceUnavailable)
 		wait()
-		s.standin.SetStatus(0)
+		s.dfault.SetStatus(0)
 	case DirectusHang:
-		release := s.standin.Hold()
+		release := s.dfault.Hold()
 		wait()
 		release()
 	case DropTable:
@@ -606,6 +717,7 @@ func (s *soak) inject(ctx context.Context, f Fault) {
 }
 
 func (s *soak) logout(name string) error {
+	c := s.cfg
 	for _, v := range s.viewers {
 		if v.name != name {
 			continue
@@ -613,16 +725,16 @@ func (s *soak) logout(name string) error {
 		v.mu.Lock()
 		v.loggedOut = true
 		v.mu.Unlock()
-		req, _ := http.NewRequest(http.MethodPost, s.standin.URL+"/auth/logout", strings.NewReader(`{"mode":"session"}`))
-		req.Header.Set("Content-Type", "application/json")
-		req.AddCookie(&http.Cookie{Name: directus.CookieName, Value: v.cookie})
-		resp, err := httpClient.Do(req)
-		if err != nil {
-			return err
+		// The real Directus directly, not through the proxy: the logout is
+		// the viewer's, not authsvc's.
+		base := c.Directus
+		if s.real == nil {
+			base = s.standin.URL
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusNoContent {
-			return fmt.Errorf("logout %s: status %d", name, resp.StatusCode)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := logout(ctx, http.DefaultClient, strings.TrimSuffix(base, "/"), v.cookie); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		return nil
 	}
@@ -781,6 +893,7 @@ func (s *soak) report(checks []Check) error {
 	c := s.cfg
 	secs := s.tl.Seconds()
 	fmt.Fprintf(s.out, "\n== soak report, seed %d\n", c.Seed)
+	fmt.Fprintf(s.out, "directus: %s\n", s.directusLabel())
 	fmt.Fprintf(s.out, "faults (times from the start of the load; readiness from the injection, latency from the restore; target p99 < %s per second):\n", c.LatencyTarget)
 	// The warm-up p99 (its first 5 s left out) is the second yardstick:
 	// on a busy machine the pilot target may be out of reach even
