@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Check is the verdict of one model check.
@@ -228,6 +229,10 @@ type ViewerResult struct {
 	// Requests is how many control requests it sent, MissingReplies how
 	// many got no reply although the connection stayed open for 10 s.
 	Requests, MissingReplies int
+	// MissingExamples names the first missing replies; SlowestReply is
+	// the longest a reply that came took.
+	MissingExamples []string
+	SlowestReply    time.Duration
 	// LoggedOut: its session was revoked; CloseCode is the close code
 	// that ended it afterwards (0: never closed).
 	LoggedOut bool
@@ -239,11 +244,14 @@ type ViewerResult struct {
 // CheckViewers checks every viewer against the latest valid positions.
 func CheckViewers(latest map[string]int64, vs []ViewerResult) []Check {
 	var stale, notConn, travel, reqs, missing, logged, not4401, unexp int
-	var staleEx, travelEx, logEx []string
+	var staleEx, travelEx, logEx, missingEx []string
+	var slowest time.Duration
 	connected := 0
 	for _, v := range vs {
 		reqs += v.Requests
 		missing += v.MissingReplies
+		missingEx = append(missingEx, v.MissingExamples...)
+		slowest = max(slowest, v.SlowestReply)
 		unexp += v.Unexpected4401
 		travel += len(v.TimeTravel)
 		if len(v.TimeTravel) > 0 && len(travelEx) < 3 {
@@ -279,12 +287,15 @@ func CheckViewers(latest map[string]int64, vs []ViewerResult) []Check {
 		{Name: "viewers end on the latest", Pass: stale == 0 && notConn == 0,
 			Detail: fmt.Sprintf("%d viewers connected at the end, %d of them missing a device's latest position, %d not connected", connected, stale, notConn)},
 		{Name: "no time travel", Pass: travel == 0, Detail: fmt.Sprintf("%d positions older than one already held", travel)},
-		{Name: "every control frame", Pass: missing == 0, Detail: fmt.Sprintf("%d requests, %d replies missing", reqs, missing)},
+		{Name: "every control frame", Pass: missing == 0, Detail: fmt.Sprintf("%d requests, %d replies missing (no reply within %s on an open connection); slowest reply %.1f s", reqs, missing, replyWait, slowest.Seconds())},
 		{Name: "logged out closed 4401", Pass: not4401 == 0 && unexp == 0,
 			Detail: fmt.Sprintf("%d logged out, %d not closed with 4401; %d 4401 closes of valid sessions", logged, not4401, unexp)},
 	}
 	if len(staleEx) > 0 {
 		cs[0].Detail += "; e.g. " + strings.Join(staleEx, "; ")
+	}
+	if len(missingEx) > 0 {
+		cs[2].Detail += "; " + strings.Join(missingEx[:min(len(missingEx), 5)], "; ")
 	}
 	if len(travelEx) > 0 {
 		cs[1].Detail += "; e.g. " + strings.Join(travelEx, "; ")

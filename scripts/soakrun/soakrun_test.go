@@ -290,3 +290,25 @@ func TestTimelineFolds(t *testing.T) {
 		t.Fatalf("total n %d max %s", n, mx)
 	}
 }
+
+// A request left without a reply for replyWait counts as missing, with a
+// line naming the viewer, its kind and the request; a younger one does
+// not; the check's detail carries the lines and the slowest reply.
+func TestMissingReplyDetails(t *testing.T) {
+	now := time.Now()
+	v := &viewer{name: "viewer-7", kind: kindSlow, pending: map[string]time.Time{
+		"s3": now.Add(-replyWait - time.Second), "u4": now.Add(-time.Second)}}
+	v.countMissing(now, "connection ended")
+	if v.missing != 1 || len(v.missingEx) != 1 || len(v.pending) != 1 {
+		t.Fatalf("missing %d, examples %q, pending %v", v.missing, v.missingEx, v.pending)
+	}
+	if ex := v.missingEx[0]; !strings.Contains(ex, "viewer-7 (slow) request s3") || !strings.Contains(ex, "connection ended") {
+		t.Fatalf("example %q", ex)
+	}
+	v.slowestReply = 4 * time.Second
+	r := v.result()
+	cs := CheckViewers(map[string]int64{}, []ViewerResult{r})
+	if cs[2].Pass || !strings.Contains(cs[2].Detail, "request s3") || !strings.Contains(cs[2].Detail, "slowest reply 4.0 s") {
+		t.Fatalf("check %+v", cs[2])
+	}
+}

@@ -58,6 +58,8 @@ type viewer struct {
 	travel         []string
 	requests       int
 	missing        int
+	missingEx      []string      // the first missing replies, for the report
+	slowestReply   time.Duration // the longest wait of a reply that came
 	loggedOut      bool
 	closeCode      int
 	unexpected4401 int
@@ -207,7 +209,10 @@ func (v *viewer) session(ctx context.Context, url string) (done, ok bool) {
 func (v *viewer) handle(now time.Time, f wsFrame, write func(string) error) {
 	v.mu.Lock()
 	if f.ID != "" {
-		delete(v.pending, f.ID)
+		if at, ok := v.pending[f.ID]; ok {
+			v.slowestReply = max(v.slowestReply, now.Sub(at))
+			delete(v.pending, f.ID)
+		}
 	}
 	resubscribe := false
 	switch f.Type {
@@ -266,15 +271,21 @@ func (v *viewer) handle(now time.Time, f wsFrame, write func(string) error) {
 func (v *viewer) endConn() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.countMissing(time.Now())
+	v.countMissing(time.Now(), "connection ended")
 	v.connected, v.subscribed = false, false
 	v.pending = map[string]time.Time{}
 }
 
-func (v *viewer) countMissing(now time.Time) {
+// countMissing counts the pending requests older than replyWait, with a
+// line for the report (the first few) saying which and when.
+func (v *viewer) countMissing(now time.Time, why string) {
 	for id, at := range v.pending {
 		if now.Sub(at) >= replyWait {
 			v.missing++
+			if len(v.missingEx) < 5 {
+				v.missingEx = append(v.missingEx, fmt.Sprintf("%s (%s) request %s sent at %s, no reply %.1f s later when the %s",
+					v.name, v.kind, id, at.UTC().Format("15:04:05.000"), now.Sub(at).Seconds(), why))
+			}
 			delete(v.pending, id)
 		}
 	}
@@ -284,13 +295,13 @@ func (v *viewer) countMissing(now time.Time) {
 func (v *viewer) result() ViewerResult {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.countMissing(time.Now())
+	v.countMissing(time.Now(), "soak ended")
 	held := make(map[string]int64, len(v.held))
 	for d, ts := range v.held {
 		held[d] = ts
 	}
 	return ViewerResult{Name: v.name, Connected: v.connected && v.subscribed, Held: held, TimeTravel: append([]string(nil), v.travel...),
-		Requests: v.requests, MissingReplies: v.missing, LoggedOut: v.loggedOut, CloseCode: v.closeCode, Unexpected4401: v.unexpected4401}
+		Requests: v.requests, MissingReplies: v.missing, MissingExamples: append([]string(nil), v.missingEx...), SlowestReply: v.slowestReply, LoggedOut: v.loggedOut, CloseCode: v.closeCode, Unexpected4401: v.unexpected4401}
 }
 
 // heldAll reports whether the viewer holds every latest position (or is
