@@ -134,7 +134,10 @@ func ParseVariants(s string) ([]Variant, error) {
 			case "parse-workers":
 				v.ParseWorkers = n
 			case "typed-reads":
-				v.TypedReads = n == 1
+				if n != 1 {
+					return nil, fmt.Errorf("%q: typed-reads takes 1 only (0 is the default)", kv)
+				}
+				v.TypedReads = true
 			default:
 				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers, mode, typed-reads)", k)
 			}

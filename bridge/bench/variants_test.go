@@ -8,8 +8,8 @@ func TestParseVariants(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Variant{
+		{Name: "typed-reads=1", TypedReads: true},
 		{Name: "parse-workers=1", ParseWorkers: 1},
-		{Name: "batch=4000", Batch: 4000},
 		{Name: "mode=batch", Mode: "batch"},
 		{Name: "batch=500, parse-workers=4", Batch: 500, ParseWorkers: 4},
 	}
@@ -21,7 +21,7 @@ func TestParseVariants(t *testing.T) {
 			t.Fatalf("variant %d: got %+v, want %+v", i, vs[i], want[i])
 		}
 	}
-	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x", "mode=fast"} {
+	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x", "mode=fast", "typed-reads=2"} {
 		if _, err := ParseVariants(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
