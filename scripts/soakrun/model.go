@@ -233,6 +233,7 @@ type ViewerResult struct {
 	// the longest a reply that came took.
 	MissingExamples []string
 	SlowestReply    time.Duration
+	SlowestExample  string
 	// LoggedOut: its session was revoked; CloseCode is the close code
 	// that ended it afterwards (0: never closed).
 	LoggedOut bool
@@ -246,12 +247,15 @@ func CheckViewers(latest map[string]int64, vs []ViewerResult) []Check {
 	var stale, notConn, travel, reqs, missing, logged, not4401, unexp int
 	var staleEx, travelEx, logEx, missingEx []string
 	var slowest time.Duration
+	var slowestEx string
 	connected := 0
 	for _, v := range vs {
 		reqs += v.Requests
 		missing += v.MissingReplies
 		missingEx = append(missingEx, v.MissingExamples...)
-		slowest = max(slowest, v.SlowestReply)
+		if v.SlowestReply > slowest {
+			slowest, slowestEx = v.SlowestReply, v.SlowestExample
+		}
 		unexp += v.Unexpected4401
 		travel += len(v.TimeTravel)
 		if len(v.TimeTravel) > 0 && len(travelEx) < 3 {
@@ -293,6 +297,9 @@ func CheckViewers(latest map[string]int64, vs []ViewerResult) []Check {
 	}
 	if len(staleEx) > 0 {
 		cs[0].Detail += "; e.g. " + strings.Join(staleEx, "; ")
+	}
+	if slowestEx != "" {
+		cs[2].Detail += " (" + slowestEx + ")"
 	}
 	if len(missingEx) > 0 {
 		cs[2].Detail += "; " + strings.Join(missingEx[:min(len(missingEx), 5)], "; ")

@@ -305,10 +305,11 @@ func TestMissingReplyDetails(t *testing.T) {
 	if ex := v.missingEx[0]; !strings.Contains(ex, "viewer-7 (slow) request s3") || !strings.Contains(ex, "connection ended") {
 		t.Fatalf("example %q", ex)
 	}
-	v.slowestReply = 4 * time.Second
+	v.pending["u5"] = now.Add(-4 * time.Second)
+	v.handle(now, wsFrame{Type: "unsubscribed", ID: "u5"}, func(string) error { return nil })
 	r := v.result()
 	cs := CheckViewers(map[string]int64{}, []ViewerResult{r})
-	if cs[2].Pass || !strings.Contains(cs[2].Detail, "request s3") || !strings.Contains(cs[2].Detail, "slowest reply 4.0 s") {
+	if cs[2].Pass || !strings.Contains(cs[2].Detail, "request s3") || !strings.Contains(cs[2].Detail, "slowest reply 4.0 s (viewer-7 (slow) request u5") {
 		t.Fatalf("check %+v", cs[2])
 	}
 }

@@ -60,6 +60,7 @@ type viewer struct {
 	missing        int
 	missingEx      []string      // the first missing replies, for the report
 	slowestReply   time.Duration // the longest wait of a reply that came
+	slowestEx      string        // which
 	loggedOut      bool
 	closeCode      int
 	unexpected4401 int
@@ -210,7 +211,11 @@ func (v *viewer) handle(now time.Time, f wsFrame, write func(string) error) {
 	v.mu.Lock()
 	if f.ID != "" {
 		if at, ok := v.pending[f.ID]; ok {
-			v.slowestReply = max(v.slowestReply, now.Sub(at))
+			if d := now.Sub(at); d > v.slowestReply {
+				v.slowestReply = d
+				v.slowestEx = fmt.Sprintf("%s (%s) request %s sent at %s, %s after %.1f s",
+					v.name, v.kind, f.ID, at.UTC().Format("15:04:05.000"), f.Type, d.Seconds())
+			}
 			delete(v.pending, f.ID)
 		}
 	}
@@ -301,7 +306,7 @@ func (v *viewer) result() ViewerResult {
 		held[d] = ts
 	}
 	return ViewerResult{Name: v.name, Connected: v.connected && v.subscribed, Held: held, TimeTravel: append([]string(nil), v.travel...),
-		Requests: v.requests, MissingReplies: v.missing, MissingExamples: append([]string(nil), v.missingEx...), SlowestReply: v.slowestReply, LoggedOut: v.loggedOut, CloseCode: v.closeCode, Unexpected4401: v.unexpected4401}
+		Requests: v.requests, MissingReplies: v.missing, MissingExamples: append([]string(nil), v.missingEx...), SlowestReply: v.slowestReply, SlowestExample: v.slowestEx, LoggedOut: v.loggedOut, CloseCode: v.closeCode, Unexpected4401: v.unexpected4401}
 }
 
 // heldAll reports whether the viewer holds every latest position (or is
