@@ -128,14 +128,14 @@ func (b *bridge) xreadgroup(ctx context.Context, streams []string, count int, bl
 // unexpected is an error saying where.
 func parseXRead(buf []byte) ([]streamRead, error) {
 	r := respReader{s: string(buf)}
-	n, null, err := r.aggregate()
+	n, null, err := r.array(true)
 	if err != nil || null {
 		return nil, err
 	}
 	reads := make([]streamRead, n)
 	for i := range reads {
 		if !r.mapped {
-			if k, _, err := r.aggregate(); err != nil {
+			if k, _, err := r.array(false); err != nil {
 				return nil, err
 			} else if k != 2 {
 				return nil, fmt.Errorf("stream %d: %d elements, want 2", i, k)
@@ -144,13 +144,13 @@ func parseXRead(buf []byte) ([]streamRead, error) {
 		if reads[i].stream, err = r.bulk(); err != nil {
 			return nil, err
 		}
-		m, _, err := r.array()
+		m, _, err := r.array(false)
 		if err != nil {
 			return nil, err
 		}
 		entries := make([]entry, m)
 		for j := range entries {
-			if k, _, err := r.array(); err != nil {
+			if k, _, err := r.array(false); err != nil {
 				return nil, err
 			} else if k != 2 {
 				return nil, fmt.Errorf("entry %d: %d elements, want 2", j, k)
@@ -158,7 +158,7 @@ func parseXRead(buf []byte) ([]streamRead, error) {
 			if entries[j].id, err = r.bulk(); err != nil {
 				return nil, err
 			}
-			f, null, err := r.array()
+			f, null, err := r.array(false)
 			if err != nil {
 				return nil, err
 			}
@@ -204,47 +204,28 @@ func (r *respReader) line() (byte, string, error) {
 	return 0, "", fmt.Errorf("reply cut at byte %d", r.pos)
 }
 
-// aggregate reads the top-level value: an array or a map (n pairs), or
-// null.
-func (r *respReader) aggregate() (n int, null bool, err error) {
+// array reads an array's length, or null. At the top (top set) it also
+// takes a RESP3 map, n pairs (mapped is set), and an error reply
+// (errReplyError).
+func (r *respReader) array(top bool) (n int, null bool, err error) {
 	t, rest, err := r.line()
 	if err != nil {
 		return 0, false, err
 	}
-	switch t {
-	case '%':
-		r.mapped = true
-		n, err = strconv.Atoi(rest)
-		return n, false, err
-	case '*':
-		n, err = strconv.Atoi(rest)
-		if n < 0 {
-			return 0, true, err
-		}
-		return n, false, err
-	case '_':
-		return 0, true, nil
-	case '-', '!':
-		return 0, false, errReplyError
-	}
-	return 0, false, fmt.Errorf("unexpected %q at the top", t)
-}
-
-// array reads an array's length, or null.
-func (r *respReader) array() (n int, null bool, err error) {
-	t, rest, err := r.line()
-	if err != nil {
-		return 0, false, err
-	}
-	switch t {
-	case '*':
+	switch {
+	case t == '*' || top && t == '%':
 		n, err = strconv.Atoi(rest)
 		if err != nil {
-			return 0, false, fmt.Errorf("array length %q: %w", rest, err)
+			return 0, false, fmt.Errorf("length %q at byte %d: %w", rest, r.pos, err)
+		}
+		if top {
+			r.mapped = t == '%'
 		}
 		return max(n, 0), n < 0, nil
-	case '_':
+	case t == '_':
 		return 0, true, nil
+	case top && (t == '-' || t == '!'):
+		return 0, false, errReplyError
 	}
 	return 0, false, fmt.Errorf("unexpected %q where an array belongs (byte %d)", t, r.pos)
 }
