@@ -208,24 +208,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.RemoveAll(store); err != nil {
 		return err
 	}
-	var natsURL string
-	natsCPU := func() time.Duration { return 0 }
-	if cfg.NATSProcess {
-		child, err := benchenv.StartNATSChild(ctx, "-role", "nats", "-store", store)
-		if err != nil {
-			return err
-		}
-		defer child.Stop()
-		natsURL = child.URL
-		natsCPU = func() time.Duration { return time.Duration(child.CPUSeconds() * float64(time.Second)) }
-	} else {
-		ns, stopNATS, err := benchenv.StartNATS(natsOptions(store))
-		if err != nil {
-			return err
-		}
-		defer stopNATS()
-		natsURL = ns.ClientURL()
+	ns, err := benchenv.StartBenchNATS(ctx, natsOptions(store), cfg.NATSProcess, "-role", "nats", "-store", store)
+	if err != nil {
+		return err
 	}
+	defer ns.Stop()
 
 	root, err := benchenv.RepoRoot()
 	if err != nil {
@@ -235,7 +222,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	w := &world{cfg: cfg, natsURL: natsURL, natsCPU: natsCPU, rdb: redis.NewClient(ropts), stream: "bench:positions", root: root}
+	w := &world{cfg: cfg, natsURL: ns.URL, natsCPU: ns.CPU, rdb: redis.NewClient(ropts), stream: "bench:positions", root: root}
 	defer w.rdb.Close()
 	fl := newFleet(cfg.Devices, cfg.Bad)
 	w.devices = fl.ids
@@ -452,40 +439,48 @@ func usPer(d time.Duration, n int) float64 {
 	return float64(d) / float64(time.Microsecond) / float64(n)
 }
 
-// resetStreams deletes POSITIONS and POSITIONS_DLQ, emptying the dedup
-// window; the next phase creates them again.
-func resetStreams(ctx context.Context, js jetstream.JetStream) error {
-	for _, name := range []string{streams.Positions, streams.DLQ} {
-		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return err
+// freshStreams connects to url and deletes POSITIONS and POSITIONS_DLQ,
+// emptying the dedup window; with ensure it creates them again (raw
+// phases), without it the bridge does. The caller closes nc.
+func freshStreams(ctx context.Context, url string, ensure bool, opts ...jetstream.JetStreamOpt) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc, opts...)
+	if err == nil {
+		for _, name := range []string{streams.Positions, streams.DLQ} {
+			if err = js.DeleteStream(ctx, name); errors.Is(err, jetstream.ErrStreamNotFound) {
+				err = nil
+			}
+			if err != nil {
+				break
+			}
 		}
 	}
-	return nil
+	if err == nil && ensure {
+		err = streams.Ensure(ctx, js, streams.Options{})
+	}
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }
 
 // raw publishes every payload asynchronously with its Msg-Id, at most
 // inflight awaiting an ack, into freshly created streams, and returns the
 // rate.
 func raw(ctx context.Context, url string, pl *payloads, inflight int) (float64, error) {
-	nc, err := nats.Connect(url)
-	if err != nil {
-		return 0, err
-	}
-	defer nc.Close()
 	var failed atomic.Int64
-	js, err := jetstream.New(nc,
+	nc, js, err := freshStreams(ctx, url, true,
 		jetstream.WithPublishAsyncMaxPending(inflight),
 		jetstream.WithPublishAsyncTimeout(bridge.DefaultPublishTimeout),
 		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { failed.Add(1) }))
 	if err != nil {
 		return 0, err
 	}
-	if err := resetStreams(ctx, js); err != nil {
-		return 0, err
-	}
-	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
-		return 0, err
-	}
+	defer nc.Close()
 	start := time.Now()
 	for i := range pl.len() {
 		subject, msgID, data := pl.at(i)
@@ -520,21 +515,11 @@ func raw(ctx context.Context, url string, pl *payloads, inflight int) (float64, 
 // each batch committed with its last message) into freshly created
 // streams, and returns the rate.
 func rawFast(ctx context.Context, url string, pl *payloads, perBatch int) (float64, error) {
-	nc, err := nats.Connect(url)
+	nc, js, err := freshStreams(ctx, url, true)
 	if err != nil {
 		return 0, err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return 0, err
-	}
-	if err := resetStreams(ctx, js); err != nil {
-		return 0, err
-	}
-	if err := streams.Ensure(ctx, js, streams.Options{}); err != nil {
-		return 0, err
-	}
 	start := time.Now()
 	for lo := 0; lo < pl.len(); lo += perBatch {
 		hi := min(lo+perBatch, pl.len())
@@ -600,18 +585,11 @@ func (w *world) bridgeConfig(v Variant, group string) (bridge.Config, *ackTap, e
 // runBridge drains the whole stream with a fresh consumer group (created
 // from 0 by the bridge) and returns the rate from start to the last XACK.
 func (w *world) runBridge(ctx context.Context, v Variant, run, entries, valid int, profile string) (float64, time.Duration, error) {
-	nc, err := nats.Connect(w.natsURL)
+	nc, js, err := freshStreams(ctx, w.natsURL, false)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return 0, 0, err
-	}
-	if err := resetStreams(ctx, js); err != nil {
-		return 0, 0, err
-	}
 	group := fmt.Sprintf("bench-%d", run)
 	defer w.rdb.XGroupDestroy(context.WithoutCancel(ctx), w.stream, group)
 	cfg, reg, err := w.bridgeConfig(v, group)

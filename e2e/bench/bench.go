@@ -115,22 +115,15 @@ func Run(ctx context.Context, cfg Config) error {
 	// of its own, as in production (-nats-process=false embeds it here).
 	store := filepath.Join(dataDir, "e2e-nats")
 	_ = os.RemoveAll(store)
-	var natsURL string
-	var natsProc *workerProc
-	if cfg.NATSProcess {
-		p, u, err := startNATSProcess(ctx, store)
-		if err != nil {
-			return err
-		}
-		defer p.stop()
-		natsProc, natsURL = p, u
-	} else {
-		ns, stopNATS, err := benchenv.StartNATS(natsOptions(store))
-		if err != nil {
-			return err
-		}
-		defer stopNATS()
-		natsURL = ns.ClientURL()
+	ns, err := benchenv.StartBenchNATS(ctx, natsOptions(store), cfg.NATSProcess, "-role=nats", store)
+	if err != nil {
+		return err
+	}
+	defer ns.Stop()
+	natsURL := ns.URL
+	var natsProc *workerProc // sampled like a worker when apart
+	if ns.Child != nil {
+		natsProc = &workerProc{name: "nats-server", pid: ns.Child.Pid}
 	}
 
 	db, err := setupDB(ctx, root, dbURL, cfg.Devices, maxViewers)
@@ -339,21 +332,6 @@ func natsMain(store string) error {
 	return benchenv.ServeNATS(natsOptions(store), os.Stdin, os.Stdout)
 }
 
-// startNATSProcess starts the -role=nats child and returns it with its
-// client URL. It stops when stop closes its stdin.
-func startNATSProcess(ctx context.Context, store string) (*workerProc, string, error) {
-	p, out, err := startChild(ctx, "nats-server", "-role=nats", store)
-	if err != nil {
-		return nil, "", err
-	}
-	line, err := out.ReadString('\n')
-	if err != nil {
-		p.stop()
-		return nil, "", fmt.Errorf("nats-server process: %w", err)
-	}
-	return p, strings.TrimSpace(line), nil
-}
-
 // startChild starts this binary in another role, with a pipe to its
 // stdin (kept in the workerProc) and one from its stdout; its stderr is
 // ours.
@@ -385,6 +363,7 @@ func startChild(ctx context.Context, name string, args ...string) (*workerProc, 
 type workerProc struct {
 	name string
 	cmd  *exec.Cmd
+	pid  int // a process the benchmark only samples (the nats-server child): cmd nil
 	done chan struct{}
 
 	mu      sync.Mutex
@@ -452,9 +431,16 @@ func waitReady(ctx context.Context, p *workerProc, addr string, timeout time.Dur
 }
 
 // cpuSeconds is the process's CPU time so far.
-func (p *workerProc) cpuSeconds() float64 { return benchenv.CPUSeconds(p.cmd.Process.Pid) }
+func (p *workerProc) cpuSeconds() float64 { return benchenv.CPUSeconds(p.processID()) }
 
-func (p *workerProc) rss() int64 { return benchenv.RSS(p.cmd.Process.Pid) }
+func (p *workerProc) rss() int64 { return benchenv.RSS(p.processID()) }
+
+func (p *workerProc) processID() int {
+	if p.cmd == nil {
+		return p.pid
+	}
+	return p.cmd.Process.Pid
+}
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 

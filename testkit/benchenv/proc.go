@@ -73,6 +73,44 @@ func StartNATSChild(ctx context.Context, args ...string) (*NATSChild, error) {
 	return c, nil
 }
 
+// BenchNATS is a benchmark's nats-server: a child process (Child set),
+// as in production, or embedded in the benchmark's own process.
+type BenchNATS struct {
+	URL   string
+	Child *NATSChild // nil when embedded
+	stop  func()
+}
+
+// StartBenchNATS starts a benchmark's nats-server: with child set, this
+// binary run with childArgs (a role that calls ServeNATS with the same
+// options); otherwise embedded with opts (StartNATS).
+func StartBenchNATS(ctx context.Context, opts server.Options, child bool, childArgs ...string) (*BenchNATS, error) {
+	if child {
+		c, err := StartNATSChild(ctx, childArgs...)
+		if err != nil {
+			return nil, err
+		}
+		return &BenchNATS{URL: c.URL, Child: c, stop: c.Stop}, nil
+	}
+	ns, stop, err := StartNATS(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &BenchNATS{URL: ns.ClientURL(), stop: stop}, nil
+}
+
+// Stop shuts the server down and waits for it.
+func (n *BenchNATS) Stop() { n.stop() }
+
+// CPU is the child's CPU time so far; 0 when embedded (the server's CPU
+// is then the benchmark process's own).
+func (n *BenchNATS) CPU() time.Duration {
+	if n.Child == nil {
+		return 0
+	}
+	return time.Duration(n.Child.CPUSeconds() * float64(time.Second))
+}
+
 // CPUSeconds is the child's user+system CPU time so far.
 func (c *NATSChild) CPUSeconds() float64 { return CPUSeconds(c.Pid) }
 

@@ -88,3 +88,25 @@ func TestNATSChildRole(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// StartBenchNATS embeds the server (no child, CPU read as 0) or starts
+// it as a child (its pid, its CPU); a client connects to either.
+func TestStartBenchNATS(t *testing.T) {
+	t.Setenv("BENCHENV_TEST_NATS_CHILD", t.TempDir())
+	for _, child := range []bool{false, true} {
+		n, err := StartBenchNATS(t.Context(), server.Options{}, child, "-test.run=^TestNATSChildRole$")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(n.URL)
+		if err != nil {
+			n.Stop()
+			t.Fatalf("child %v: connect %q: %v", child, n.URL, err)
+		}
+		nc.Close()
+		if (n.Child != nil) != child || (!child && n.CPU() != 0) {
+			t.Errorf("child %v: Child %v, CPU %s", child, n.Child, n.CPU())
+		}
+		n.Stop()
+	}
+}
