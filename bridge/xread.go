@@ -135,10 +135,8 @@ func parseXRead(buf []byte) ([]streamRead, error) {
 	reads := make([]streamRead, n)
 	for i := range reads {
 		if !r.mapped {
-			if k, _, err := r.array(false); err != nil {
+			if err := r.pair("stream", i); err != nil {
 				return nil, err
-			} else if k != 2 {
-				return nil, fmt.Errorf("stream %d: %d elements, want 2", i, k)
 			}
 		}
 		if reads[i].stream, err = r.bulk(); err != nil {
@@ -150,10 +148,8 @@ func parseXRead(buf []byte) ([]streamRead, error) {
 		}
 		entries := make([]entry, m)
 		for j := range entries {
-			if k, _, err := r.array(false); err != nil {
+			if err := r.pair("entry", j); err != nil {
 				return nil, err
-			} else if k != 2 {
-				return nil, fmt.Errorf("entry %d: %d elements, want 2", j, k)
 			}
 			if entries[j].id, err = r.bulk(); err != nil {
 				return nil, err
@@ -228,6 +224,15 @@ func (r *respReader) array(top bool) (n int, null bool, err error) {
 		return 0, false, errReplyError
 	}
 	return 0, false, fmt.Errorf("unexpected %q where an array belongs (byte %d)", t, r.pos)
+}
+
+// pair reads the header of an array of two elements, the i-th what.
+func (r *respReader) pair(what string, i int) error {
+	k, _, err := r.array(false)
+	if err == nil && k != 2 {
+		err = fmt.Errorf("%s %d: %d elements, want 2", what, i, k)
+	}
+	return err
 }
 
 // bulk reads a bulk string (or a simple one).
