@@ -33,10 +33,11 @@ import (
 // errCrash is returned by Run when a test's crash hook stopped it.
 var errCrash = errors.New("bridge: simulated crash")
 
-// bridge is one running bridge. The pipeline is three goroutines joined by
-// channels: producers (the reader and the claimer) parse, route and
-// publish; the completer waits for each PubAck in order and re-sends
-// failures; the acker batches XACKs. sem bounds the publishes in flight.
+// bridge is one running bridge. Producers (the reader and the claimer)
+// parse, route and publish; the reply handler (onReply) takes each PubAck
+// and hands its entry to the acker, which batches XACKs; the completer
+// re-sends or dead-letters the publishes that failed or got no reply. sem
+// bounds the entries between publish and the acker.
 type bridge struct {
 	cfg Config
 	log *slog.Logger
@@ -62,11 +63,14 @@ type bridge struct {
 	full     *fullStreams    // streams refusing publishes for a full store
 
 	streamIndex map[string]int
-	sem         chan struct{} // one token per publish awaiting its ack
-	items       chan *item    // published, awaiting ack; closed when producers end
-	acks        chan ackRef   // acked by JetStream (or to skip), awaiting XACK
-	inflight    *inflightSet  // entries between read and XACK, so a claim skips them
-	ackMu       sync.Mutex    // held by an XACK with its in-flight removal, and by a claim with its in-flight check
+	sem         chan struct{} // one token per item between publish and XACK hand-off
+	open        atomic.Int64  // items holding a sem token (sem's length, synchronized)
+	pa          *pubAcks      // publishes awaiting their reply
+	produced    chan struct{} // closed when the producers end
+	pipeCtx     context.Context
+	acks        chan ackRef  // acked by JetStream (or to skip), awaiting XACK
+	inflight    *inflightSet // entries between read and XACK, so a claim skips them
+	ackMu       sync.Mutex   // held by an XACK with its in-flight removal, and by a claim with its in-flight check
 
 	ensured chan struct{} // closed once the streams exist
 	redisOK atomic.Bool
@@ -174,7 +178,8 @@ func Run(ctx context.Context, cfg Config) error {
 		router:      newRouter(pool, log, m, cfg.RoutingRefresh),
 		streamIndex: make(map[string]int, len(cfg.Streams)),
 		sem:         make(chan struct{}, cfg.MaxInFlight),
-		items:       make(chan *item, cfg.MaxInFlight),
+		pa:          newPubAcks(nc.NewInbox(), cfg.MaxInFlight),
+		produced:    make(chan struct{}),
 		acks:        make(chan ackRef, cfg.MaxInFlight),
 		inflight:    newInflightSet(len(cfg.Streams)),
 		ensured:     make(chan struct{}),
@@ -223,12 +228,22 @@ func Run(ctx context.Context, cfg Config) error {
 	bg.Go(func() error { b.lagLoop(bgctx); return nil })
 
 	pg, pctx := errgroup.WithContext(hard)
+	b.pipeCtx = pctx
+	// Every publish's reply comes to one subscription (pubAcks); the
+	// completer hears of a dropped connection, whose pending replies are lost.
+	status := nc.StatusChanged(nats.RECONNECTING, nats.CLOSED)
+	defer nc.RemoveStatusListener(status)
+	replies, err := nc.Subscribe(b.pa.subject(), b.onReply)
+	if err != nil {
+		return fmt.Errorf("nats subscribe %s: %w", b.pa.subject(), err)
+	}
+	defer replies.Unsubscribe()
 	intake, cancelIntake := context.WithCancel(pctx)
 	defer cancelIntake()
 	context.AfterFunc(ctx, cancelIntake)
 	context.AfterFunc(bgctx, cancelIntake) // a failed background service stops the bridge
 	pg.Go(func() error {
-		defer close(b.items)
+		defer close(b.produced)
 		var wg sync.WaitGroup
 		var readErr error
 		wg.Go(func() { readErr = b.readLoop(intake, pctx) })
@@ -238,8 +253,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return readErr
 	})
 	pg.Go(func() error {
-		defer close(b.acks)
-		return b.completeLoop(pctx)
+		err := b.completeLoop(pctx, status)
+		if err == nil {
+			// Every item is done: no reply handler sends on acks again.
+			close(b.acks)
+		}
+		return err
 	})
 	pg.Go(func() error { return b.ackLoop(pctx) })
 	err = pg.Wait()

@@ -26,8 +26,7 @@ type item struct {
 	unassigned bool
 	republish  bool // a lazy-fsync re-publish: never XACKed, not in the in-flight set
 	start      time.Time
-	sent       time.Time // the latest publish of msg
-	fut        jetstream.PubAckFuture
+	sent       time.Time // the latest publish of msg (under pubAcks.mu)
 }
 
 // ackRef names one entry to XACK.
@@ -60,7 +59,7 @@ func (b *bridge) handle(ctx context.Context, si int, e entry, republish bool) er
 		return b.ack(ctx, ackRef{si, e.id})
 	}
 	it := &item{stream: si, id: e.id, fields: e.fields, republish: republish}
-	b.prepare(it, nil)
+	b.prepare(it, nil, b.cfg.Now())
 	return b.submit(ctx, it)
 }
 
@@ -70,8 +69,8 @@ func (b *bridge) handle(ctx context.Context, si int, e entry, republish bool) er
 // a batch are prepared in parallel (see prepareBatch). A position's JSON
 // goes into *arena when given (one allocation for many positions; a
 // message's bytes never change once written), else into its own slice.
-func (b *bridge) prepare(it *item, arena *[]byte) {
-	pos, err := contract.ParseFields(it.fields, b.cfg.Now())
+func (b *bridge) prepare(it *item, arena *[]byte, now time.Time) {
+	pos, err := contract.ParseFields(it.fields, now)
 	if err != nil {
 		reason := contract.ReasonOf(err)
 		if reason == "" {
@@ -105,28 +104,25 @@ func (b *bridge) prepare(it *item, arena *[]byte) {
 // arenaChunk is the size of one block of encoded positions (about 200).
 const arenaChunk = 64 << 10
 
-// submit publishes a prepared item and hands it to the completer. It
-// blocks while MaxInFlight publishes await their ack.
+// submit publishes a prepared item; its reply completes it (onReply).
+// It blocks while MaxInFlight publishes await their ack.
 func (b *bridge) submit(ctx context.Context, it *item) error {
 	select {
 	case b.sem <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	b.open.Add(1)
 	b.m.inFlight.Inc()
 	it.start = time.Now()
-	if err := b.publish(ctx, it); err != nil {
+	sent, err := b.publish(ctx, it)
+	if err != nil {
 		return err
 	}
-	if it.msg == nil {
+	if !sent {
 		return b.drop(ctx, it)
 	}
-	select {
-	case b.items <- it: // never blocks for long: cap(items) == cap(sem)
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return nil
 }
 
 // prepareBatch takes the entries of one read in stream order: those
@@ -159,10 +155,11 @@ func (b *bridge) prepareBatch(ctx context.Context, res []streamRead) ([]*item, e
 	}
 	const minShare = 64 // fewer entries are not worth a goroutine
 	workers := min(b.cfg.ParseWorkers, (len(items)+minShare-1)/minShare)
+	now := b.cfg.Now() // the future-time rule's clock, once per read
 	if workers <= 1 {
 		var arena []byte
 		for _, it := range items {
-			b.prepare(it, &arena)
+			b.prepare(it, &arena, now)
 		}
 		return items, nil
 	}
@@ -173,7 +170,7 @@ func (b *bridge) prepareBatch(ctx context.Context, res []streamRead) ([]*item, e
 		wg.Go(func() {
 			var arena []byte
 			for _, it := range part {
-				b.prepare(it, &arena)
+				b.prepare(it, &arena, now)
 			}
 		})
 	}
@@ -238,42 +235,50 @@ func headerLen(h nats.Header) int {
 }
 
 // publish sends it asynchronously, retrying with backoff while the client
-// refuses at once for a reason that can pass (connection closed or
-// reconnecting, too many stalled). A refusal that cannot pass is handled by
-// send: the entry is dead-lettered, or dropped (it.msg nil).
-func (b *bridge) publish(ctx context.Context, it *item) error {
-	for attempt := 0; ; attempt++ {
-		err := b.send(it)
+// refuses at once for a reason that can pass (connection closed, reconnect
+// buffer full). A refusal that cannot pass is handled by send: the entry
+// is dead-lettered, or dropped (false: it.msg nil).
+func (b *bridge) publish(ctx context.Context, it *item) (bool, error) {
+	for attempt, now := 0, it.start; ; attempt, now = attempt+1, time.Now() {
+		sent, err := b.send(it, now)
 		if err == nil {
-			return nil
+			return sent, nil
 		}
 		b.m.retries.Inc()
 		if attempt == 0 {
 			b.log.Warn("publish refused; retrying with backoff", "err", err)
 		}
 		if err := sleep(ctx, backoff(attempt)); err != nil {
-			return err
+			return false, err
 		}
 	}
 }
 
-// send publishes it once. A refusal that no retry can change (see
+// send publishes it once, with the Msg-Id header set by prepare or
+// toDeadLetter and a reply subject of its own. Sent (true), it belongs to
+// the reply handler, or to the completer should it time out first: the
+// caller must not touch it again. A refusal that no retry can change (see
 // permanent) turns a position into its dead letter, sent at once, and a
-// dead letter into a dropped item (it.msg nil, nil error). The error
-// returned is a refusal worth retrying.
-func (b *bridge) send(it *item) error {
+// dead letter into a dropped item (false, nil error; it.msg nil). The
+// error returned is a refusal worth retrying.
+func (b *bridge) send(it *item, now time.Time) (bool, error) {
 	for it.msg != nil {
-		fut, err := b.js.PublishMsgAsync(it.msg) // Msg-Id header set by prepare or toDeadLetter
+		seq := b.pa.register(it, now)
+		err := b.nc.PublishMsg(it.msg)
 		if err == nil {
-			it.fut, it.sent = fut, time.Now()
-			return nil
+			return true, nil
+		}
+		if b.pa.take(seq) == nil {
+			// The completer took it meanwhile (the connection dropped): it
+			// re-sends it.
+			return true, nil
 		}
 		if !permanent(err) {
-			return err
+			return false, err
 		}
 		b.refused(it, err)
 	}
-	return nil
+	return false, nil
 }
 
 // refused handles a publish of it that can never succeed: a position
@@ -291,15 +296,23 @@ func (b *bridge) refused(it *item, err error) {
 	it.msg = nil
 }
 
-// drop frees the in-flight slot of an item that will not be published and
-// acknowledges its entry.
+// drop acknowledges the entry of an item that will not be published and
+// frees its in-flight slot.
 func (b *bridge) drop(ctx context.Context, it *item) error {
+	var err error
+	if !it.republish {
+		err = b.ack(ctx, ackRef{it.stream, it.id})
+	}
+	b.release()
+	return err
+}
+
+// release frees the in-flight slot of an item whose entry, if any, is
+// with the acker.
+func (b *bridge) release() {
 	<-b.sem
 	b.m.inFlight.Dec()
-	if it.republish {
-		return nil
-	}
-	return b.ack(ctx, ackRef{it.stream, it.id})
+	b.open.Add(-1) // after the ack: the completer's end (open 0) closes acks
 }
 
 // permanent reports whether a publish error is a refusal that a retry of
@@ -315,165 +328,186 @@ func permanent(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
 
-// completeLoop waits for each publish's ack in publishing order (acks come
-// back nearly in order on one connection, so waiting on the oldest costs
-// nothing). An acked entry goes to the acker. A failed or timed-out one
-// (every pending future fails when the connection drops) is re-sent with
-// the same Nats-Msg-Id after a backoff, and its Redis entry is not acked
+// onReply is the handler of the publishes' replies (see pubAcks). A
+// PubAck completes its item here: counted, its entry handed to the acker,
+// its in-flight slot freed. Any other reply goes to the completer.
+func (b *bridge) onReply(m *nats.Msg) {
+	seq, ok := b.pa.seqOf(m.Subject)
+	if !ok {
+		return
+	}
+	it := b.pa.take(seq)
+	if it == nil {
+		return // no longer pending: timed out or cut off, and re-sent
+	}
+	pa, err := parsePubAck(m)
+	if err != nil {
+		b.pa.failures <- pubFailure{it, err} // never blocks: see pubAcks.failures
+		return
+	}
+	if !b.pa.acked.Load() {
+		b.pa.acked.Store(true)
+	}
+	if !pa.duplicate { // a duplicate says nothing about room
+		b.full.clear(it.msg.Subject)
+	}
+	b.done(it, pa)
+}
+
+// completeLoop handles the publishes that did not get a PubAck: an error
+// reply, no reply within PublishTimeout (checked every tick), or pending
+// when the connection dropped (nats-server's reply to them is lost). Each
+// is dead-lettered when the refusal is for good, else re-sent with the
+// same Nats-Msg-Id after a backoff; its Redis entry is not acknowledged
 // meanwhile. It returns when the producers are done and every item is
-// acked, or when ctx ends.
-func (b *bridge) completeLoop(ctx context.Context) error {
+// acknowledged or dropped, or when ctx ends.
+func (b *bridge) completeLoop(ctx context.Context, status <-chan nats.Status) error {
 	var (
-		redo      []*item // re-sent, awaiting their new ack
-		failed    []*item // awaiting re-send
-		round     int     // consecutive failure rounds, for the backoff
-		resendAt  time.Time
-		itemsOpen = true
+		failed   []*item // awaiting re-send, oldest first
+		round    int     // consecutive failure rounds, for the backoff
+		resendAt time.Time
+		produced = b.produced
 	)
-	resend := func() error {
-		if err := sleep(ctx, time.Until(resendAt)); err != nil {
-			return err
+	tick := time.NewTicker(expiryTick(b.cfg.PublishTimeout))
+	defer tick.Stop()
+	resendT := time.NewTimer(time.Hour)
+	defer resendT.Stop()
+
+	fail := func(it *item, err error) error {
+		b.full.check(it.msg.Subject, err)
+		if permanent(err) || b.denied.since(it.msg.Subject, it.sent) {
+			if !permanent(err) {
+				// The server refused it (reported to the error handler);
+				// the publish only timed out.
+				err = fmt.Errorf("%w for publish to %s", nats.ErrPermissionViolation, it.msg.Subject)
+			}
+			b.refused(it, err)
+			sent, serr := b.send(it, time.Now())
+			if serr == nil {
+				if !sent {
+					return b.drop(ctx, it)
+				}
+				return nil
+			}
+			// The dead letter was refused for now: re-sent below.
 		}
+		if len(failed) == 0 {
+			if b.pa.acked.Swap(false) {
+				round = 0 // acks came since the last failure
+			}
+			if round == 0 {
+				b.log.Warn("publish not acknowledged; re-sending with the same Nats-Msg-Id", "err", err)
+			}
+			round++
+			resendAt = time.Now().Add(backoff(round - 1))
+		}
+		failed = append(failed, it)
+		return nil
+	}
+	resend := func() error {
 		for len(failed) > 0 {
 			it := failed[0]
-			if err := b.send(it); err != nil {
+			sent, err := b.send(it, time.Now())
+			if err != nil {
 				round++
 				resendAt = time.Now().Add(backoff(round))
 				return nil // try the rest later
 			}
 			b.m.retries.Inc()
 			failed = failed[1:]
-			if it.msg == nil {
+			if !sent {
 				if err := b.drop(ctx, it); err != nil {
 					return err
 				}
-				continue
 			}
-			redo = append(redo, it)
 		}
 		failed = nil
 		return nil
 	}
-	for {
-		var it *item
-		switch {
-		case len(redo) > 0:
-			it, redo = redo[0], redo[1:]
-		case len(failed) > 0 && (!itemsOpen || len(b.items) == 0 || !time.Now().Before(resendAt)):
-			// Nothing else to wait for, nothing ready, or the re-send is
-			// due: wait for the next item only until the re-send is due.
-			if itemsOpen && time.Now().Before(resendAt) {
-				t := time.NewTimer(time.Until(resendAt))
-				select {
-				case next, ok := <-b.items:
-					t.Stop()
-					if !ok {
-						itemsOpen = false
-						continue
-					}
-					it = next
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-					return ctx.Err()
-				}
-			}
-			if it == nil {
-				if err := resend(); err != nil {
-					return err
-				}
-				continue
-			}
-		case !itemsOpen:
-			return nil
-		default:
-			select {
-			case next, ok := <-b.items:
-				if !ok {
-					itemsOpen = false
-					continue
-				}
-				it = next
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
 
+	for {
+		if produced == nil && b.open.Load() == 0 {
+			return nil
+		}
+		var resendC <-chan time.Time
+		if len(failed) > 0 {
+			resendT.Reset(time.Until(resendAt))
+			resendC = resendT.C
+		}
+		var err error
 		select {
-		case pa := <-it.fut.Ok():
-			round = 0
-			if pa != nil && !pa.Duplicate { // a duplicate says nothing about room
-				b.full.clear(it.msg.Subject)
+		case f := <-b.pa.failures:
+			err = fail(f.it, f.err)
+		case now := <-tick.C:
+			for _, it := range b.pa.expired(now.Add(-b.cfg.PublishTimeout)) {
+				if err = fail(it, jetstream.ErrAsyncPublishTimeout); err != nil {
+					break
+				}
 			}
-			b.done(it, pa)
-			if it.republish {
+		case st, ok := <-status:
+			if !ok {
+				status = nil
 				continue
 			}
-			if err := b.ack(ctx, ackRef{it.stream, it.id}); err != nil {
-				return err
+			if st != nats.RECONNECTING {
+				continue
 			}
-		case err := <-it.fut.Err():
-			b.full.check(it.msg.Subject, err)
-			if permanent(err) || b.denied.since(it.msg.Subject, it.sent) {
-				if !permanent(err) {
-					// The server refused it (reported to the error handler);
-					// the future only timed out.
-					err = fmt.Errorf("%w for publish to %s", nats.ErrPermissionViolation, it.msg.Subject)
+			for _, it := range b.pa.all() {
+				if err = fail(it, nats.ErrDisconnected); err != nil {
+					break
 				}
-				b.refused(it, err)
-				if b.send(it) == nil {
-					if it.msg == nil {
-						if err := b.drop(ctx, it); err != nil {
-							return err
-						}
-					} else {
-						redo = append(redo, it)
-					}
-					continue
-				}
-				// The dead letter was refused for now: re-sent below.
 			}
-			if len(failed) == 0 {
-				if round == 0 {
-					b.log.Warn("publish not acknowledged; re-sending with the same Nats-Msg-Id", "err", err)
-				}
-				round++
-				resendAt = time.Now().Add(backoff(round - 1))
-			}
-			failed = append(failed, it)
+		case <-resendC:
+			err = resend()
+		case <-produced:
+			produced = nil
+			tick.Reset(5 * time.Millisecond) // draining: look for the end often
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
 
-// done accounts for one acked publish and frees its in-flight slot.
-func (b *bridge) done(it *item, pa *jetstream.PubAck) {
-	<-b.sem
-	b.m.inFlight.Dec()
-	b.m.latency.Observe(time.Since(it.start).Seconds())
-	if pa != nil && !pa.Duplicate {
-		b.watch.record(pa.Stream, pa.Sequence, it.msgID, time.Now())
+// expiryTick is how often the completer looks for publishes without a
+// reply: a quarter of PublishTimeout, within 5 to 250 ms. A publish times
+// out at most one tick after PublishTimeout.
+func expiryTick(timeout time.Duration) time.Duration {
+	return min(max(timeout/4, 5*time.Millisecond), 250*time.Millisecond)
+}
+
+// done accounts for one acked publish, hands its entry to the acker and
+// frees its in-flight slot.
+func (b *bridge) done(it *item, pa pubAck) {
+	now := time.Now()
+	b.m.latency.Observe(now.Sub(it.start).Seconds())
+	if !pa.duplicate {
+		b.watch.record(pa.stream, pa.seq, it.msgID, now)
 	}
 	if it.republish {
 		b.m.republished.Inc()
-		if pa != nil && !pa.Duplicate {
+		if !pa.duplicate {
 			b.m.republishStored.Inc()
 		}
-		return
-	}
-	switch {
-	case it.reason != "":
-		b.m.deadLettered.WithLabelValues(string(it.reason)).Inc()
-	default:
-		b.m.published.Inc()
-		if it.unassigned {
-			b.m.unassigned.Inc()
+	} else {
+		switch {
+		case it.reason != "":
+			b.m.deadLettered.WithLabelValues(string(it.reason)).Inc()
+		default:
+			b.m.published.Inc()
+			if it.unassigned {
+				b.m.unassigned.Inc()
+			}
 		}
+		if pa.duplicate {
+			b.m.duplicates.Inc()
+		}
+		// An error here is the pipeline's end: the entry stays pending.
+		_ = b.ack(b.pipeCtx, ackRef{it.stream, it.id})
 	}
-	if pa != nil && pa.Duplicate {
-		b.m.duplicates.Inc()
-	}
+	b.release()
 }
 
 func (b *bridge) ack(ctx context.Context, r ackRef) error {

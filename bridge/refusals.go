@@ -3,10 +3,13 @@ package bridge
 import (
 	"errors"
 	"log/slog"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -75,6 +78,7 @@ type fullStreams struct {
 	gauge *prometheus.GaugeVec
 	mu    sync.Mutex
 	full  map[string]bool
+	any   atomic.Bool // some stream is full: clear, on every PubAck, looks no further without it
 }
 
 func newFullStreams(log *slog.Logger, gauge *prometheus.GaugeVec) *fullStreams {
@@ -102,6 +106,7 @@ func (f *fullStreams) check(subject string, err error) {
 	defer f.mu.Unlock()
 	if !f.full[s] {
 		f.full[s] = true
+		f.any.Store(true)
 		f.gauge.WithLabelValues(s).Set(1)
 		f.log.Warn("jetstream stream full: publishes refused; entries stay pending in redis and are re-sent with backoff",
 			"stream", s, "err", err)
@@ -110,11 +115,15 @@ func (f *fullStreams) check(subject string, err error) {
 
 // clear marks the stream of subject as taking publishes again.
 func (f *fullStreams) clear(subject string) {
+	if !f.any.Load() {
+		return
+	}
 	s := streamOf(subject)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.full[s] {
 		f.full[s] = false
+		f.any.Store(slices.Contains(slices.Collect(maps.Values(f.full)), true))
 		f.gauge.WithLabelValues(s).Set(0)
 		f.log.Info("jetstream stream takes publishes again", "stream", s)
 	}
