@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"cmp"
 	"encoding/json"
 	"slices"
 	"strconv"
@@ -32,8 +33,13 @@ type pubAcks struct {
 	prefix string // the reply subject of publish seq is prefix + base-36 seq
 	next   atomic.Uint64
 
-	mu      sync.Mutex
-	pending map[uint64]*item // published, awaiting its reply
+	// The publishes awaiting their reply, under mu: publish seq in
+	// ring[seq&mask] (item.seq says which publish holds a slot), or in
+	// over when an older publish still holds that slot.
+	mu   sync.Mutex
+	ring []*item
+	mask uint64
+	over map[uint64]*item
 
 	// failures are the items whose reply was an error. It never fills: an
 	// item is in it at most once, and only while it holds an in-flight
@@ -49,9 +55,15 @@ type pubFailure struct {
 }
 
 func newPubAcks(inbox string, maxInFlight int) *pubAcks {
+	size := 64
+	for size < 2*maxInFlight {
+		size *= 2
+	}
 	return &pubAcks{
 		prefix:   inbox + ".",
-		pending:  make(map[uint64]*item, maxInFlight),
+		ring:     make([]*item, size),
+		mask:     uint64(size - 1),
+		over:     make(map[uint64]*item),
 		failures: make(chan pubFailure, maxInFlight),
 	}
 }
@@ -65,8 +77,12 @@ func (p *pubAcks) register(it *item, now time.Time) uint64 {
 	seq := p.next.Add(1)
 	it.msg.Reply = p.prefix + strconv.FormatUint(seq, 36)
 	p.mu.Lock()
-	it.sent = now
-	p.pending[seq] = it
+	it.seq, it.sent = seq, now
+	if slot := &p.ring[seq&p.mask]; *slot == nil {
+		*slot = it
+	} else {
+		p.over[seq] = it
+	}
 	p.mu.Unlock()
 	return seq
 }
@@ -76,41 +92,62 @@ func (p *pubAcks) register(it *item, now time.Time) uint64 {
 // connection and was taken by the completer).
 func (p *pubAcks) take(seq uint64) *item {
 	p.mu.Lock()
-	it := p.pending[seq]
-	delete(p.pending, seq)
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	if slot := &p.ring[seq&p.mask]; *slot != nil && (*slot).seq == seq {
+		it := *slot
+		*slot = nil
+		return it
+	}
+	it := p.over[seq]
+	if it != nil {
+		delete(p.over, seq)
+	}
 	return it
 }
 
 // expired removes and returns the publishes sent before deadline.
 func (p *pubAcks) expired(deadline time.Time) []*item {
+	return p.remove(func(it *item) bool { return it.sent.Before(deadline) })
+}
+
+// all removes and returns every pending publish.
+func (p *pubAcks) all() []*item {
+	return p.remove(func(*item) bool { return true })
+}
+
+// remove removes and returns the pending publishes that match, oldest
+// first.
+func (p *pubAcks) remove(match func(*item) bool) []*item {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	var out []*item
-	for seq, it := range p.pending {
-		if it.sent.Before(deadline) {
-			delete(p.pending, seq)
+	for i, it := range p.ring {
+		if it != nil && match(it) {
+			p.ring[i] = nil
 			out = append(out, it)
 		}
 	}
+	for seq, it := range p.over {
+		if match(it) {
+			delete(p.over, seq)
+			out = append(out, it)
+		}
+	}
+	p.mu.Unlock()
+	slices.SortFunc(out, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
 	return out
 }
 
-// all removes and returns every pending publish, oldest first.
-func (p *pubAcks) all() []*item {
+// pending counts the publishes awaiting their reply.
+func (p *pubAcks) pending() int {
 	p.mu.Lock()
-	seqs := make([]uint64, 0, len(p.pending))
-	for seq := range p.pending {
-		seqs = append(seqs, seq)
+	defer p.mu.Unlock()
+	n := len(p.over)
+	for _, it := range p.ring {
+		if it != nil {
+			n++
+		}
 	}
-	out := make([]*item, 0, len(seqs))
-	slices.Sort(seqs)
-	for _, seq := range seqs {
-		out = append(out, p.pending[seq])
-		delete(p.pending, seq)
-	}
-	p.mu.Unlock()
-	return out
+	return n
 }
 
 // seqOf is the sequence named by a reply subject, false when the subject is

@@ -188,7 +188,40 @@ func TestPubAcksReplySubjects(t *testing.T) {
 	if got := p.all(); len(got) != 2 || got[0] != young || got[1] != third {
 		t.Fatalf("all = %v, want the two pending, oldest first", got)
 	}
-	if len(p.pending) != 0 {
-		t.Fatalf("%d left pending", len(p.pending))
+	if n := p.pending(); n != 0 {
+		t.Fatalf("%d left pending", n)
+	}
+}
+
+// A publish whose ring slot is still held by an older one waits in the
+// overflow map, and each is found by its own sequence.
+func TestPubAcksRingOverflow(t *testing.T) {
+	p := newPubAcks("_INBOX_bridge.abc", 4) // a ring of 64
+	size := uint64(len(p.ring))
+	stuck := &item{msg: &nats.Msg{}}
+	first := p.register(stuck, time.Now().Add(-time.Minute))
+	var seqs []uint64
+	var items []*item
+	for range 3 * size {
+		it := &item{msg: &nats.Msg{}}
+		seqs = append(seqs, p.register(it, time.Now()))
+		items = append(items, it)
+	}
+	if len(p.over) < 3 {
+		t.Fatalf("%d in the overflow map, want the publishes on the stuck slot", len(p.over))
+	}
+	for i := len(seqs) - 1; i >= 0; i-- { // newest first: the ring's older slots stay held
+		if got := p.take(seqs[i]); got != items[i] {
+			t.Fatalf("take(%d) = %p, want %p", seqs[i], got, items[i])
+		}
+	}
+	if got := p.take(first + size); got != nil {
+		t.Fatal("a taken publish was found again")
+	}
+	if got := p.expired(time.Now().Add(-time.Second)); len(got) != 1 || got[0] != stuck {
+		t.Fatalf("expired = %v, want the stuck publish", got)
+	}
+	if n := p.pending(); n != 0 {
+		t.Fatalf("%d left pending", n)
 	}
 }

@@ -27,6 +27,7 @@ type item struct {
 	republish  bool // a lazy-fsync re-publish: never XACKed, not in the in-flight set
 	start      time.Time
 	sent       time.Time // the latest publish of msg (under pubAcks.mu)
+	seq        uint64    // the latest publish's sequence (under pubAcks.mu)
 }
 
 // ackRef names one entry to XACK.

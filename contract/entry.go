@@ -98,29 +98,50 @@ func ParseEntry(fields map[string]any, now time.Time) (Position, error) {
 }
 
 // positionFields are the entry fields ParseFields reads.
-var positionFields = []string{"device_id", "ts", "lat", "lon", "alt", "speed", "heading", "sats", "attrs"}
+var positionFields = [...]string{"device_id", "ts", "lat", "lon", "alt", "speed", "heading", "sats", "attrs"}
 
-func isPositionField(name string) bool {
-	for _, f := range positionFields {
-		if f == name {
-			return true
-		}
+// fieldIndex is the index of name in positionFields, -1 when it is not
+// one of them.
+func fieldIndex(name string) int {
+	switch name {
+	case "device_id":
+		return 0
+	case "ts":
+		return 1
+	case "lat":
+		return 2
+	case "lon":
+		return 3
+	case "alt":
+		return 4
+	case "speed":
+		return 5
+	case "heading":
+		return 6
+	case "sats":
+		return 7
+	case "attrs":
+		return 8
 	}
-	return false
+	return -1
 }
+
+func isPositionField(name string) bool { return fieldIndex(name) >= 0 }
 
 // ParseFields is ParseEntry of an entry's fields as Redis sends them:
 // name, value, name, value... (an odd last name is ignored). When a name
 // repeats, its last value counts, as in a map built from the reply.
 func ParseFields(pairs []string, now time.Time) (Position, error) {
-	get := func(name string) (string, bool) {
-		v, found := "", false
-		for i := 0; i+1 < len(pairs); i += 2 {
-			if pairs[i] == name {
-				v, found = pairs[i+1], true
-			}
+	// One pass over the pairs: the last value of each field read.
+	var vals [len(positionFields)]string
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if f := fieldIndex(pairs[i]); f >= 0 {
+			vals[f] = pairs[i+1]
 		}
-		return v, found && v != ""
+	}
+	get := func(name string) (string, bool) {
+		v := vals[fieldIndex(name)]
+		return v, v != ""
 	}
 	required := func(name string) (string, *Rejection) {
 		s, ok := get(name)

@@ -205,3 +205,17 @@ func TestParseFields(t *testing.T) {
 		t.Fatalf("empty ts: %v", err)
 	}
 }
+
+// fieldIndex and positionFields name the same fields in the same order.
+func TestFieldIndex(t *testing.T) {
+	for i, f := range positionFields {
+		if got := fieldIndex(f); got != i {
+			t.Errorf("fieldIndex(%q) = %d, want %d", f, got, i)
+		}
+	}
+	for _, f := range []string{"", "Device_id", "event_id", "ts ", "attr"} {
+		if fieldIndex(f) != -1 || isPositionField(f) {
+			t.Errorf("%q taken for a position field", f)
+		}
+	}
+}
