@@ -71,7 +71,8 @@ func (b *bridge) handle(ctx context.Context, si int, e entry, republish bool) er
 // goes into *arena when given (one allocation for many positions; a
 // message's bytes never change once written), else into its own slice.
 func (b *bridge) prepare(it *item, arena *[]byte, now time.Time) {
-	pos, err := contract.ParseFields(it.fields, now)
+	var dec contract.Decimals // the entry's own number text, copied into the JSON
+	pos, err := contract.ParseFieldsDecimals(it.fields, now, &dec)
 	if err != nil {
 		reason := contract.ReasonOf(err)
 		if reason == "" {
@@ -90,10 +91,10 @@ func (b *bridge) prepare(it *item, arena *[]byte, now time.Time) {
 			a = make([]byte, 0, max(arenaChunk, room))
 		}
 		start := len(a)
-		a = pos.AppendJSON(a)
+		a = pos.AppendJSONDecimals(a, &dec)
 		data, *arena = a[start:len(a):len(a)], a
 	} else {
-		data = pos.Encode()
+		data = pos.AppendJSONDecimals(make([]byte, 0, 320+len(pos.Attrs)), &dec)
 	}
 	// The Msg-Id header is built here rather than by WithMsgID on the
 	// publishing goroutine, which has the least time to spare.

@@ -132,6 +132,18 @@ func isPositionField(name string) bool { return fieldIndex(name) >= 0 }
 // name, value, name, value... (an odd last name is ignored). When a name
 // repeats, its last value counts, as in a map built from the reply.
 func ParseFields(pairs []string, now time.Time) (Position, error) {
+	return ParseFieldsDecimals(pairs, now, nil)
+}
+
+// Decimals is the text of a position's numbers as its entry gave them,
+// kept where that text is already what AppendJSON writes for the number
+// (canonicalDecimal), so that AppendJSONDecimals copies it instead of
+// formatting the float again. "" means format the float.
+type Decimals struct{ Lat, Lon, Alt, Speed, Heading string }
+
+// ParseFieldsDecimals is ParseFields that also fills d (when not nil)
+// for AppendJSONDecimals.
+func ParseFieldsDecimals(pairs []string, now time.Time, d *Decimals) (Position, error) {
 	// One pass over the pairs: the last value of each field read.
 	var vals [len(positionFields)]string
 	for i := 0; i+1 < len(pairs); i += 2 {
@@ -175,13 +187,15 @@ func ParseFields(pairs []string, now time.Time) (Position, error) {
 	}
 	p.TS = ts
 
+	var text Decimals // written to d at the end: d is left alone on a rejection
 	for _, f := range []struct {
 		name     string
 		dst      *float64
+		text     *string
 		min, max float64
 	}{
-		{"lat", &p.Lat, -90, 90},
-		{"lon", &p.Lon, -180, 180},
+		{"lat", &p.Lat, &text.Lat, -90, 90},
+		{"lon", &p.Lon, &text.Lon, -180, 180},
 	} {
 		s, rej := required(f.name)
 		if rej != nil {
@@ -192,16 +206,20 @@ func ParseFields(pairs []string, now time.Time) (Position, error) {
 			return Position{}, rej
 		}
 		*f.dst = v
+		if d != nil && canonicalDecimal(s) {
+			*f.text = s
+		}
 	}
 
 	for _, f := range []struct {
 		name     string
 		dst      **float64
+		text     *string
 		min, max float64
 	}{
-		{"alt", &p.Alt, -MaxAbsAlt, MaxAbsAlt},
-		{"speed", &p.Speed, 0, MaxSpeed},
-		{"heading", &p.Heading, 0, 360},
+		{"alt", &p.Alt, &text.Alt, -MaxAbsAlt, MaxAbsAlt},
+		{"speed", &p.Speed, &text.Speed, 0, MaxSpeed},
+		{"heading", &p.Heading, &text.Heading, 0, 360},
 	} {
 		s, ok := get(f.name)
 		if !ok {
@@ -212,6 +230,9 @@ func ParseFields(pairs []string, now time.Time) (Position, error) {
 			return Position{}, rej
 		}
 		*f.dst = &v
+		if d != nil && canonicalDecimal(s) {
+			*f.text = s
+		}
 	}
 
 	if s, ok := get("sats"); ok {
@@ -226,19 +247,71 @@ func ParseFields(pairs []string, now time.Time) (Position, error) {
 	}
 
 	if s, ok := get("attrs"); ok {
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, []byte(s)); err != nil {
-			return Position{}, reject(ReasonBadAttrs, "attrs", "not valid JSON: %v", err)
+		attrs := []byte(s)
+		// Compact JSON without a space anywhere is its own compact form:
+		// checking it is enough. Anything else is compacted.
+		if strings.ContainsAny(s, " \t\r\n") || !json.Valid(attrs) {
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, attrs); err != nil {
+				return Position{}, reject(ReasonBadAttrs, "attrs", "not valid JSON: %v", err)
+			}
+			attrs = buf.Bytes()
 		}
-		if buf.Len() == 0 || buf.Bytes()[0] != '{' {
+		if len(attrs) == 0 || attrs[0] != '{' {
 			return Position{}, reject(ReasonBadAttrs, "attrs", "not a JSON object")
 		}
-		if buf.Len() > MaxAttrsBytes {
-			return Position{}, reject(ReasonBadAttrs, "attrs", "%d bytes, more than %d", buf.Len(), MaxAttrsBytes)
+		if len(attrs) > MaxAttrsBytes {
+			return Position{}, reject(ReasonBadAttrs, "attrs", "%d bytes, more than %d", len(attrs), MaxAttrsBytes)
 		}
-		p.Attrs = buf.Bytes()
+		p.Attrs = attrs
+	}
+	if d != nil {
+		*d = text
 	}
 	return p, nil
+}
+
+// canonicalDecimal reports whether s is exactly what AppendJSON writes for
+// the number it denotes: an optional minus, an integer part without
+// leading zeros, an optional fraction without trailing zeros, no exponent,
+// at most 15 significant digits (so the float64 nearest s formats back to
+// s, strconv's shortest form) and short enough to stay far from the
+// subnormals. TestCanonicalDecimal checks it against strconv.
+func canonicalDecimal(s string) bool {
+	if len(s) == 0 || len(s) > 24 {
+		return false
+	}
+	i := 0
+	if s[0] == '-' {
+		i++
+	}
+	intStart := i
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	intLen := i - intStart
+	if intLen == 0 || intLen > 1 && s[intStart] == '0' {
+		return false
+	}
+	sig := intLen
+	if s[intStart] == '0' {
+		sig = 0
+	}
+	if i == len(s) {
+		return sig <= 15
+	}
+	if s[i] != '.' {
+		return false
+	}
+	i++
+	fracStart := i
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		if sig > 0 || s[i] != '0' {
+			sig++
+		}
+		i++
+	}
+	return i == len(s) && i > fracStart && s[i-1] != '0' && sig <= 15
 }
 
 // parseTS accepts RFC 3339 with an offset (Z or ±hh:mm, any fraction) or

@@ -1,6 +1,8 @@
 package contract
 
 import (
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -218,4 +220,65 @@ func TestFieldIndex(t *testing.T) {
 			t.Errorf("%q taken for a position field", f)
 		}
 	}
+}
+
+// canonicalDecimal takes only what strconv writes back unchanged: the text
+// AppendJSONDecimals copies is the text AppendJSON would format.
+func TestCanonicalDecimal(t *testing.T) {
+	roundTrips := func(s string) bool {
+		v, err := strconv.ParseFloat(s, 64)
+		return err == nil && string(appendFloat(nil, v)) == s
+	}
+	for _, s := range []string{"0", "-0", "1", "12", "-7", "0.5", "-0.5", "45.07312", "7.68612",
+		"359.9", "0.000001", "123456789012345", "12345678.9012345", "0.1", "0.123456789012345",
+		"0.0000000000000000000001"} {
+		if !canonicalDecimal(s) {
+			t.Errorf("canonicalDecimal(%q) = false, want true", s)
+		}
+		if !roundTrips(s) {
+			t.Errorf("%q does not round-trip: the test's premise is wrong", s)
+		}
+	}
+	for _, s := range []string{"", "-", "+1", "01", "00", "-01", "1.", ".5", "1.0", "1.50", "-0.0", "1e5",
+		"1E5", " 1", "1 ", "0x10", "1_0", "NaN", "Inf", "1234567890123456", "0.1234567890123456",
+		"1.2.3", "--1", "0.00000000000000000000001", "9007199254740993"} {
+		if canonicalDecimal(s) {
+			t.Errorf("canonicalDecimal(%q) = true, want false", s)
+		}
+	}
+	// Random decimals of every shape: whatever is taken round-trips.
+	rnd := rand.New(rand.NewPCG(1, 2))
+	taken := 0
+	for range 200000 {
+		var b []byte
+		if rnd.IntN(2) == 0 {
+			b = append(b, '-')
+		}
+		for range 1 + rnd.IntN(10) {
+			b = append(b, byte('0'+rnd.IntN(10)))
+		}
+		if rnd.IntN(4) != 0 {
+			b = append(b, '.')
+			for range rnd.IntN(14) {
+				b = append(b, byte('0'+rnd.IntN(10)))
+			}
+		}
+		s := string(b)
+		if canonicalDecimal(s) {
+			taken++
+			if !roundTrips(s) {
+				t.Fatalf("canonicalDecimal(%q) = true, but strconv writes %s", s, appendFloat(nil, must(strconv.ParseFloat(s, 64))))
+			}
+		}
+	}
+	if taken < 50000 {
+		t.Fatalf("only %d of 200000 random decimals taken: the check is too strict to be worth it", taken)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -2,6 +2,7 @@ package contract
 
 import (
 	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ func FuzzParseEntry(f *testing.F) {
 	f.Add("a.b", "x", "NaN", "Inf", "-", "1e309", "361", "-1", "[]")
 	f.Add("d", "2026-05-03T10:04:59.999+00:00", "-90", "180", "-1e5", "2000", "360", "255", `{}`)
 	f.Add("d", "0x10", "1_0", "0x1p-2", " 1", "1 ", "+5", "007", `{"a":"\u0000"}`)
+	f.Add("d", "1777802400000", "-0", "-0.0", "0.000001", "123456789012345", "1.50", "359.99999999999999", "")
+	f.Add("d", "1777802400000", "89.99999999999999", "-179.1234567890123", "8848.86", "0.1", "0", "3", "")
 	f.Fuzz(func(t *testing.T, dev, ts, lat, lon, alt, speed, heading, sats, attrs string) {
 		fields := map[string]any{"device_id": dev, "ts": ts, "lat": lat, "lon": lon,
 			"alt": alt, "speed": speed, "heading": heading, "sats": sats, "attrs": attrs}
@@ -35,7 +38,23 @@ func FuzzParseEntry(f *testing.F) {
 		if strings.ContainsAny(p.DeviceID, ".*> \t\r\n") {
 			t.Fatalf("device id unsafe as a subject token: %q", p.DeviceID)
 		}
+		if attrs != "" {
+			var buf bytes.Buffer
+			if json.Compact(&buf, []byte(attrs)) != nil || !bytes.Equal(buf.Bytes(), p.Attrs) {
+				t.Fatalf("attrs %q kept as %q, json.Compact gives %q", attrs, p.Attrs, buf.Bytes())
+			}
+		}
 		enc := p.Encode()
+		pairs := []string{"device_id", dev, "ts", ts, "lat", lat, "lon", lon, "alt", alt,
+			"speed", speed, "heading", heading, "sats", sats, "attrs", attrs}
+		var d Decimals
+		pd, err := ParseFieldsDecimals(pairs, now, &d)
+		if err != nil {
+			t.Fatalf("ParseFieldsDecimals refused what ParseEntry took: %v", err)
+		}
+		if fast := pd.AppendJSONDecimals(nil, &d); !bytes.Equal(fast, enc) {
+			t.Fatalf("the entry's own decimals changed the bytes:\n%s\n%s", fast, enc)
+		}
 		back, err := DecodePosition(enc)
 		if err != nil {
 			t.Fatalf("encoded position does not decode: %v: %s", err, enc)

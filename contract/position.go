@@ -49,7 +49,16 @@ func (p *Position) Encode() []byte { return p.AppendJSON(make([]byte, 0, 192+len
 // AppendJSON appends the compact JSON of the position to b. Field order is
 // fixed (device_id, event_id, ts, lat, lon, alt, speed, heading, sats,
 // attrs) so that equal positions give equal bytes.
-func (p *Position) AppendJSON(b []byte) []byte {
+func (p *Position) AppendJSON(b []byte) []byte { return p.AppendJSONDecimals(b, nil) }
+
+// AppendJSONDecimals is AppendJSON with the numbers' text from d where d
+// has it (see ParseFieldsDecimals): the same bytes, without formatting
+// those floats again. d nil formats every number.
+func (p *Position) AppendJSONDecimals(b []byte, d *Decimals) []byte {
+	var text Decimals
+	if d != nil {
+		text = *d
+	}
 	b = append(b, `{"device_id":`...)
 	b = appendString(b, p.DeviceID)
 	if p.EventID != "" {
@@ -59,20 +68,20 @@ func (p *Position) AppendJSON(b []byte) []byte {
 	b = append(b, `,"ts":"`...)
 	b = p.TS.UTC().AppendFormat(b, TimeLayout)
 	b = append(b, `","lat":`...)
-	b = appendFloat(b, p.Lat)
+	b = appendNumber(b, p.Lat, text.Lat)
 	b = append(b, `,"lon":`...)
-	b = appendFloat(b, p.Lon)
+	b = appendNumber(b, p.Lon, text.Lon)
 	if p.Alt != nil {
 		b = append(b, `,"alt":`...)
-		b = appendFloat(b, *p.Alt)
+		b = appendNumber(b, *p.Alt, text.Alt)
 	}
 	if p.Speed != nil {
 		b = append(b, `,"speed":`...)
-		b = appendFloat(b, *p.Speed)
+		b = appendNumber(b, *p.Speed, text.Speed)
 	}
 	if p.Heading != nil {
 		b = append(b, `,"heading":`...)
-		b = appendFloat(b, *p.Heading)
+		b = appendNumber(b, *p.Heading, text.Heading)
 	}
 	if p.Sats != nil {
 		b = append(b, `,"sats":`...)
@@ -206,6 +215,15 @@ func isJSONObject(raw []byte) bool {
 
 func appendFloat(b []byte, f float64) []byte {
 	return strconv.AppendFloat(b, f, 'f', -1, 64)
+}
+
+// appendNumber appends text, appendFloat's form of f, when given, else
+// formats f.
+func appendNumber(b []byte, f float64, text string) []byte {
+	if text != "" {
+		return append(b, text...)
+	}
+	return appendFloat(b, f)
 }
 
 // appendString appends a JSON string. Device and event ids are validated to
