@@ -187,52 +187,59 @@ func ParseFieldsDecimals(pairs []string, now time.Time, d *Decimals) (Position, 
 	}
 	p.TS = ts
 
-	var text Decimals // written to d at the end: d is left alone on a rejection
-	for _, f := range []struct {
-		name     string
-		dst      *float64
-		text     *string
-		min, max float64
-	}{
-		{"lat", &p.Lat, &text.Lat, -90, 90},
-		{"lon", &p.Lon, &text.Lon, -180, 180},
-	} {
-		s, rej := required(f.name)
-		if rej != nil {
-			return Position{}, rej
-		}
-		v, rej := parseFloat(f.name, s, f.min, f.max)
-		if rej != nil {
-			return Position{}, rej
-		}
-		*f.dst = v
-		if d != nil && canonicalDecimal(s) {
-			*f.text = s
-		}
+	// Written to d at the end: d is left alone on a rejection.
+	var text Decimals
+	keep := d != nil
+	s, rej := required("lat")
+	if rej != nil {
+		return Position{}, rej
+	}
+	if p.Lat, text.Lat, rej = parseNumber("lat", s, -90, 90, keep); rej != nil {
+		return Position{}, rej
+	}
+	if s, rej = required("lon"); rej != nil {
+		return Position{}, rej
+	}
+	if p.Lon, text.Lon, rej = parseNumber("lon", s, -180, 180, keep); rej != nil {
+		return Position{}, rej
 	}
 
-	for _, f := range []struct {
-		name     string
-		dst      **float64
-		text     *string
-		min, max float64
-	}{
-		{"alt", &p.Alt, &text.Alt, -MaxAbsAlt, MaxAbsAlt},
-		{"speed", &p.Speed, &text.Speed, 0, MaxSpeed},
-		{"heading", &p.Heading, &text.Heading, 0, 360},
-	} {
-		s, ok := get(f.name)
-		if !ok {
-			continue
+	// The optional numbers share one allocation.
+	var opt *struct {
+		alt, speed, heading float64
+		sats                int
+	}
+	optional := func() {
+		if opt == nil {
+			opt = new(struct {
+				alt, speed, heading float64
+				sats                int
+			})
 		}
-		v, rej := parseFloat(f.name, s, f.min, f.max)
+	}
+	if s, ok := get("alt"); ok {
+		v, t, rej := parseNumber("alt", s, -MaxAbsAlt, MaxAbsAlt, keep)
 		if rej != nil {
 			return Position{}, rej
 		}
-		*f.dst = &v
-		if d != nil && canonicalDecimal(s) {
-			*f.text = s
+		optional()
+		opt.alt, p.Alt, text.Alt = v, &opt.alt, t
+	}
+	if s, ok := get("speed"); ok {
+		v, t, rej := parseNumber("speed", s, 0, MaxSpeed, keep)
+		if rej != nil {
+			return Position{}, rej
 		}
+		optional()
+		opt.speed, p.Speed, text.Speed = v, &opt.speed, t
+	}
+	if s, ok := get("heading"); ok {
+		v, t, rej := parseNumber("heading", s, 0, 360, keep)
+		if rej != nil {
+			return Position{}, rej
+		}
+		optional()
+		opt.heading, p.Heading, text.Heading = v, &opt.heading, t
 	}
 
 	if s, ok := get("sats"); ok {
@@ -243,7 +250,8 @@ func ParseFieldsDecimals(pairs []string, now time.Time, d *Decimals) (Position, 
 		if n < 0 || n > MaxSats {
 			return Position{}, reject(ReasonOutOfRange, "sats", "%d outside 0..%d", n, MaxSats)
 		}
-		p.Sats = &n
+		optional()
+		opt.sats, p.Sats = n, &opt.sats
 	}
 
 	if s, ok := get("attrs"); ok {
@@ -269,6 +277,19 @@ func ParseFieldsDecimals(pairs []string, now time.Time, d *Decimals) (Position, 
 		*d = text
 	}
 	return p, nil
+}
+
+// parseNumber is parseFloat, and, with keep, s itself when it is
+// canonicalDecimal ("" otherwise).
+func parseNumber(name, s string, min, max float64, keep bool) (float64, string, *Rejection) {
+	v, rej := parseFloat(name, s, min, max)
+	if rej != nil {
+		return 0, "", rej
+	}
+	if keep && canonicalDecimal(s) {
+		return v, s, nil
+	}
+	return v, "", nil
 }
 
 // canonicalDecimal reports whether s is exactly what AppendJSON writes for
