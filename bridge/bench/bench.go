@@ -352,6 +352,7 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 			run++
 			settle()
 			cpu0, ncpu0, rcpu0 := cpuTime(), w.natsCPU(), redisCPU(ctx, w.rdb)
+			reads0, acks0 := redisCalls(ctx, w.rdb)
 			rate, elapsed, err := w.runBridge(ctx, v, run, written, pl.len(), profile)
 			if err != nil {
 				return fmt.Errorf("bridge %s: %w", v.Name, err)
@@ -359,8 +360,9 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 			c := w.cpuSince(cpu0, ncpu0, written)
 			r := result{rate, c.total(), usPer(redisCPU(ctx, w.rdb)-rcpu0, written)}
 			results[i] = append(results[i], r)
-			fmt.Fprintf(out, "bridge: %-28s %d entries read, published and acked in %s: %.0f positions/s (CPU %s µs/entry; redis-server %.1f)\n",
-				v.Name, written, elapsed.Round(time.Millisecond), r.rate, c, r.redisCPU)
+			reads, acks := redisCalls(ctx, w.rdb)
+			fmt.Fprintf(out, "bridge: %-28s %d entries read, published and acked in %s: %.0f positions/s (CPU %s µs/entry; redis-server %.1f; %d XREADGROUP, %d XACK)\n",
+				v.Name, written, elapsed.Round(time.Millisecond), r.rate, c, r.redisCPU, reads-reads0, acks-acks0)
 		}
 	}
 	if err := runRaw("again: "); err != nil {
@@ -711,6 +713,30 @@ func cpuTime() time.Duration {
 
 // redisCPU is the redis-server's user+system CPU time so far (INFO cpu);
 // zero when it cannot be read.
+// redisCalls is how many times redis-server ran each of the bridge's
+// read and acknowledge commands (INFO commandstats).
+func redisCalls(ctx context.Context, rdb *redis.Client) (xreadgroup, xack int) {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
+		n, _ := strconv.Atoi(calls)
+		switch k {
+		case "cmdstat_xreadgroup":
+			xreadgroup = n
+		case "cmdstat_xack":
+			xack = n
+		}
+	}
+	return xreadgroup, xack
+}
+
 func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
 	info, err := rdb.Info(ctx, "cpu").Result()
 	if err != nil {
