@@ -73,6 +73,9 @@ func (d *directusClient) resolve(ctx context.Context, cred auth.SessionRequest) 
 	case <-ctx.Done():
 		return auth.User{}, fmt.Errorf("%w: directus busy: %d look-ups in flight", errUnavailable, cap(d.slots))
 	}
+	if ctx.Err() != nil { // a slot freed as the wait ran out: too late to ask
+		return auth.User{}, fmt.Errorf("%w: directus busy: %d look-ups in flight", errUnavailable, cap(d.slots))
+	}
 
 	// The two calls are independent; running them together halves the
 	// latency of a look-up.

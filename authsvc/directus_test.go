@@ -73,21 +73,33 @@ func TestDirectusAnswerMapping(t *testing.T) {
 	}
 }
 
+// countingTransport counts the HTTP calls in flight on the client side:
+// from the request to its answer or its cancellation.
+type countingTransport struct {
+	base           http.RoundTripper
+	inFlight, peak atomic.Int64
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	n := c.inFlight.Add(1)
+	defer c.inFlight.Add(-1)
+	for {
+		p := c.peak.Load()
+		if n <= p || c.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	return c.base.RoundTrip(r)
+}
+
 // TestDirectusConcurrencyBound: look-ups beyond AUTHSVC_DIRECTUS_CONCURRENCY
-// wait, and give up as unavailable at the timeout.
+// wait, and give up as unavailable at the timeout. The calls are counted
+// where the bound holds, in the client: the server may still be holding a
+// cancelled call when the next look-up's calls arrive.
 func TestDirectusConcurrencyBound(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
-	var inFlight, peak atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := inFlight.Add(1)
-		defer inFlight.Add(-1)
-		for {
-			p := peak.Load()
-			if n <= p || peak.CompareAndSwap(p, n) {
-				break
-			}
-		}
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -98,6 +110,9 @@ func TestDirectusConcurrencyBound(t *testing.T) {
 	m, _ := newMetrics(prometheus.NewRegistry())
 	cfg := Config{DirectusURL: srv.URL, DirectusConcurrency: 2, DirectusTimeout: 300 * time.Millisecond}.withDefaults()
 	d := newDirectus(cfg, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	calls := &countingTransport{base: d.client.Transport}
+	d.client.Transport = calls
+	peak := &calls.peak
 	errs := make(chan error, 5)
 	for i := 0; i < 5; i++ {
 		go func() {
