@@ -137,19 +137,6 @@ func (p *pubAcks) remove(match func(*item) bool) []*item {
 	return out
 }
 
-// pending counts the publishes awaiting their reply.
-func (p *pubAcks) pending() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := len(p.over)
-	for _, it := range p.ring {
-		if it != nil {
-			n++
-		}
-	}
-	return n
-}
-
 // seqOf is the sequence named by a reply subject, false when the subject is
 // not one of ours.
 func (p *pubAcks) seqOf(subject string) (uint64, bool) {
