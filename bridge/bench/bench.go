@@ -371,6 +371,10 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 	ceiling := mean(raws)
 	fmt.Fprintf(out, "ceiling: raw async publish with Msg-Id, mean of %d runs: %.0f msgs/s (min %.0f, max %.0f), %.1f µs CPU/msg\n",
 		len(raws), ceiling, slices.Min(raws), slices.Max(raws), mean(rawCPU))
+	// The same publishes cost the same CPU on a steady machine: a spread
+	// says some minutes of the run were slower for every process.
+	fmt.Fprintf(out, "steadiness: the raw async phases took %.1f–%.1f µs CPU/msg (spread %.0f %%; a quiet machine stays under 10 %%)\n",
+		slices.Min(rawCPU), slices.Max(rawCPU), 100*(slices.Max(rawCPU)/slices.Min(rawCPU)-1))
 	fastCeiling := mean(fasts)
 	fmt.Fprintf(out, "ceiling: raw fast-batch publish with Msg-Id, mean of %d runs: %.0f msgs/s (min %.0f, max %.0f), %.1f µs CPU/msg; %.2f of the async ceiling\n",
 		len(fasts), fastCeiling, slices.Min(fasts), slices.Max(fasts), mean(fastCPU), fastCeiling/ceiling)
