@@ -64,7 +64,7 @@ type bridge struct {
 
 	streamIndex map[string]int
 	sem         chan struct{} // one token per item between publish and XACK hand-off
-	open        atomic.Int64  // items holding a sem token (sem's length, synchronized)
+	open        *atomic.Int64 // items holding a sem token (sem's length, synchronized); bridge_in_flight
 	pa          *pubAcks      // publishes awaiting their reply
 	produced    chan struct{} // closed when the producers end
 	pipeCtx     context.Context
@@ -109,7 +109,8 @@ func Run(ctx context.Context, cfg Config) error {
 			gat = prometheus.NewRegistry()
 		}
 	}
-	m, err := newMetrics(reg)
+	open := new(atomic.Int64)
+	m, err := newMetrics(reg, open)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -157,12 +158,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("nats connect: %w", err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc,
-		// Our own semaphore bounds the in-flight publishes below this cap, so
-		// PublishAsync never stalls.
-		jetstream.WithPublishAsyncMaxPending(2*cfg.MaxInFlight+16),
-		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout),
-	)
+	// js serves the stream set-up and the fast-ingest batches; positions go
+	// through the bridge's own PubAck path (pubAcks).
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -173,7 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	b := &bridge{
-		cfg: cfg, log: log, m: m, rdb: rdb, nc: nc, js: js, jsLegacy: jsLegacy, watch: watch,
+		cfg: cfg, log: log, m: m, open: open, rdb: rdb, nc: nc, js: js, jsLegacy: jsLegacy, watch: watch,
 		denied: denied, full: newFullStreams(log, m.streamFull),
 		router:      newRouter(pool, log, m, cfg.RoutingRefresh),
 		streamIndex: make(map[string]int, len(cfg.Streams)),

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"sync/atomic"
 
 	"trm-live/contract"
 )
@@ -19,7 +20,7 @@ type metrics struct {
 	acked          prometheus.Counter
 	latency        prometheus.Histogram
 	retries        prometheus.Counter
-	inFlight       prometheus.Gauge
+	inFlight       prometheus.GaugeFunc
 	claimed        prometheus.Counter
 	deletedPending prometheus.Counter
 	lag            *prometheus.GaugeVec
@@ -40,7 +41,9 @@ type metrics struct {
 	fastFallback prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics registers the bridge's metrics; inFlight is read for
+// bridge_in_flight.
+func newMetrics(reg prometheus.Registerer, inFlight *atomic.Int64) (*metrics, error) {
 	m := &metrics{
 		read: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_entries_read_total", Help: "Redis entries taken for processing (read, re-read or claimed)."}),
@@ -63,8 +66,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_publish_retries_total", Help: "Publishes re-sent after a failure or timeout (same Nats-Msg-Id)."}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "bridge_in_flight", Help: "Publishes awaiting their JetStream ack."}),
+		inFlight: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "bridge_in_flight", Help: "Entries published and not yet handed to the acker: awaiting their JetStream ack or a re-send."},
+			func() float64 { return float64(inFlight.Load()) }),
 		claimed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_entries_claimed_total", Help: "Pending entries claimed from idle consumers (XAUTOCLAIM)."}),
 		deletedPending: prometheus.NewCounter(prometheus.CounterOpts{

@@ -115,7 +115,6 @@ func (b *bridge) submit(ctx context.Context, it *item) error {
 		return ctx.Err()
 	}
 	b.open.Add(1)
-	b.m.inFlight.Inc()
 	it.start = time.Now()
 	sent, err := b.publish(ctx, it)
 	if err != nil {
@@ -313,7 +312,6 @@ func (b *bridge) drop(ctx context.Context, it *item) error {
 // with the acker.
 func (b *bridge) release() {
 	<-b.sem
-	b.m.inFlight.Dec()
 	b.open.Add(-1) // after the ack: the completer's end (open 0) closes acks
 }
 
