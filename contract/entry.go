@@ -205,16 +205,10 @@ func ParseFieldsDecimals(pairs []string, now time.Time, d *Decimals) (Position, 
 	}
 
 	// The optional numbers share one allocation.
-	var opt *struct {
-		alt, speed, heading float64
-		sats                int
-	}
+	var opt *optionalNumbers
 	optional := func() {
 		if opt == nil {
-			opt = new(struct {
-				alt, speed, heading float64
-				sats                int
-			})
+			opt = new(optionalNumbers)
 		}
 	}
 	if s, ok := get("alt"); ok {
@@ -277,6 +271,13 @@ func ParseFieldsDecimals(pairs []string, now time.Time, d *Decimals) (Position, 
 		*d = text
 	}
 	return p, nil
+}
+
+// optionalNumbers holds a parsed position's optional numbers, which its
+// pointer fields point into.
+type optionalNumbers struct {
+	alt, speed, heading float64
+	sats                int
 }
 
 // parseNumber is parseFloat, and, with keep, s itself when it is
