@@ -63,14 +63,14 @@ type bridge struct {
 	full     *fullStreams    // streams refusing publishes for a full store
 
 	streamIndex map[string]int
-	sem         chan struct{} // one token per item between publish and XACK hand-off
-	open        *atomic.Int64 // items holding a sem token (sem's length, synchronized); bridge_in_flight
-	pa          *pubAcks      // publishes awaiting their reply
-	produced    chan struct{} // closed when the producers end
+	sem         chan struct{}   // one token per item between publish and XACK hand-off
+	open        *atomic.Int64   // items holding a sem token (sem's length, synchronized); bridge_in_flight
+	pa          *pubAcks        // publishes awaiting their reply
+	produced    chan struct{}   // closed when the producers end
 	pipeCtx     context.Context // the pipeline's: the reply handler hands acks over under it
-	acks        chan ackRef  // acked by JetStream (or to skip), awaiting XACK
-	inflight    *inflightSet // entries between read and XACK, so a claim skips them
-	ackMu       sync.Mutex   // held by an XACK with its in-flight removal, and by a claim with its in-flight check
+	acks        chan ackRef     // acked by JetStream (or to skip), awaiting XACK
+	inflight    *inflightSet    // entries between read and XACK, so a claim skips them
+	ackMu       sync.Mutex      // held by an XACK with its in-flight removal, and by a claim with its in-flight check
 
 	ensured chan struct{} // closed once the streams exist
 	redisOK atomic.Bool
