@@ -122,3 +122,51 @@ func TestSubjects(t *testing.T) {
 		t.Fatal("uppercase uuid accepted: ids must be canonical lowercase")
 	}
 }
+
+// TestAppendTime compares the hand-written formatter with the standard
+// one: every field's extremes, sub-millisecond parts (truncated, not
+// rounded), other zones, years past the four digits, and random instants.
+func TestAppendTime(t *testing.T) {
+	zone := time.FixedZone("UTC-3", -3*3600)
+	times := []time.Time{
+		{},
+		time.Unix(0, 0),
+		time.Date(1970, 1, 1, 0, 0, 0, 999_999_999, time.UTC),
+		time.Date(2026, 12, 31, 23, 59, 59, 999_999_999, time.UTC),
+		time.Date(2026, 5, 3, 10, 0, 0, 500_000, time.UTC),
+		time.Date(2026, 5, 3, 1, 2, 3, 4_000_000, zone),
+		time.Date(2028, 2, 29, 12, 0, 0, 0, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999_000_000, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Now(),
+	}
+	seed := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	for i := range 10000 {
+		seed = seed*6364136223846793005 + 1442695040888963407
+		times = append(times, time.Unix(0, seed&(1<<62-1)).Add(time.Duration(i)))
+	}
+	for _, tm := range times {
+		want := tm.UTC().AppendFormat([]byte("x"), TimeLayout)
+		if got := appendTime([]byte("x"), tm); !bytes.Equal(got, want) {
+			t.Fatalf("appendTime(%v) = %q, want %q", tm, got, want)
+		}
+	}
+}
+
+// BenchmarkAppendTime measures the wire timestamp's formatter against the
+// standard library's, in the same run.
+func BenchmarkAppendTime(b *testing.B) {
+	tm := time.Date(2026, 5, 3, 10, 0, 0, 123_000_000, time.UTC)
+	buf := make([]byte, 0, 64)
+	b.Run("AppendFormat", func(b *testing.B) {
+		for b.Loop() {
+			buf = tm.UTC().AppendFormat(buf[:0], TimeLayout)
+		}
+	})
+	b.Run("appendTime", func(b *testing.B) {
+		for b.Loop() {
+			buf = appendTime(buf[:0], tm)
+		}
+	})
+}
