@@ -86,15 +86,19 @@ func (b *bridge) fastBatch(ctx context.Context, items []*item) ([]*item, error) 
 	}
 	start := time.Now()
 	last := batch[len(batch)-1]
+	h := msgIDHeaders.Get().(*msgIDHeader)
 	for _, it := range batch[:len(batch)-1] {
-		if _, err = fp.AddMsg(it.msg); err != nil {
+		m := withMsgID(it, h)
+		if _, err = fp.AddMsg(&m); err != nil {
 			break
 		}
 	}
 	var ack *jetstreamext.BatchAck
 	if err == nil {
-		ack, err = fp.CommitMsg(ctx, last.msg)
+		m := withMsgID(last, h)
+		ack, err = fp.CommitMsg(ctx, &m)
 	}
+	msgIDHeaders.Put(h)
 	if !fp.IsClosed() {
 		// Ended early: tell the server no more is coming.
 		cctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
