@@ -660,15 +660,19 @@ func (s *inflightSet) addAll(si int, entries []entry) []entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var fresh []entry // nil while every entry so far is new
+	ids := s.ids[si]
 	for i, e := range entries {
-		if _, ok := s.ids[si][e.id]; ok {
+		// One hash per entry: an insert that does not grow the map found
+		// the id already there.
+		n := len(ids)
+		ids[e.id] = struct{}{}
+		if len(ids) == n {
 			if fresh == nil {
 				fresh = make([]entry, i, len(entries))
 				copy(fresh, entries[:i])
 			}
 			continue
 		}
-		s.ids[si][e.id] = struct{}{}
 		if fresh != nil {
 			fresh = append(fresh, e)
 		}
