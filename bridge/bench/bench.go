@@ -318,22 +318,22 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 	var raws, rawCPU, fasts, fastCPU []float64
 	runRaw := func(label string) error {
 		settle()
-		cpu0, ncpu0 := cpuTime(), w.natsCPU()
+		mark := w.cpuMark()
 		rate, err := raw(ctx, w.natsURL, &pl, cfg.Default.InFlight)
 		if err != nil {
 			return fmt.Errorf("raw: %w", err)
 		}
-		c := w.cpuSince(cpu0, ncpu0, pl.len())
+		c := w.cpuSince(mark, pl.len())
 		raws, rawCPU = append(raws, rate), append(rawCPU, c.total())
 		fmt.Fprintf(out, "raw:    %s%d async JetStream publishes with Nats-Msg-Id: %.0f msgs/s (CPU %s µs/msg)\n",
 			label, pl.len(), rate, c)
 		settle()
-		cpu0, ncpu0 = cpuTime(), w.natsCPU()
+		mark = w.cpuMark()
 		rate, err = rawFast(ctx, w.natsURL, &pl, cfg.Default.Batch)
 		if err != nil {
 			return fmt.Errorf("raw fast batch: %w", err)
 		}
-		c = w.cpuSince(cpu0, ncpu0, pl.len())
+		c = w.cpuSince(mark, pl.len())
 		fasts, fastCPU = append(fasts, rate), append(fastCPU, c.total())
 		fmt.Fprintf(out, "raw:    %s%d fast-batch JetStream publishes with Nats-Msg-Id, %d per batch: %.0f msgs/s (CPU %s µs/msg)\n",
 			label, pl.len(), cfg.Default.Batch, rate, c)
@@ -351,13 +351,13 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 			}
 			run++
 			settle()
-			cpu0, ncpu0, rcpu0 := cpuTime(), w.natsCPU(), redisCPU(ctx, w.rdb)
+			mark, rcpu0 := w.cpuMark(), redisCPU(ctx, w.rdb)
 			reads0, acks0 := redisCalls(ctx, w.rdb)
 			rate, elapsed, err := w.runBridge(ctx, v, run, written, pl.len(), profile)
 			if err != nil {
 				return fmt.Errorf("bridge %s: %w", v.Name, err)
 			}
-			c := w.cpuSince(cpu0, ncpu0, written)
+			c := w.cpuSince(mark, written)
 			r := result{rate, c.total(), usPer(redisCPU(ctx, w.rdb)-rcpu0, written)}
 			results[i] = append(results[i], r)
 			reads, acks := redisCalls(ctx, w.rdb)
@@ -439,18 +439,32 @@ func median[T any](xs []T, f func(T) float64) float64 {
 // cpuShare is the CPU per message of one phase: the benchmark process
 // (the bridge or the raw publisher, and nats-server when embedded) and the
 // nats-server child.
-type cpuShare struct{ client, nats float64 }
+// machine is the busy CPU of every core, whoever spent it: with the
+// processes' own figures it shows the work none of them is charged for
+// (the kernel's loopback network processing and disk write-back, other
+// load), and how near the phase came to the machine's cores.
+type cpuShare struct{ client, nats, machine float64 }
 
 func (c cpuShare) total() float64 { return c.client + c.nats }
 
 func (c cpuShare) String() string {
-	return fmt.Sprintf("%.1f = client %.1f + nats-server %.1f", c.total(), c.client, c.nats)
+	return fmt.Sprintf("%.1f = client %.1f + nats-server %.1f; machine %.1f", c.total(), c.client, c.nats, c.machine)
 }
 
-// cpuSince is the CPU per message of n messages since cpu0 (this process)
-// and ncpu0 (the nats-server child).
-func (w *world) cpuSince(cpu0, ncpu0 time.Duration, n int) cpuShare {
-	return cpuShare{usPer(cpuTime()-cpu0, n), usPer(w.natsCPU()-ncpu0, n)}
+// cpuMark is the CPU counters at the start of a phase.
+type cpuMark struct {
+	client, nats time.Duration
+	machine      float64
+}
+
+func (w *world) cpuMark() cpuMark {
+	return cpuMark{cpuTime(), w.natsCPU(), benchenv.MachineBusySeconds()}
+}
+
+// cpuSince is the CPU per message of n messages since m.
+func (w *world) cpuSince(m cpuMark, n int) cpuShare {
+	return cpuShare{usPer(cpuTime()-m.client, n), usPer(w.natsCPU()-m.nats, n),
+		(benchenv.MachineBusySeconds() - m.machine) * 1e6 / float64(n)}
 }
 
 func usPer(d time.Duration, n int) float64 {

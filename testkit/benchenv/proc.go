@@ -159,3 +159,29 @@ func RSS(pid int) int64 {
 	}
 	return 0
 }
+
+// MachineBusySeconds is the CPU time every core of the machine has spent
+// busy so far (user, nice, system, irq, softirq and steal in the first
+// line of /proc/stat: everything but idle and iowait), for work no
+// process's own figure counts, such as the kernel's network processing
+// and write-back; 0 when it cannot be read.
+func MachineBusySeconds() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var busy float64
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		x, _ := strconv.ParseFloat(v, 64)
+		busy += x
+	}
+	return busy / 100 // USER_HZ
+}
