@@ -54,9 +54,11 @@ import (
 )
 
 // DefaultAB are the A/B variants of a plain run: go-redis's typed reads
-// instead of raw ones, the old single-goroutine path, and the other
-// publish mode (fast-ingest batches when the default is async).
-const DefaultAB = "typed-reads=1;parse-workers=1;mode=batch"
+// instead of raw ones, the old single-goroutine path, the other publish
+// mode (fast-ingest batches when the default is async), and the default
+// bridge with Redis rewriting its append-only file on its own policy
+// during the phase.
+const DefaultAB = "typed-reads=1;parse-workers=1;mode=batch;aof-rewrite=auto"
 
 // DefaultBacklog is the fix-time span of the -catchup backlog.
 const DefaultBacklog = 5 * time.Minute
@@ -102,6 +104,11 @@ type Variant struct {
 	Batch, InFlight, ParseWorkers int    // zero: the default variant's
 	Mode                          string // BRIDGE_PUBLISH_MODE; "": the default variant's
 	TypedReads                    bool   // BRIDGE_TYPED_READS (variants only: typed-reads=1)
+	// AOFRewrite lets Redis rewrite its append-only file on its own
+	// policy during the phase (aof-rewrite=auto); otherwise the phase
+	// starts from a rewritten file and no rewrite runs during it (see
+	// world.settle).
+	AOFRewrite bool
 }
 
 // ParseVariants reads "key=value,...;key=value,...".
@@ -115,6 +122,13 @@ func ParseVariants(s string) ([]Variant, error) {
 		v := Variant{Name: spec}
 		for _, kv := range strings.Split(spec, ",") {
 			k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			if k == "aof-rewrite" {
+				if val != "auto" {
+					return nil, fmt.Errorf("%q: want aof-rewrite=auto", kv)
+				}
+				v.AOFRewrite = true
+				continue
+			}
 			if k == "mode" {
 				if val != bridge.PublishAsync && val != bridge.PublishBatch {
 					return nil, fmt.Errorf("%q: want mode=%s or mode=%s", kv, bridge.PublishAsync, bridge.PublishBatch)
@@ -139,7 +153,7 @@ func ParseVariants(s string) ([]Variant, error) {
 				}
 				v.TypedReads = true
 			default:
-				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers, mode, typed-reads)", k)
+				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers, mode, typed-reads, aof-rewrite)", k)
 			}
 		}
 		out = append(out, v)
@@ -186,6 +200,10 @@ type world struct {
 	event   string
 	devices []string
 	root    string
+	// rewritePct is Redis's auto-aof-rewrite-percentage, held at 0
+	// between and during phases ("" when Redis keeps no append-only file
+	// or refused CONFIG).
+	rewritePct string
 }
 
 // Run runs the benchmark cfg describes and prints its figures to cfg.Out.
@@ -303,6 +321,7 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 	fmt.Fprintf(out, "preload: %d entries (%d devices, %d valid) XADDed in %s: %.0f entries/s (pipelined)\n",
 		written, cfg.Devices, pl.len(), preload.Round(time.Millisecond), float64(written)/preload.Seconds())
 
+	w.holdRewrites(ctx)
 	variants := append([]Variant{cfg.Default}, cfg.Variants...)
 	for i := range variants[1:] {
 		v := &variants[i+1]
@@ -317,7 +336,7 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 	results := make([][]result, len(variants))
 	var raws, rawCPU, fasts, fastCPU []float64
 	runRaw := func(label string) error {
-		settle()
+		w.settle(ctx)
 		mark := w.cpuMark()
 		rate, err := raw(ctx, w.natsURL, &pl, cfg.Default.InFlight)
 		if err != nil {
@@ -327,7 +346,7 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 		raws, rawCPU = append(raws, rate), append(rawCPU, c.total())
 		fmt.Fprintf(out, "raw:    %s%d async JetStream publishes with Nats-Msg-Id: %.0f msgs/s (CPU %s µs/msg)\n",
 			label, pl.len(), rate, c)
-		settle()
+		w.settle(ctx)
 		mark = w.cpuMark()
 		rate, err = rawFast(ctx, w.natsURL, &pl, cfg.Default.Batch)
 		if err != nil {
@@ -350,10 +369,17 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 				profile = cfg.CPUProfile
 			}
 			run++
-			settle()
+			w.settle(ctx)
+			if v.AOFRewrite {
+				w.rewrites(ctx, true)
+			}
 			mark, rcpu0 := w.cpuMark(), redisCPU(ctx, w.rdb)
 			reads0, acks0 := redisCalls(ctx, w.rdb)
+			rewrites0 := aofRewrites(ctx, w.rdb)
 			rate, elapsed, err := w.runBridge(ctx, v, run, written, pl.len(), profile)
+			if v.AOFRewrite {
+				w.rewrites(ctx, false)
+			}
 			if err != nil {
 				return fmt.Errorf("bridge %s: %w", v.Name, err)
 			}
@@ -361,8 +387,8 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 			r := result{rate, c.total(), usPer(redisCPU(ctx, w.rdb)-rcpu0, written)}
 			results[i] = append(results[i], r)
 			reads, acks := redisCalls(ctx, w.rdb)
-			fmt.Fprintf(out, "bridge: %-28s %d entries read, published and acked in %s: %.0f positions/s (CPU %s µs/entry; redis-server %.1f; %d XREADGROUP, %d XACK)\n",
-				v.Name, written, elapsed.Round(time.Millisecond), r.rate, c, r.redisCPU, reads-reads0, acks-acks0)
+			fmt.Fprintf(out, "bridge: %-28s %d entries read, published and acked in %s: %.0f positions/s (CPU %s µs/entry; redis-server %.1f; %d XREADGROUP, %d XACK, %d AOF rewrites)\n",
+				v.Name, written, elapsed.Round(time.Millisecond), r.rate, c, r.redisCPU, reads-reads0, acks-acks0, aofRewrites(ctx, w.rdb)-rewrites0)
 		}
 	}
 	if err := runRaw("again: "); err != nil {
@@ -398,6 +424,84 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 	fmt.Fprintf(out, "\nratio bridge/raw: %.2f (bridge %.0f / mean raw %.0f positions/s; target >= %.1f)\n",
 		headline.rate/ceiling, headline.rate, ceiling, Target)
 	return nil
+}
+
+// holdRewrites turns Redis's automatic append-only file rewrites off for
+// the run (settle rewrites the file before each phase instead). Each
+// entry the bridge reads grows the file by about 200 bytes (Redis logs
+// the consumer group's delivery as an XCLAIM, then the XACK), so at the
+// bridge's rate Redis's default policy (rewrite when the file has doubled
+// since the last rewrite) forked a rewrite of the whole preloaded stream
+// every 5 s: a core for most of a second each time, in a child process
+// whose CPU no figure of the phase counted. That cost is the benchmark's
+// million-entry preload and the server's policy, not the bridge's; the
+// aof-rewrite=auto variant measures it.
+func (w *world) holdRewrites(ctx context.Context) {
+	info, err := w.rdb.Info(ctx, "persistence").Result()
+	if err != nil || !strings.Contains(info, "aof_enabled:1") {
+		return
+	}
+	cfg, err := w.rdb.ConfigGet(ctx, "auto-aof-rewrite-percentage").Result()
+	if err != nil || cfg["auto-aof-rewrite-percentage"] == "" {
+		fmt.Fprintf(w.cfg.Out, "redis: CONFIG GET auto-aof-rewrite-percentage failed (%v): automatic AOF rewrites may run during the phases\n", err)
+		return
+	}
+	if err := w.rdb.ConfigSet(ctx, "auto-aof-rewrite-percentage", "0").Err(); err != nil {
+		fmt.Fprintf(w.cfg.Out, "redis: CONFIG SET auto-aof-rewrite-percentage 0 failed (%v): automatic AOF rewrites may run during the phases\n", err)
+		return
+	}
+	w.rewritePct = cfg["auto-aof-rewrite-percentage"]
+	fmt.Fprintf(w.cfg.Out, "redis: automatic AOF rewrites held (auto-aof-rewrite-percentage %s → 0); each phase starts from a rewritten file; aof-rewrite=auto runs a phase on Redis's policy\n", w.rewritePct)
+}
+
+// rewrites turns Redis's automatic AOF rewrites on (Redis's own policy)
+// or off again.
+func (w *world) rewrites(ctx context.Context, on bool) {
+	if w.rewritePct == "" {
+		return
+	}
+	pct := "0"
+	if on {
+		pct = w.rewritePct
+	}
+	if err := w.rdb.ConfigSet(ctx, "auto-aof-rewrite-percentage", pct).Err(); err != nil {
+		fmt.Fprintf(w.cfg.Out, "redis: CONFIG SET auto-aof-rewrite-percentage %s failed: %v\n", pct, err)
+	}
+}
+
+// aofRewrites is how many AOF rewrites Redis has completed (INFO
+// persistence); 0 when it cannot be read.
+func aofRewrites(ctx context.Context, rdb *redis.Client) int {
+	info, err := rdb.Info(ctx, "persistence").Result()
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "aof_rewrites:"); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// settle prepares the next phase: Redis's append-only file rewritten
+// (while automatic rewrites are held, see holdRewrites) and every dirty
+// page on disk (see settle).
+func (w *world) settle(ctx context.Context) {
+	if w.rewritePct != "" {
+		// An error is a rewrite already in progress: wait for it alike.
+		_ = w.rdb.BgRewriteAOF(ctx).Err()
+		deadline := time.Now().Add(5 * time.Minute)
+		for time.Now().Before(deadline) {
+			info, err := w.rdb.Info(ctx, "persistence").Result()
+			if err != nil || strings.Contains(info, "aof_rewrite_in_progress:0") && strings.Contains(info, "aof_rewrite_scheduled:0") {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	settle()
 }
 
 // settle writes the dirty pages of the phases before (the preload's

@@ -11,6 +11,7 @@ func TestParseVariants(t *testing.T) {
 		{Name: "typed-reads=1", TypedReads: true},
 		{Name: "parse-workers=1", ParseWorkers: 1},
 		{Name: "mode=batch", Mode: "batch"},
+		{Name: "aof-rewrite=auto", AOFRewrite: true},
 		{Name: "batch=500, parse-workers=4", Batch: 500, ParseWorkers: 4},
 	}
 	if len(vs) != len(want) {
@@ -21,7 +22,7 @@ func TestParseVariants(t *testing.T) {
 			t.Fatalf("variant %d: got %+v, want %+v", i, vs[i], want[i])
 		}
 	}
-	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x", "mode=fast", "typed-reads=2"} {
+	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x", "mode=fast", "typed-reads=2", "aof-rewrite=always"} {
 		if _, err := ParseVariants(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
