@@ -30,6 +30,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
@@ -111,6 +112,9 @@ type Variant struct {
 	// starts from a rewritten file and no rewrite runs during it (see
 	// world.settle).
 	AOFRewrite bool
+	// GOGC is the collector's target percentage during the phase
+	// (gogc=N; 0: the process's, 100 unless GOGC says otherwise).
+	GOGC int
 }
 
 // ParseVariants reads "key=value,...;key=value,...".
@@ -149,13 +153,15 @@ func ParseVariants(s string) ([]Variant, error) {
 				v.InFlight = n
 			case "parse-workers":
 				v.ParseWorkers = n
+			case "gogc":
+				v.GOGC = n
 			case "typed-reads":
 				if n != 1 {
 					return nil, fmt.Errorf("%q: typed-reads takes 1 only (0 is the default)", kv)
 				}
 				v.TypedReads = true
 			default:
-				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers, mode, typed-reads, aof-rewrite)", k)
+				return nil, fmt.Errorf("%q: unknown key (batch, inflight, parse-workers, mode, typed-reads, aof-rewrite, gogc)", k)
 			}
 		}
 		out = append(out, v)
@@ -423,12 +429,19 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 			if v.AOFRewrite {
 				w.rewrites(ctx, true)
 			}
+			gogc := -2 // unchanged
+			if v.GOGC > 0 {
+				gogc = debug.SetGCPercent(v.GOGC)
+			}
 			mark, rcpu0 := w.cpuMark(), redisCPU(ctx, w.rdb)
 			reads0, acks0 := redisCalls(ctx, w.rdb)
 			rewrites0 := aofRewrites(ctx, w.rdb)
 			rate, elapsed, err := w.runBridge(ctx, v, run, written, pl.len(), profile)
 			if v.AOFRewrite {
 				w.rewrites(ctx, false)
+			}
+			if gogc != -2 {
+				debug.SetGCPercent(gogc)
 			}
 			if err != nil {
 				return fmt.Errorf("bridge %s: %w", v.Name, err)

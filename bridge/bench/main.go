@@ -57,7 +57,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.Default.InFlight, "inflight", bridge.DefaultMaxInFlight, "BRIDGE_MAX_IN_FLIGHT of the default variant, and the raw publisher's cap")
 	fs.IntVar(&c.Default.ParseWorkers, "parse-workers", bridge.DefaultParseWorkers, "BRIDGE_PARSE_WORKERS of the default variant")
 	fs.StringVar(&c.Default.Mode, "mode", bridge.DefaultPublishMode, "BRIDGE_PUBLISH_MODE of the default variant (async or batch)")
-	fs.StringVar(&ab, "ab", DefaultAB, `A/B variants run interleaved with the default, ";" separated, each "key=value,..." of batch, inflight, parse-workers, mode, typed-reads, aof-rewrite ("" none)`)
+	fs.StringVar(&ab, "ab", DefaultAB, `A/B variants run interleaved with the default, ";" separated, each "key=value,..." of batch, inflight, parse-workers, mode, typed-reads, aof-rewrite, gogc ("" none)`)
 	fs.IntVar(&c.Rounds, "rounds", 1, "rounds of raw + every variant (the ceiling is the mean of every raw run)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the default variant's first run to this file")
 	fs.BoolVar(&c.Verbose, "v", false, "bridge logs to stderr")

@@ -3,7 +3,7 @@ package main
 import "testing"
 
 func TestParseVariants(t *testing.T) {
-	vs, err := ParseVariants(DefaultAB + "; batch=500, parse-workers=4 ;")
+	vs, err := ParseVariants(DefaultAB + "; batch=500, parse-workers=4 ;gogc=400")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -13,6 +13,7 @@ func TestParseVariants(t *testing.T) {
 		{Name: "mode=batch", Mode: "batch"},
 		{Name: "aof-rewrite=auto", AOFRewrite: true},
 		{Name: "batch=500, parse-workers=4", Batch: 500, ParseWorkers: 4},
+		{Name: "gogc=400", GOGC: 400},
 	}
 	if len(vs) != len(want) {
 		t.Fatalf("got %+v, want %+v", vs, want)
@@ -22,7 +23,7 @@ func TestParseVariants(t *testing.T) {
 			t.Fatalf("variant %d: got %+v, want %+v", i, vs[i], want[i])
 		}
 	}
-	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x", "mode=fast", "typed-reads=2", "aof-rewrite=always"} {
+	for _, bad := range []string{"batch", "batch=0", "workers=2", "batch=x", "mode=fast", "typed-reads=2", "aof-rewrite=always", "gogc=0"} {
 		if _, err := ParseVariants(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
