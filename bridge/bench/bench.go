@@ -426,23 +426,12 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 			}
 			run++
 			w.settle(ctx)
-			if v.AOFRewrite {
-				w.rewrites(ctx, true)
-			}
-			gogc := -2 // unchanged
-			if v.GOGC > 0 {
-				gogc = debug.SetGCPercent(v.GOGC)
-			}
+			restore := w.conditions(ctx, v)
 			mark, rcpu0 := w.cpuMark(), redisCPU(ctx, w.rdb)
 			reads0, acks0 := redisCalls(ctx, w.rdb)
 			rewrites0 := aofRewrites(ctx, w.rdb)
 			rate, elapsed, err := w.runBridge(ctx, v, run, written, pl.len(), profile)
-			if v.AOFRewrite {
-				w.rewrites(ctx, false)
-			}
-			if gogc != -2 {
-				debug.SetGCPercent(gogc)
-			}
+			restore()
 			if err != nil {
 				return fmt.Errorf("bridge %s: %w", v.Name, err)
 			}
@@ -500,8 +489,7 @@ func (w *world) throughput(ctx context.Context, fl *fleet) error {
 // million-entry preload and the server's policy, not the bridge's; the
 // aof-rewrite=auto variant measures it.
 func (w *world) holdRewrites(ctx context.Context) {
-	info, err := w.rdb.Info(ctx, "persistence").Result()
-	if err != nil || !strings.Contains(info, "aof_enabled:1") {
+	if info, err := redisInfo(ctx, w.rdb, "persistence"); err != nil || info["aof_enabled"] != "1" {
 		return
 	}
 	cfg, err := w.rdb.ConfigGet(ctx, "auto-aof-rewrite-percentage").Result()
@@ -517,62 +505,61 @@ func (w *world) holdRewrites(ctx context.Context) {
 	fmt.Fprintf(w.cfg.Out, "redis: automatic AOF rewrites held (auto-aof-rewrite-percentage %s → 0); each phase starts from a rewritten file; aof-rewrite=auto runs a phase on Redis's policy\n", w.rewritePct)
 }
 
-// rewrites turns Redis's automatic AOF rewrites on (Redis's own policy)
-// or off again.
-func (w *world) rewrites(ctx context.Context, on bool) {
-	if w.rewritePct == "" {
-		return
-	}
-	pct := "0"
-	if on {
-		pct = w.rewritePct
-	}
-	if err := w.rdb.ConfigSet(ctx, "auto-aof-rewrite-percentage", pct).Err(); err != nil {
-		fmt.Fprintf(w.cfg.Out, "redis: CONFIG SET auto-aof-rewrite-percentage %s failed: %v\n", pct, err)
-	}
-}
-
-// aofRewrites is how many AOF rewrites Redis has completed (INFO
-// persistence); 0 when it cannot be read.
-func aofRewrites(ctx context.Context, rdb *redis.Client) int {
-	info, err := rdb.Info(ctx, "persistence").Result()
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "aof_rewrites:"); ok {
-			n, _ := strconv.Atoi(v)
-			return n
+// conditions sets what variant v changes around its phase besides the
+// bridge's settings (Redis's own AOF rewrite policy, the collector's
+// target) and returns what puts them back.
+func (w *world) conditions(ctx context.Context, v Variant) (restore func()) {
+	setRewrites := func(pct string) {
+		if err := w.rdb.ConfigSet(ctx, "auto-aof-rewrite-percentage", pct).Err(); err != nil {
+			fmt.Fprintf(w.cfg.Out, "redis: CONFIG SET auto-aof-rewrite-percentage %s failed: %v\n", pct, err)
 		}
 	}
-	return 0
+	rewrites := v.AOFRewrite && w.rewritePct != ""
+	if rewrites {
+		setRewrites(w.rewritePct)
+	}
+	gogc := 0
+	if v.GOGC > 0 {
+		gogc = debug.SetGCPercent(v.GOGC)
+	}
+	return func() {
+		if rewrites {
+			setRewrites("0")
+		}
+		if v.GOGC > 0 {
+			debug.SetGCPercent(gogc)
+		}
+	}
 }
 
-// settle prepares the next phase: Redis's append-only file rewritten
-// (while automatic rewrites are held, see holdRewrites) and every dirty
-// page on disk (see settle).
+// aofRewrites is how many AOF rewrites Redis has completed; 0 when it
+// cannot be read.
+func aofRewrites(ctx context.Context, rdb *redis.Client) int {
+	info, _ := redisInfo(ctx, rdb, "persistence")
+	n, _ := strconv.Atoi(info["aof_rewrites"])
+	return n
+}
+
+// settle prepares the next phase. Redis's append-only file is rewritten
+// (while automatic rewrites are held, see holdRewrites), then every dirty
+// page of the phases before (the preload's append-only file, a deleted
+// stream's store) is written to disk, so that the kernel's write-back of
+// one phase does not take CPU from the next: without it the first phases
+// after the preload ran up to a fifth slower than the same phase later in
+// the run.
 func (w *world) settle(ctx context.Context) {
 	if w.rewritePct != "" {
 		// An error is a rewrite already in progress: wait for it alike.
 		_ = w.rdb.BgRewriteAOF(ctx).Err()
 		deadline := time.Now().Add(5 * time.Minute)
 		for time.Now().Before(deadline) {
-			info, err := w.rdb.Info(ctx, "persistence").Result()
-			if err != nil || strings.Contains(info, "aof_rewrite_in_progress:0") && strings.Contains(info, "aof_rewrite_scheduled:0") {
+			info, err := redisInfo(ctx, w.rdb, "persistence")
+			if err != nil || info["aof_rewrite_in_progress"] == "0" && info["aof_rewrite_scheduled"] == "0" {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	settle()
-}
-
-// settle writes the dirty pages of the phases before (the preload's
-// append-only file, a deleted stream's store) to disk before the next phase
-// starts, so that the kernel's write-back of one phase does not take CPU
-// from the next. Without it the first phases after the preload ran up to
-// a fifth slower than the same phase later in the run.
-func settle() {
 	syscall.Sync()
 }
 
@@ -603,15 +590,13 @@ func median[T any](xs []T, f func(T) float64) float64 {
 	return (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2
 }
 
-// cpuShare is the CPU per message of one phase: the benchmark process
-// (the bridge or the raw publisher, and nats-server when embedded) and the
-// nats-server child.
-// machine is the busy CPU of every core, whoever spent it: with the
-// processes' own figures it shows the work none of them is charged for
-// (the kernel's loopback network processing and disk write-back, other
-// load), and how near the phase came to the machine's cores.
-// gc is the client's garbage collector (part of client): its CPU per
-// entry and its cycles.
+// cpuShare is the CPU per message of one phase: client is the benchmark
+// process (the bridge or the raw publisher, and nats-server when
+// embedded), of which gc its garbage collector (in gcCycles cycles); nats
+// the nats-server child; machine the busy time of every core, whoever
+// spent it, which also shows the work no process is charged for (a
+// child such as an AOF rewrite, the kernel's write-back, other load) and
+// how near the phase came to the machine's cores.
 type cpuShare struct {
 	client, nats, machine float64
 	gc                    float64
@@ -915,44 +900,38 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// redisCPU is the redis-server's user+system CPU time so far (INFO cpu);
-// zero when it cannot be read.
+// redisInfo is one section of INFO as name → value.
+func redisInfo(ctx context.Context, rdb *redis.Client, section string) (map[string]string, error) {
+	text, err := rdb.Info(ctx, section).Result()
+	if err != nil {
+		return nil, err
+	}
+	info := make(map[string]string)
+	for _, line := range strings.Split(text, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			info[k] = v
+		}
+	}
+	return info, nil
+}
+
 // redisCalls is how many times redis-server ran each of the bridge's
 // read and acknowledge commands (INFO commandstats).
 func redisCalls(ctx context.Context, rdb *redis.Client) (xreadgroup, xack int) {
-	info, err := rdb.Info(ctx, "commandstats").Result()
-	if err != nil {
-		return 0, 0
+	info, _ := redisInfo(ctx, rdb, "commandstats")
+	calls := func(cmd string) int {
+		n, _, _ := strings.Cut(strings.TrimPrefix(info["cmdstat_"+cmd], "calls="), ",")
+		c, _ := strconv.Atoi(n)
+		return c
 	}
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok {
-			continue
-		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
-		n, _ := strconv.Atoi(calls)
-		switch k {
-		case "cmdstat_xreadgroup":
-			xreadgroup = n
-		case "cmdstat_xack":
-			xack = n
-		}
-	}
-	return xreadgroup, xack
+	return calls("xreadgroup"), calls("xack")
 }
 
+// redisCPU is the redis-server's user+system CPU time so far (INFO cpu);
+// zero when it cannot be read.
 func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
-	info, err := rdb.Info(ctx, "cpu").Result()
-	if err != nil {
-		return 0
-	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
-		}
-	}
-	return time.Duration(total * float64(time.Second))
+	info, _ := redisInfo(ctx, rdb, "cpu")
+	sys, _ := strconv.ParseFloat(info["used_cpu_sys"], 64)
+	user, _ := strconv.ParseFloat(info["used_cpu_user"], 64)
+	return time.Duration((sys + user) * float64(time.Second))
 }
